@@ -1,0 +1,3 @@
+from sambay.model.model import CausalLM, CausalLMOutput
+
+__all__ = ["CausalLM", "CausalLMOutput"]

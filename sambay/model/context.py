@@ -1,0 +1,51 @@
+"""What flows through the stack beside the residual stream during one forward pass.
+
+Built once per batch (positions, document ids, masks are computed once and reused by every layer) and
+filled in on the way: the `mamba_memory` layer publishes `memory`, the `full_kv` layer publishes
+`shared_kv`, and the cross-decoder reads both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ForwardContext:
+    positions: torch.Tensor  # (B, T) int64 absolute positions of the queries
+    document_ids: torch.Tensor | None = None  # (B, T) int; tokens attend / carry state only within a document
+    memory: torch.Tensor | None = None  # (B, T, d_inner) GMU memory from the mamba_memory layer
+    shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, T, G, hs) each, from the full_kv layer
+    _masks: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def for_tokens(cls, input_ids: torch.Tensor, document_ids: torch.Tensor | None = None) -> ForwardContext:
+        batch, seqlen = input_ids.shape
+        positions = torch.arange(seqlen, device=input_ids.device).expand(batch, seqlen)
+        if document_ids is not None and document_ids.shape != input_ids.shape:
+            raise ValueError(f"document_ids shape {tuple(document_ids.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        return cls(positions=positions, document_ids=document_ids)
+
+    def attention_mask(self, window: int | None) -> torch.Tensor:
+        """(B, 1, T, T) bool, True where query i may attend key j: j <= i, i - j < window, same document."""
+        if window not in self._masks:
+            q = self.positions[:, :, None]
+            k = self.positions[:, None, :]
+            mask = k <= q
+            if window is not None:
+                mask = mask & (q - k < window)  # true sliding window: `window` keys including the query itself
+            if self.document_ids is not None:
+                mask = mask & (self.document_ids[:, :, None] == self.document_ids[:, None, :])
+            self._masks[window] = mask[:, None]
+        return self._masks[window]
+
+
+def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """cu_seqlens (n_docs + 1,) of one packed sequence -> (1, total) document ids."""
+    cu = cu_seqlens.to(torch.long)
+    if cu[0].item() != 0 or cu[-1].item() != total or bool((cu[1:] < cu[:-1]).any()):
+        raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at the sequence length {total}")
+    lengths = cu[1:] - cu[:-1]
+    return torch.repeat_interleave(torch.arange(len(lengths), device=cu.device), lengths)[None]
