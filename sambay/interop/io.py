@@ -224,7 +224,7 @@ def list_weight_files(folder: str | os.PathLike[str], *, prefix: str = "model") 
             f"{folder} has shard files ({_short_list(orphan_shards, 5)}) but no {index.name}; the "
             "checkpoint is incomplete (an interrupted save or download?). Re-download or re-save it."
         )
-    other_safetensors = sorted(p.name for p in folder.glob("*.safetensors"))
+    other_safetensors = sorted(p.name for p in folder.glob("*.safetensors") if not p.name.startswith("."))
     if other_safetensors:
         raise CheckpointError(
             f"{folder} has no {single.name} or {index.name}, only other safetensors files "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -43,7 +44,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """x (B, T, d) fp32 residual stream -> (B, T, d) fp32. Norm inputs are cast to the weight dtype."""
+        return self.around(x, lambda h: self.mixer(h, ctx))
+
+    def around(self, x: torch.Tensor, mix: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The block around any mixer call `mix(norm1(x)) -> (B, T, d)`; the inference engine passes its
+        stateful prefill / decode paths here so both paths share the residual arithmetic."""
         dtype = self.norm1.weight.dtype
-        x = x + self.mixer(self.norm1(x.to(dtype)), ctx).float() * self.branch_scale
+        x = x + mix(self.norm1(x.to(dtype))).float() * self.branch_scale
         x = x + self.mlp(self.norm2(x.to(dtype))).float() * self.branch_scale
         return x

@@ -63,28 +63,29 @@ def causal_conv1d(
     """
     batch, seqlen, dim = x.shape
     width = weight.shape[1]
-    xf = x.float()
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.to(work)
     if initial_state is None:
         init = xf.new_zeros(batch, width - 1, dim)
     else:
-        init = initial_state.float().transpose(1, 2)  # (B, W-1, D)
+        init = initial_state.to(work).transpose(1, 2)  # (B, W-1, D)
     ext = torch.cat([init, xf], dim=1)  # (B, W-1+T, D); ext[:, s + W-1] = x at time s
     seg = segment_ids(seq_idx, batch, seqlen, x.device)
     seg_ext = torch.cat([seg[:, :1].expand(batch, width - 1), seg], dim=1)  # state joins the first doc
-    wf = weight.float()
+    wf = weight.to(work)
     out = xf.new_zeros(batch, seqlen, dim)
     if bias is not None:
-        out = out + bias.float()
+        out = out + bias.to(work)
     for k in range(width):
         # tap k reads time t - (W-1) + k, i.e. ext index t + k
         tap = ext[:, k : k + seqlen]
-        same = (seg_ext[:, k : k + seqlen] == seg).float()[..., None]
+        same = (seg_ext[:, k : k + seqlen] == seg).to(work)[..., None]
         out = out + wf[:, k] * tap * same
     out = _activate(out, activation).to(x.dtype)
     if not return_final_state:
         return out
     last = ext[:, seqlen : seqlen + width - 1]  # the last W-1 positions of ext
-    keep = (seg_ext[:, seqlen : seqlen + width - 1] == seg[:, -1:]).float()[..., None] if seqlen else 1.0
+    keep = (seg_ext[:, seqlen : seqlen + width - 1] == seg[:, -1:]).to(work)[..., None] if seqlen else 1.0
     final = (last * keep).transpose(1, 2).contiguous().to(x.dtype)
     return out, final
 
@@ -111,15 +112,16 @@ def causal_conv1d_update(
         out: (B, D) in x's dtype.
     """
     batch, dim = x.shape
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
     slots = torch.arange(batch, device=x.device) if slot_idx is None else slot_idx.long()
     valid = slots >= 0
     safe = torch.where(valid, slots, torch.zeros_like(slots))
-    state = conv_state[safe].float()  # (B, D, W-1)
-    window = torch.cat([state, x.float()[:, :, None]], dim=2)  # (B, D, W)
-    out = (window * weight.float()).sum(-1)
+    state = conv_state[safe].to(work)  # (B, D, W-1)
+    window = torch.cat([state, x.to(work)[:, :, None]], dim=2)  # (B, D, W)
+    out = (window * weight.to(work)).sum(-1)
     if bias is not None:
-        out = out + bias.float()
-    out = _activate(out, activation) * valid.float()[:, None]
+        out = out + bias.to(work)
+    out = _activate(out, activation) * valid.to(work)[:, None]
     new_state = window[:, :, 1:].to(conv_state.dtype)
     conv_state[slots[valid]] = new_state[valid]
     return out.to(x.dtype)

@@ -43,22 +43,23 @@ def selective_state_update(
         y: (B, D) in x's dtype.
     """
     batch = x.shape[0]
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
     slots = torch.arange(batch, device=x.device) if slot_idx is None else slot_idx.long()
     valid = slots >= 0
     safe = torch.where(valid, slots, torch.zeros_like(slots))
-    h = ssm_state[safe].float()  # (B, D, N)
-    xf = x.float()
-    d = dt.float()
+    h = ssm_state[safe].to(work)  # (B, D, N)
+    xf = x.to(work)
+    d = dt.to(work)
     if dt_bias is not None:
-        d = d + dt_bias.float()
+        d = d + dt_bias.to(work)
     if dt_softplus:
         d = F.softplus(d)
-    h = torch.exp(d[..., None] * A.float()) * h + d[..., None] * B.float()[:, None, :] * xf[..., None]
-    y = (h * C.float()[:, None, :]).sum(-1)
+    h = torch.exp(d[..., None] * A.to(work)) * h + d[..., None] * B.to(work)[:, None, :] * xf[..., None]
+    y = (h * C.to(work)[:, None, :]).sum(-1)
     if D is not None:
-        y = y + D.float() * xf
+        y = y + D.to(work) * xf
     if z is not None:
-        y = y * F.silu(z.float())
-    y = y * valid.float()[:, None]
+        y = y * F.silu(z.to(work))
+    y = y * valid.to(work)[:, None]
     ssm_state[slots[valid]] = h[valid].to(ssm_state.dtype)
     return y.to(x.dtype)

@@ -1,0 +1,5 @@
+import sys
+
+from sambay.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""``sambay scaling fit``: fit L(X) = A·X^(-b) + C per architecture (ARCHITECTURE.md §16)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("scaling", help="scaling-law fits")
+    sub = p.add_subparsers(dest="scaling_command", required=True)
+    f = sub.add_parser(
+        "fit", help="fit L(X) = A*X^-b + C per architecture",
+        description="Fit L(X) = A*X^(-b) + C per architecture. --axis compute: X = 6*N*T FLOPs from the "
+                    "Transformer++ formula at each run's depth; --axis tokens: X = billions of tokens.")
+    f.add_argument("runs", nargs="*", metavar="RUNS",
+                   help="JSON/JSONL files of {arch, depth, val_loss[, tokens]} records, or run "
+                        "directories (metrics.jsonl + config.json)")
+    f.add_argument("--axis", choices=("compute", "tokens"), default="compute")
+    f.add_argument("--plot", metavar="OUT.png", help="write a plot (needs matplotlib)")
+    f.add_argument("--published", action="store_true",
+                   help="also fit the published SlimPajama losses (ARCHITECTURE.md §16.2)")
+    f.add_argument("--json", action="store_true", help="print the fits as JSON")
+    f.set_defaults(func=run_fit)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from sambay.train.scaling import PUBLISHED_FITS, fit_runs, load_runs, plot_fits, published_runs
+
+    try:
+        runs = load_runs(args.runs)
+        if args.published:
+            if args.axis != "compute":
+                raise ValueError("--published losses are a compute-axis series (use --axis compute)")
+            runs += published_runs()
+        if not runs:
+            raise ValueError("no runs given (pass RUNS files/directories or --published)")
+        fits = fit_runs(runs, args.axis)
+    except (ValueError, OSError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({a: vars(f) for a, f in fits.items()}, indent=1))
+    else:
+        width = max(len(a) for a in fits)
+        print(f"L(X) = A * X^(-b) + C,  X = {'FLOPs' if args.axis == 'compute' else 'tokens (billions)'}")
+        for arch, fit in fits.items():
+            ref = PUBLISHED_FITS.get(arch)
+            note = f"   [published A={ref[0]}, b={ref[1]}, C={ref[2]}]" if ref and args.published else ""
+            print(f"{arch:<{width}}  n={fit.n}  {fit.format()}{note}")
+    if args.plot:
+        try:
+            written = plot_fits(runs, fits, args.plot)
+        except ImportError:
+            print("error: --plot needs matplotlib, which is not installed (pip install matplotlib, or "
+                  "pip install 'sambay[plot]'); the fits above are unaffected", file=sys.stderr)
+            return 1
+        for path in written:
+            print(f"wrote {path}")
+    return 0

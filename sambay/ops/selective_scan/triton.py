@@ -1,0 +1,476 @@
+"""Mamba-1 selective scan in Triton: chunked forward and backward with recomputation.
+
+Shapes (same contract as `reference.selective_scan`):
+    u, delta, z: (B, T, D), unit stride along D (any batch/time strides, e.g. halves of in_proj's output)
+    A: (D, N) fp32;  B, C: (B, T, N), unit stride along N;  D, delta_bias: (D,)
+    initial_state / final_state: (B, D, N) fp32;  seq_idx: (B, T) int document ids
+
+Forward: one program per (batch row, block of BD channels) walks the sequence in chunks of BT tokens. Per
+chunk it loads [BT, BD] tiles of u, delta (and z) and [BT, N] tiles of B, C, builds the per-step decay
+a = exp(dt*A) and input b = dt*B*u as [BT, BD, N] fp32 tiles, runs `tl.associative_scan` over time,
+adds the carried state, reads out y = C.h + D*u (times silu(z)) and stores y. Only the state at each chunk
+start is written (fp32, B*T/BT*D*N*4 bytes), and only when a backward pass will need it.
+
+Backward walks the chunks in reverse: it reloads the chunk-start state, recomputes the chunk's h with the
+same scan, then runs a reverse scan for g_t = dL/dh_t = C_t*dy_t + a_{t+1} g_{t+1}, carrying
+a_{t0} g_{t0} into the previous chunk. Since a_{t+1} sits one row below, the reverse scan works on
+triples (F, M, V): a range [t..e] means g_t = V + M * (a_{e+1} g_{e+1}), and F = a_t is what the range
+contributes when it becomes the later half of a combine. a_t h_{t-1} is recovered as h_t - b_t, so no
+shifted tiles are needed. Per-(batch, channel) partials (dA, dD, d delta_bias) are stored per program and
+summed in torch; dB and dC (summed over channels) use fp32 atomics, which makes them non-deterministic
+in the last bits.
+
+Document resets (`seq_idx` changes between t-1 and t) set a_t = 0, which both cuts the forward carry and
+stops the gradient. Rows past T in the last chunk get a = 1, b = 0 so the state passes through unchanged.
+All loads are cast to fp32 at once (the Triton interpreter cannot do bf16 arithmetic).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+# Chunk length and channel block. BT is shared by forward and backward because the backward reads the
+# states saved at the forward's chunk starts. Chosen on an H100 (see benchmarks/results); overridable for
+# tuning, but the fake (meta) kernels read the same value.
+CHUNK = 16
+FWD_BD = 16
+FWD_WARPS = 4
+BWD_BD = 16
+BWD_WARPS = 4
+
+
+def _np2(n: int) -> int:
+    return triton.next_power_of_2(n)
+
+
+@triton.jit
+def _softplus(x):
+    # torch's F.softplus threshold; log(1 + exp(x)) instead of log1p, which the interpreter lacks
+    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
+
+
+@triton.jit
+def _fwd_combine(a1, b1, a2, b2):
+    # (a1, b1) is the earlier range: h = a2 * (a1 * h0 + b1) + b2
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _bwd_combine(f1, m1, v1, f2, m2, v2):
+    # reverse scan: (f1, m1, v1) is the *later* range R, (f2, m2, v2) the earlier range L.
+    # g_t = V_L + M_L * a_{k+1} * g_{k+1} = V_L + M_L * F_R * (V_R + M_R * p)
+    k = m2 * f1
+    return f2, k * m1, v2 + k * v1
+
+
+@triton.jit
+def _load_chunk(
+    pid_b64, t, tmask, d, dmask, n, nmask,
+    u_ptr, dt_ptr, B_ptr, C_ptr, dtb,
+    s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t,
+    SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr,
+):
+    m2 = tmask[:, None] & dmask[None, :]
+    mn = tmask[:, None] & nmask[None, :]
+    u = tl.load(u_ptr + pid_b64 * s_u_b + t[:, None] * s_u_t + d[None, :], mask=m2, other=0.0).to(tl.float32)
+    xr = tl.load(dt_ptr + pid_b64 * s_dt_b + t[:, None] * s_dt_t + d[None, :], mask=m2, other=0.0).to(tl.float32)
+    if HAS_DTB:
+        xr = xr + dtb[None, :]
+    if SOFTPLUS:
+        dt = _softplus(xr)
+    else:
+        dt = xr
+    Bv = tl.load(B_ptr + pid_b64 * s_B_b + t[:, None] * s_B_t + n[None, :], mask=mn, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + pid_b64 * s_C_b + t[:, None] * s_C_t + n[None, :], mask=mn, other=0.0).to(tl.float32)
+    return u, xr, dt, Bv, Cv
+
+
+@triton.jit
+def _chunk_decay(dt, A2, t, tmask, seq_ptr, pid_b64, s_seq_b, s_seq_t, HAS_SEQ: tl.constexpr):
+    """[BT, BD, N] a_t = exp(dt*A) with document resets (a = 0) and padded rows (a = 1)."""
+    a = tl.exp2(dt[:, :, None] * A2[None, :, :])
+    if HAS_SEQ:
+        cur = tl.load(seq_ptr + pid_b64 * s_seq_b + t * s_seq_t, mask=tmask, other=0)
+        prv = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(t - 1, 0) * s_seq_t, mask=tmask, other=0)
+        reset = (cur != prv) & (t > 0)
+        a = tl.where(reset[:, None, None], 0.0, a)
+    a = tl.where(tmask[:, None, None], a, 1.0)
+    return a
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, h0_ptr, seq_ptr,
+    y_ptr, hT_ptr, hs_ptr,
+    T, DIM, NSTATE, NCHUNK,
+    s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_y_b, s_y_t,
+    s_seq_b, s_seq_t,
+    BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_H0: tl.constexpr,
+    HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_HT: tl.constexpr, STORE_HS: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b64 = pid_b.to(tl.int64)
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < DIM
+    n = tl.arange(0, NP)
+    nmask = n < NSTATE
+    dn = d[:, None] * NSTATE + n[None, :]
+    dnmask = dmask[:, None] & nmask[None, :]
+    A2 = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_DTB:
+        dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        dtb = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    state_off = pid_b64 * DIM * NSTATE + dn
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_off, mask=dnmask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BD, NP], dtype=tl.float32)
+    rows = tl.arange(0, BT)
+    for c in range(0, NCHUNK):
+        if STORE_HS:
+            tl.store(hs_ptr + (pid_b64 * NCHUNK + c) * DIM * NSTATE + dn, h, mask=dnmask)
+        t = c * BT + rows
+        tmask = t < T
+        u, xr, dt, Bv, Cv = _load_chunk(
+            pid_b64, t, tmask, d, dmask, n, nmask, u_ptr, dt_ptr, B_ptr, C_ptr, dtb,
+            s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, SOFTPLUS, HAS_DTB,
+        )
+        a = _chunk_decay(dt, A2, t, tmask, seq_ptr, pid_b64, s_seq_b, s_seq_t, HAS_SEQ)
+        b = (dt * u)[:, :, None] * Bv[:, None, :]
+        acum, hh = tl.associative_scan((a, b), 0, _fwd_combine)
+        hh = hh + acum * h[None, :, :]
+        y = tl.sum(hh * Cv[:, None, :], axis=2)
+        if HAS_D:
+            y = y + u * Dv[None, :]
+        m2 = tmask[:, None] & dmask[None, :]
+        if HAS_Z:
+            zz = tl.load(z_ptr + pid_b64 * s_z_b + t[:, None] * s_z_t + d[None, :], mask=m2, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(y_ptr + pid_b64 * s_y_b + t[:, None] * s_y_t + d[None, :], y.to(y_ptr.dtype.element_ty), mask=m2)
+        # the state after the chunk is its last row (padded rows carry it through unchanged)
+        h = tl.sum(tl.where(rows[:, None, None] == BT - 1, hh, 0.0), axis=0)
+    if STORE_HT:
+        tl.store(hT_ptr + state_off, h, mask=dnmask)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, seq_ptr, hs_ptr,
+    dy_ptr, dhT_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, ddtb_ptr, dh0_ptr,
+    T, DIM, NSTATE, NCHUNK,
+    s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t,
+    s_dy_b, s_dy_t, s_seq_b, s_seq_t,
+    BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_DHT: tl.constexpr,
+    HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_DH0: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_b64 = pid_b.to(tl.int64)
+    d = pid_d * BD + tl.arange(0, BD)
+    dmask = d < DIM
+    n = tl.arange(0, NP)
+    nmask = n < NSTATE
+    dn = d[:, None] * NSTATE + n[None, :]
+    dnmask = dmask[:, None] & nmask[None, :]
+    A = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32)
+    A2 = A * 1.4426950408889634
+    if HAS_DTB:
+        dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        dtb = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    state_off = pid_b64 * DIM * NSTATE + dn
+    # carry = a_{e+1} g_{e+1}: what the later part of the sequence sends into h_e. After the last token it
+    # is the final-state gradient (padded rows pass it through with a = 1).
+    if HAS_DHT:
+        carry = tl.load(dhT_ptr + state_off, mask=dnmask, other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros([BD, NP], dtype=tl.float32)
+    dA_acc = tl.zeros([BD, NP], dtype=tl.float32)
+    dD_acc = tl.zeros([BD], dtype=tl.float32)
+    ddtb_acc = tl.zeros([BD], dtype=tl.float32)
+    rows = tl.arange(0, BT)
+    for cc in range(0, NCHUNK):
+        c = NCHUNK - 1 - cc
+        t = c * BT + rows
+        tmask = t < T
+        m2 = tmask[:, None] & dmask[None, :]
+        mn = tmask[:, None] & nmask[None, :]
+        h0 = tl.load(hs_ptr + (pid_b64 * NCHUNK + c) * DIM * NSTATE + dn, mask=dnmask, other=0.0)
+        u, xr, dt, Bv, Cv = _load_chunk(
+            pid_b64, t, tmask, d, dmask, n, nmask, u_ptr, dt_ptr, B_ptr, C_ptr, dtb,
+            s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, SOFTPLUS, HAS_DTB,
+        )
+        a = _chunk_decay(dt, A2, t, tmask, seq_ptr, pid_b64, s_seq_b, s_seq_t, HAS_SEQ)
+        b = (dt * u)[:, :, None] * Bv[:, None, :]
+        acum, hh = tl.associative_scan((a, b), 0, _fwd_combine)
+        hh = hh + acum * h0[None, :, :]
+        dy = tl.load(dy_ptr + pid_b64 * s_dy_b + t[:, None] * s_dy_t + d[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + pid_b64 * s_z_b + t[:, None] * s_z_t + d[None, :], mask=m2, other=0.0).to(tl.float32)
+            y = tl.sum(hh * Cv[:, None, :], axis=2)
+            if HAS_D:
+                y = y + u * Dv[None, :]
+            sg = tl.sigmoid(zz)
+            dz = dy * y * sg * (1.0 + zz * (1.0 - sg))
+            tl.store(dz_ptr + (pid_b64 * T + t[:, None]) * DIM + d[None, :],
+                     dz.to(dz_ptr.dtype.element_ty), mask=m2)
+            dy = dy * zz * sg
+        if HAS_D:
+            dD_acc += tl.sum(dy * u, axis=0)
+        # reverse scan for g_t, then add what the later chunks send in
+        ones = tl.full([BT, BD, NP], 1.0, dtype=tl.float32)
+        cdy = dy[:, :, None] * Cv[:, None, :]
+        _, gm, gv = tl.associative_scan((a, ones, cdy), 0, _bwd_combine, reverse=True)
+        g = gv + gm * carry[None, :, :]
+        carry = tl.sum(tl.where(rows[:, None, None] == 0, a * g, 0.0), axis=0)
+        g = tl.where(tmask[:, None, None], g, 0.0)  # padded rows carry dhT but own no inputs
+        ah = hh - b  # a_t * h_{t-1}
+        gB = tl.sum(g * Bv[:, None, :], axis=2)
+        du = gB * dt
+        if HAS_D:
+            du += dy * Dv[None, :]
+        ddt = gB * u + tl.sum(g * ah * A[None, :, :], axis=2)
+        dA_acc += tl.sum(g * ah * dt[:, :, None], axis=0)
+        if SOFTPLUS:
+            ddt = tl.where(xr > 20.0, ddt, ddt * tl.sigmoid(xr))
+        ddt = tl.where(m2, ddt, 0.0)
+        ddtb_acc += tl.sum(ddt, axis=0)
+        out_off = (pid_b64 * T + t[:, None]) * DIM + d[None, :]
+        tl.store(du_ptr + out_off, du.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddt_ptr + out_off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+        dBc = tl.sum(g * (dt * u)[:, :, None], axis=1)
+        dCc = tl.sum(hh * dy[:, :, None], axis=1)
+        bc_off = (pid_b64 * T + t[:, None]) * NSTATE + n[None, :]
+        tl.atomic_add(dB_ptr + bc_off, dBc, mask=mn)
+        tl.atomic_add(dC_ptr + bc_off, dCc, mask=mn)
+    tl.store(dA_ptr + state_off, dA_acc, mask=dnmask)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b64 * DIM + d, dD_acc, mask=dmask)
+    if HAS_DTB:
+        tl.store(ddtb_ptr + pid_b64 * DIM + d, ddtb_acc, mask=dmask)
+    if STORE_DH0:
+        tl.store(dh0_ptr + state_off, carry, mask=dnmask)
+
+
+def _unit_last(x: torch.Tensor | None) -> torch.Tensor | None:
+    """Kernels take any batch/time strides but need unit stride on the last dim."""
+    if x is None or x.stride(-1) == 1:
+        return x
+    return x.contiguous()
+
+
+def num_chunks(seqlen: int) -> int:
+    return (seqlen + CHUNK - 1) // CHUNK
+
+
+def scan_fwd(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None, seq_idx=None,
+    delta_softplus=True, save_states=False, y_out=None,
+):
+    """Launch the forward kernel.
+
+    Returns y (B, T, D) in u's dtype, final state (B, D, N) fp32 and the chunk-start states
+    (B, ceil(T/CHUNK), D, N) fp32 (an empty tensor unless `save_states`). `y_out` (contiguous (B, T, D))
+    lets tests pass a poisoned buffer.
+    """
+    u, delta, z, B, C = (_unit_last(t) for t in (u, delta, z, B, C))
+    batch, seqlen, dim = u.shape
+    nstate = A.shape[1]
+    A = A.contiguous()
+    nchunk = num_chunks(seqlen)
+    y = torch.empty(batch, seqlen, dim, device=u.device, dtype=u.dtype) if y_out is None else y_out
+    hT = torch.empty(batch, dim, nstate, device=u.device, dtype=torch.float32)
+    hs = (
+        torch.empty(batch, nchunk, dim, nstate, device=u.device, dtype=torch.float32)
+        if save_states
+        else torch.empty(0, device=u.device, dtype=torch.float32)
+    )
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    dummy = hT
+    grid = (batch, triton.cdiv(dim, FWD_BD))
+    _scan_fwd_kernel[grid](
+        u, delta, A, B, C,
+        dummy if D is None else D.contiguous(),
+        dummy if z is None else z,
+        dummy if delta_bias is None else delta_bias.contiguous(),
+        dummy if h0 is None else h0,
+        dummy if seq_idx is None else seq_idx,
+        y, hT, hs if save_states else dummy,
+        seqlen, dim, nstate, nchunk,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
+        C.stride(0), C.stride(1),
+        0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
+        y.stride(0), y.stride(1),
+        0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
+        BT=CHUNK, BD=FWD_BD, NP=_np2(nstate),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_H0=h0 is not None,
+        HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_HT=True, STORE_HS=save_states,
+        num_warps=FWD_WARPS,
+    )
+    return y, hT, hs
+
+
+def scan_bwd(
+    dy, dhT, u, delta, A, B, C, D, z, delta_bias, seq_idx, states, delta_softplus=True,
+    want_dh0=False,
+):
+    """Launch the backward kernel; returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0), with None
+    for inputs that were not given (dh0 only when `want_dh0`)."""
+    u, delta, z, B, C, dy = (_unit_last(t) for t in (u, delta, z, B, C, dy))
+    batch, seqlen, dim = u.shape
+    nstate = A.shape[1]
+    A = A.contiguous()
+    nchunk = num_chunks(seqlen)
+    dev = u.device
+    du = torch.empty(batch, seqlen, dim, device=dev, dtype=u.dtype)
+    ddt = torch.empty(batch, seqlen, dim, device=dev, dtype=delta.dtype)
+    dz = None if z is None else torch.empty(batch, seqlen, dim, device=dev, dtype=z.dtype)
+    dB = torch.zeros(batch, seqlen, nstate, device=dev, dtype=torch.float32)
+    dC = torch.zeros(batch, seqlen, nstate, device=dev, dtype=torch.float32)
+    dA = torch.empty(batch, dim, nstate, device=dev, dtype=torch.float32)
+    dD = None if D is None else torch.empty(batch, dim, device=dev, dtype=torch.float32)
+    ddtb = None if delta_bias is None else torch.empty(batch, dim, device=dev, dtype=torch.float32)
+    dh0 = torch.empty(batch, dim, nstate, device=dev, dtype=torch.float32) if want_dh0 else None
+    dummy = dA
+    grid = (batch, triton.cdiv(dim, BWD_BD))
+    _scan_bwd_kernel[grid](
+        u, delta, A, B, C,
+        dummy if D is None else D.contiguous(),
+        dummy if z is None else z,
+        dummy if delta_bias is None else delta_bias.contiguous(),
+        dummy if seq_idx is None else seq_idx,
+        states, dy,
+        dummy if dhT is None else dhT.float().contiguous(),
+        du, ddt, dummy if dz is None else dz, dB, dC, dA,
+        dummy if dD is None else dD, dummy if ddtb is None else ddtb, dummy if dh0 is None else dh0,
+        seqlen, dim, nstate, nchunk,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
+        C.stride(0), C.stride(1),
+        0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
+        dy.stride(0), dy.stride(1),
+        0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
+        BT=CHUNK, BD=BWD_BD, NP=_np2(nstate),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_DHT=dhT is not None,
+        HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_DH0=want_dh0,
+        num_warps=BWD_WARPS,
+    )
+    return (
+        du, ddt, dA.sum(0), dB.to(B.dtype), dC.to(C.dtype),
+        None if dD is None else dD.sum(0), dz, None if ddtb is None else ddtb.sum(0), dh0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.library registration: opaque custom ops with fake (meta) kernels so torch.compile can trace them,
+# and an autograd.Function that pairs them.
+
+_EMPTY_SHAPE = (0,)
+
+
+@torch.library.custom_op("sambay::selective_scan_fwd", mutates_args=())
+def _scan_fwd_op(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None, seq_idx: torch.Tensor | None,
+    delta_softplus: bool, save_states: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus, save_states)
+
+
+@_scan_fwd_op.register_fake
+def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus, save_states):
+    batch, seqlen, dim = u.shape
+    nstate = A.shape[1]
+    y = u.new_empty(batch, seqlen, dim)
+    hT = u.new_empty(batch, dim, nstate, dtype=torch.float32)
+    if save_states:
+        hs = u.new_empty(batch, (seqlen + CHUNK - 1) // CHUNK, dim, nstate, dtype=torch.float32)
+    else:
+        hs = u.new_empty(_EMPTY_SHAPE, dtype=torch.float32)
+    return y, hT, hs
+
+
+@torch.library.custom_op("sambay::selective_scan_bwd", mutates_args=())
+def _scan_bwd_op(
+    dy: torch.Tensor, dhT: torch.Tensor | None, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+    B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None, seq_idx: torch.Tensor | None, states: torch.Tensor,
+    delta_softplus: bool, want_dh0: bool,
+) -> list[torch.Tensor]:
+    grads = scan_bwd(dy, dhT, u, delta, A, B, C, D, z, delta_bias, seq_idx, states, delta_softplus, want_dh0)
+    # custom ops cannot return None: absent gradients come back as empty tensors
+    return [u.new_empty(_EMPTY_SHAPE) if g is None else g for g in grads]
+
+
+@_scan_bwd_op.register_fake
+def _scan_bwd_fake(dy, dhT, u, delta, A, B, C, D, z, delta_bias, seq_idx, states, delta_softplus, want_dh0):
+    batch, seqlen, dim = u.shape
+    nstate = A.shape[1]
+    f32 = torch.float32
+    empty = u.new_empty(_EMPTY_SHAPE)
+    return [
+        u.new_empty(batch, seqlen, dim),
+        delta.new_empty(batch, seqlen, dim),
+        u.new_empty(dim, nstate, dtype=f32),
+        B.new_empty(batch, seqlen, nstate),
+        C.new_empty(batch, seqlen, nstate),
+        empty if D is None else u.new_empty(dim, dtype=f32),
+        empty if z is None else z.new_empty(batch, seqlen, dim),
+        empty if delta_bias is None else u.new_empty(dim, dtype=f32),
+        u.new_empty(batch, dim, nstate, dtype=f32) if want_dh0 else empty,
+    ]
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus):
+        y, hT, hs = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus, True)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, hs)
+        ctx.delta_softplus = delta_softplus
+        ctx.set_materialize_grads(False)
+        return y, hT
+
+    @staticmethod
+    def backward(ctx, dy, dhT):
+        u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, hs = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(u)
+        want_dh0 = initial_state is not None and ctx.needs_input_grad[8]
+        du, ddt, dA, dB, dC, dD, dz, ddb, dh0 = _scan_bwd_op(
+            dy, dhT, u, delta, A, B, C, D, z, delta_bias, seq_idx, hs, ctx.delta_softplus, want_dh0
+        )
+        return (
+            du, ddt, dA.to(A.dtype), dB, dC,
+            None if D is None else dD.to(D.dtype),
+            None if z is None else dz,
+            None if delta_bias is None else ddb.to(delta_bias.dtype),
+            dh0.to(initial_state.dtype) if want_dh0 else None,
+            None, None,
+        )
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None,
+    seq_idx=None, return_final_state=False,
+):
+    """Triton selective scan with autograd; same signature and shapes as `reference.selective_scan`."""
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if needs_grad:
+        y, hT = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus)
+    else:
+        y, hT, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus, False)
+    return (y, hT) if return_final_state else y

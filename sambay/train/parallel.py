@@ -1,0 +1,132 @@
+"""Apply activation checkpointing, torch.compile and DDP / FSDP2 to an unmodified `CausalLM`.
+
+Everything here acts from outside the model (torchtitan `parallelize.py` style) and keeps parameter names
+unchanged, so optimizer groups, checkpoints and `from_pretrained` see the same names whatever was applied:
+
+* activation checkpointing and compile replace the *instance* `forward` of each `Block` (no wrapper module,
+  no `_checkpoint_wrapped_module.` / `_orig_mod.` prefixes);
+* FSDP2 `fully_shard` is applied per block and then to the root (names stay, parameters become DTensors);
+* DDP wraps the model; callers keep a handle on the unwrapped module (`Parallelized.module`).
+
+Order (as torchtitan): activation checkpointing, then compile, then FSDP2 / DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+PARALLEL_MODES = ("none", "ddp", "fsdp")
+
+
+class _Opaque:
+    """Hides an object from FSDP2's argument traversal (see `_hide_context`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _hide_context(block: nn.Module) -> None:
+    """Pass the block's `ForwardContext` through FSDP2's hooks by reference.
+
+    FSDP2 (torch >= 2.10) walks the forward arguments of a sharded module and rebuilds dataclasses that hold
+    grad-requiring tensors with `dataclasses.replace`. `ForwardContext` is a dataclass that layers *mutate*
+    (the `mamba_memory` layer publishes `memory`, `full_kv` publishes `shared_kv`); once `memory` requires
+    grad, every later block would receive a copy and the K/V published by `full_kv` would be lost for the
+    cross-decoder. A pre-hook that runs before FSDP's wraps the context in an opaque box and the instance
+    `forward` unwraps it. Gradients still flow: the memory/KV tensors stay in the autograd graph, and each
+    block's FSDP post-backward fires on its residual input, whose gradient depends on every branch.
+    """
+    inner = block.forward
+
+    def unbox(x, ctx, *args, **kwargs):
+        return inner(x, ctx.value if isinstance(ctx, _Opaque) else ctx, *args, **kwargs)
+
+    def box(module, args, kwargs):
+        if len(args) >= 2 and not isinstance(args[1], _Opaque):
+            return (args[0], _Opaque(args[1]), *args[2:]), kwargs
+        return None
+
+    block.forward = unbox
+    # prepend=True and registered after fully_shard: runs before FSDP's own (prepended) pre-hook
+    block.register_forward_pre_hook(box, prepend=True, with_kwargs=True)
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each block's activations in backward (non-reentrant `torch.utils.checkpoint`).
+
+    Memory per block drops to its input residual (B, T, d) fp32; compute grows by about one forward.
+    """
+    for block in model.layers:
+        inner = block.forward
+
+        def forward(self, x, ctx, _inner=inner):
+            return checkpoint(_inner, x, ctx, use_reentrant=False)
+
+        block.forward = types.MethodType(forward, block)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """torch.compile each block's forward in place (parameter names unchanged).
+
+    Only the forward body is compiled; module hooks (FSDP2 all-gather / reshard) stay eager, so the
+    compiled region never contains collectives.
+    """
+    for block in model.layers:
+        block.forward = torch.compile(block.forward)
+
+
+@dataclass
+class Parallelized:
+    """The model to call (`wrapped`, maybe a DDP module) and the plain `CausalLM` underneath (`module`)."""
+
+    wrapped: nn.Module
+    module: nn.Module
+    mode: str
+
+    def no_sync(self, last_micro_batch: bool):
+        """Context for one micro-batch of gradient accumulation: skip the gradient all-reduce /
+        reduce-scatter except on the last micro-batch (the reduced result is identical, one comm per step)."""
+        if self.mode == "ddp" and not last_micro_batch:
+            return self.wrapped.no_sync()
+        if self.mode == "fsdp":
+            self.module.set_requires_gradient_sync(last_micro_batch)
+        return contextlib.nullcontext()
+
+
+def parallelize(model: nn.Module, mode: str, *, device: torch.device, activation_checkpointing: bool = False,
+                compile: bool = False, reshard_after_forward: bool = True) -> Parallelized:
+    """Apply AC / compile / DDP or FSDP2 to `model` (already on `device`) in place where possible.
+
+    mode: "none" (single process, or replicas without gradient sync: not useful), "ddp", "fsdp".
+    FSDP2 keeps fp32 sharded parameters (master weights); bf16 compute comes from autocast in the trainer.
+    """
+    if mode not in PARALLEL_MODES:
+        raise ValueError(f"parallel mode must be one of {PARALLEL_MODES}, got {mode!r}")
+    if activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if compile:
+        apply_compile(model)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        n = len(model.layers)
+        for i, block in enumerate(model.layers):
+            # the last block is resharded by the root right away; keeping it gathered saves one all-gather
+            fully_shard(block, reshard_after_forward=reshard_after_forward and i < n - 1)
+            _hide_context(block)
+        fully_shard(model, reshard_after_forward=reshard_after_forward)
+        return Parallelized(model, model, mode)
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        return Parallelized(DDP(model, device_ids=ids), model, mode)
+    return Parallelized(model, model, mode)
