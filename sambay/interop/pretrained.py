@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from sambay.config import ConfigError, ModelConfig
+from sambay.config import ModelConfig
 from sambay.interop import io
 from sambay.interop import phi4flash as p4f
+from sambay.interop import sambay_format
 from sambay.interop.errors import CheckpointError
 from sambay.model import CausalLM
 
@@ -43,7 +44,6 @@ __all__ = [
 ]
 
 FORMATS = ("sambay", "phi4flash")
-SAMBAY_FORMAT_VERSION = "1"
 # Parameters that keep the dtype they were stored in (never cast to the model dtype).
 KEEP_STORED_DTYPE = (".A_log", ".D")
 # Loads bigger than this report progress on stderr unless `progress=False`.
@@ -89,7 +89,7 @@ def detect_format(raw: dict, source: str = "config.json") -> str:
             return "phi4flash"
         raise CheckpointError(f"{source}: unsupported model_type {model_type!r}; sambay loads "
                               f"{p4f.MODEL_TYPE!r} (Phi-4-mini-flash) checkpoints and its own format")
-    if "layer_plan" in raw:
+    if sambay_format.is_sambay_config(raw):
         return "sambay"
     raise CheckpointError(f"{source}: not a checkpoint config sambay understands: it has neither 'model_type' "
                           "(Hugging Face) nor 'layer_plan' (sambay's own format)")
@@ -111,10 +111,7 @@ def read_folder_config(folder: str | os.PathLike[str]) -> tuple[str, ModelConfig
     if fmt == "phi4flash":
         gen = _read_optional_json(folder / "generation_config.json")
         return fmt, p4f.config_from_hf(raw, source, generation_config=gen)
-    try:
-        return fmt, ModelConfig.from_dict(raw)
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{source}: invalid sambay model config: {e}") from None
+    return fmt, sambay_format.config_from_dict(raw, source)
 
 
 def _layout(fmt: str, config: ModelConfig) -> _Layout:
@@ -310,10 +307,10 @@ def save_pretrained(model: CausalLM, path: str | os.PathLike[str], format: str =
     state = _state_for_saving(model, layout)
     dtype = model.embed.weight.dtype
     folder.mkdir(parents=True, exist_ok=True)
-    metadata = {"sambay_format": SAMBAY_FORMAT_VERSION} if format == "sambay" else None
+    metadata = {"sambay_format": sambay_format.FORMAT_VERSION} if format == "sambay" else None
     io.save_safetensors_sharded(state, folder, max_shard_size=max_shard_size, metadata=metadata)
     if format == "sambay":
-        _write_json(folder / io.CONFIG_NAME, config.to_dict())
+        _write_json(folder / io.CONFIG_NAME, sambay_format.config_to_dict(config))
     else:
         _write_json(folder / io.CONFIG_NAME, p4f.config_to_hf(config, str(dtype).removeprefix("torch.")))
         gen = folder / "generation_config.json"

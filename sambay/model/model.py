@@ -19,6 +19,7 @@ from sambay.model.block import Block
 from sambay.model.context import ForwardContext, document_ids_from_cu_seqlens
 from sambay.model.norm import make_norm
 from sambay.model import parametrization
+from sambay.ops.cross_entropy import linear_cross_entropy
 
 
 @dataclass
@@ -53,16 +54,19 @@ class CausalLM(nn.Module):
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
+    def final_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm (and the μP logit multiplier) on the fp32 residual x (B, T, d), in the weight dtype."""
+        h = self.final_norm(x.to(self.final_norm.weight.dtype))
+        return h * self.logit_scale if self.logit_scale != 1.0 else h
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm + head on the fp32 residual x (B, T, d) -> logits (B, T, V) in the weight dtype."""
-        h = self.final_norm(x.to(self.final_norm.weight.dtype))
-        if self.logit_scale != 1.0:
-            h = h * self.logit_scale
-        return F.linear(h, self.head_weight)
+        return F.linear(self.final_hidden(x), self.head_weight)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                 targets: torch.Tensor | None = None, document_ids: torch.Tensor | None = None,
-                cu_seqlens: torch.Tensor | None = None, output_hidden_states: bool = False) -> CausalLMOutput:
+                cu_seqlens: torch.Tensor | None = None, output_hidden_states: bool = False,
+                return_logits: bool = True) -> CausalLMOutput:
         """Full-sequence forward (training and scoring).
 
         Args:
@@ -72,6 +76,8 @@ class CausalLM(nn.Module):
             document_ids: (B, T) ints; attention is masked per document and Mamba conv/scan state resets at
                 every change of id, so packed documents are independent sequences.
             cu_seqlens: (n_docs + 1,) boundaries of the documents in a single packed row (B = 1).
+            return_logits: with `return_logits=False` and targets, the loss comes from the chunked fused
+                linear + cross-entropy and the (B, T, V) logits are never materialised (large vocabularies).
         """
         if labels is not None and targets is not None:
             raise ValueError("pass either labels (shifted inside) or targets (already aligned), not both")
@@ -86,15 +92,27 @@ class CausalLM(nn.Module):
             if hidden is not None:
                 hidden.append(x)
             x = block(x, ctx)
-        logits = self.logits(x)
+        fused_loss = not return_logits and (labels is not None or targets is not None)
+        logits = None if fused_loss else self.logits(x)
         if hidden is not None:
             hidden.append(self.final_norm(x.to(self.final_norm.weight.dtype)))
         if labels is not None:
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
         loss = None
-        if targets is not None:
+        if targets is not None and fused_loss:
+            loss = linear_cross_entropy(self.final_hidden(x).flatten(0, 1), self.head_weight, targets.flatten())
+        elif targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         return CausalLMOutput(logits=logits, loss=loss, hidden_states=hidden)
+
+    def save_pretrained(self, path, format: str = "sambay", max_shard_size: int | str = "5GB"):
+        """Write config.json + safetensors to `path` in the "sambay" or "phi4flash" (Hugging Face) format.
+
+        See `sambay.interop.pretrained.save_pretrained`; load back with `sambay.from_pretrained(path)`.
+        """
+        from sambay.interop.pretrained import save_pretrained
+
+        return save_pretrained(self, path, format=format, max_shard_size=max_shard_size)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

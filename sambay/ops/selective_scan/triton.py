@@ -43,6 +43,17 @@ BWD_BD = 16
 BWD_WARPS = 4
 
 
+# Debug switch for tests: fill every kernel-written output buffer with NaN first, so an element the kernel
+# fails to write shows up instead of passing on whatever memory held.
+POISON = False
+
+
+def _empty(*shape, device, dtype):
+    if POISON and dtype.is_floating_point:
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+    return torch.empty(*shape, device=device, dtype=dtype)
+
+
 def _np2(n: int) -> int:
     return triton.next_power_of_2(n)
 
@@ -291,10 +302,10 @@ def scan_fwd(
     nstate = A.shape[1]
     A = A.contiguous()
     nchunk = num_chunks(seqlen)
-    y = torch.empty(batch, seqlen, dim, device=u.device, dtype=u.dtype) if y_out is None else y_out
-    hT = torch.empty(batch, dim, nstate, device=u.device, dtype=torch.float32)
+    y = _empty(batch, seqlen, dim, device=u.device, dtype=u.dtype) if y_out is None else y_out
+    hT = _empty(batch, dim, nstate, device=u.device, dtype=torch.float32)
     hs = (
-        torch.empty(batch, nchunk, dim, nstate, device=u.device, dtype=torch.float32)
+        _empty(batch, nchunk, dim, nstate, device=u.device, dtype=torch.float32)
         if save_states
         else torch.empty(0, device=u.device, dtype=torch.float32)
     )
@@ -335,15 +346,15 @@ def scan_bwd(
     A = A.contiguous()
     nchunk = num_chunks(seqlen)
     dev = u.device
-    du = torch.empty(batch, seqlen, dim, device=dev, dtype=u.dtype)
-    ddt = torch.empty(batch, seqlen, dim, device=dev, dtype=delta.dtype)
-    dz = None if z is None else torch.empty(batch, seqlen, dim, device=dev, dtype=z.dtype)
+    du = _empty(batch, seqlen, dim, device=dev, dtype=u.dtype)
+    ddt = _empty(batch, seqlen, dim, device=dev, dtype=delta.dtype)
+    dz = None if z is None else _empty(batch, seqlen, dim, device=dev, dtype=z.dtype)
     dB = torch.zeros(batch, seqlen, nstate, device=dev, dtype=torch.float32)
     dC = torch.zeros(batch, seqlen, nstate, device=dev, dtype=torch.float32)
-    dA = torch.empty(batch, dim, nstate, device=dev, dtype=torch.float32)
-    dD = None if D is None else torch.empty(batch, dim, device=dev, dtype=torch.float32)
-    ddtb = None if delta_bias is None else torch.empty(batch, dim, device=dev, dtype=torch.float32)
-    dh0 = torch.empty(batch, dim, nstate, device=dev, dtype=torch.float32) if want_dh0 else None
+    dA = _empty(batch, dim, nstate, device=dev, dtype=torch.float32)
+    dD = None if D is None else _empty(batch, dim, device=dev, dtype=torch.float32)
+    ddtb = None if delta_bias is None else _empty(batch, dim, device=dev, dtype=torch.float32)
+    dh0 = _empty(batch, dim, nstate, device=dev, dtype=torch.float32) if want_dh0 else None
     dummy = dA
     grid = (batch, triton.cdiv(dim, BWD_BD))
     _scan_bwd_kernel[grid](

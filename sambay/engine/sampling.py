@@ -1,0 +1,160 @@
+"""Sampling settings per request and a batched sampler that runs on the device.
+
+Per-row settings live in per-slot device tensors, written once when a request is admitted, so a step does
+no host work per row except drawing its noise from the request's own `torch.Generator` (which is what makes
+a seeded request reproducible whatever else is in the batch). Nothing syncs with the host: the token is
+`argmax(probs / E)` with E ~ Exp(1) (the Gumbel-max trick, as in gpt-fast), not `multinomial`.
+
+Order of the transforms (vLLM's): repetition penalty -> temperature -> min-p -> top-k -> top-p.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """How to pick the tokens of one request.
+
+    temperature: 0 means greedy (argmax); otherwise logits are divided by it.
+    top_k: keep the k most likely tokens (0 or -1: all). top_p: keep the smallest set whose probability
+    reaches p (1: all). min_p: drop tokens below min_p x the top probability (0: none).
+    repetition_penalty: > 1 discourages tokens already in the prompt or the output (HF / vLLM rule:
+    positive logits are divided by it, negative ones multiplied).
+    seed: a per-request generator seed; None draws one from torch's global RNG when the request starts.
+    stop_token_ids: ids that end the request (besides the tokenizer's / model's EOS unless ignore_eos); the
+    stop token is kept in `token_ids`, not in `text`. stop: strings that end the request; the text is cut
+    before the match. max_new_tokens: at most this many generated tokens (0: none).
+    """
+
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop_token_ids: Sequence[int] = field(default_factory=tuple)
+    stop: Sequence[str] | str = field(default_factory=tuple)
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+        self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+
+        need(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
+             f"max_new_tokens must be an integer >= 0 (got {self.max_new_tokens!r})")
+        need(math.isfinite(self.temperature) and self.temperature >= 0,
+             f"temperature must be >= 0 (0 = greedy; got {self.temperature!r})")
+        need(isinstance(self.top_k, int) and self.top_k >= -1, f"top_k must be -1, 0 (all) or >= 1 (got {self.top_k!r})")
+        need(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1] (got {self.top_p!r})")
+        need(0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1] (got {self.min_p!r})")
+        need(math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+             f"repetition_penalty must be > 0 (got {self.repetition_penalty!r})")
+        need(all(s for s in self.stop), "stop strings must be non-empty")
+        need(all(t >= 0 for t in self.stop_token_ids), "stop_token_ids must be >= 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class Sampler:
+    """Per-slot sampling settings plus a (slots, vocab) table of the tokens each sequence has seen."""
+
+    def __init__(self, max_batch: int, vocab_size: int, device: torch.device | str = "cpu"):
+        dev = torch.device(device)
+        self.device, self.vocab_size = dev, vocab_size
+        self.temperature = torch.zeros(max_batch, device=dev)
+        self.top_k = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.top_p = torch.ones(max_batch, device=dev)
+        self.min_p = torch.zeros(max_batch, device=dev)
+        self.penalty = torch.ones(max_batch, device=dev)
+        self.seen: torch.Tensor | None = None  # (slots, V) bool, allocated when a request asks for a penalty
+        self.generators: list[torch.Generator | None] = [None] * max_batch
+        self.params: list[SamplingParams | None] = [None] * max_batch
+
+    def admit(self, slot: int, params: SamplingParams, prompt: Sequence[int]) -> None:
+        self.params[slot] = params
+        self.temperature[slot] = params.temperature
+        self.top_k[slot] = params.top_k if params.top_k > 0 else self.vocab_size
+        self.top_p[slot] = params.top_p
+        self.min_p[slot] = params.min_p
+        self.penalty[slot] = params.repetition_penalty
+        if params.repetition_penalty != 1.0:
+            if self.seen is None:
+                self.seen = torch.zeros(len(self.params), self.vocab_size, dtype=torch.bool, device=self.device)
+            self.seen[slot] = False
+            self.seen[slot, torch.as_tensor(list(prompt), dtype=torch.long, device=self.device)] = True
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        self.generators[slot] = None if params.greedy else torch.Generator(self.device).manual_seed(seed)
+
+    def release(self, slot: int) -> None:
+        self.params[slot] = self.generators[slot] = None
+
+    @torch.inference_mode()
+    def sample(self, logits: torch.Tensor, slots: torch.Tensor, slot_list: Sequence[int]) -> torch.Tensor:
+        """logits (B, V) for rows in `slots` (B,) (same slots as the Python list) -> tokens (B,) int64."""
+        params = [self.params[s] for s in slot_list]
+        logits = logits.float()
+        if self.seen is not None and any(p.repetition_penalty != 1.0 for p in params):
+            logits = apply_repetition_penalty(logits, self.seen[slots], self.penalty[slots])
+        greedy_tokens = logits.argmax(-1)
+        if all(p.greedy for p in params):
+            tokens = greedy_tokens
+        else:
+            noise = torch.stack([
+                torch.empty(logits.shape[-1], device=logits.device).exponential_(generator=self.generators[s])
+                if self.generators[s] is not None else torch.ones(logits.shape[-1], device=logits.device)
+                for s in slot_list])
+            filtered = any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in params)
+            probs, order = sampling_probs(logits, self.temperature[slots], self.top_k[slots], self.top_p[slots],
+                                          self.min_p[slots], sort=filtered)
+            pick = (probs / noise.clamp_min(1e-20)).argmax(-1, keepdim=True)
+            sampled = (order.gather(-1, pick) if order is not None else pick)[:, 0]
+            tokens = torch.where(self.temperature[slots] > 0, sampled, greedy_tokens)
+        if self.seen is not None:
+            self.seen[slots, tokens] = True
+        return tokens
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    """logits (B, V) fp32, seen (B, V) bool, penalty (B,) -> logits with seen tokens penalised."""
+    p = penalty[:, None]
+    return torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                   min_p: torch.Tensor, sort: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The filtered distribution per row: (probs (B, V), order (B, V) or None).
+
+    With `sort`, probs are over tokens sorted by decreasing logit and `order` maps back to token ids;
+    top_k (B,) holds V for "all". Rows with temperature 0 are scaled by 1 (the caller takes argmax there).
+    """
+    t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))[:, None]
+    scaled = logits / t
+    if not sort:
+        return torch.softmax(scaled, -1), None
+    scaled, order = scaled.sort(-1, descending=True)
+    probs = torch.softmax(scaled, -1)
+    ranks = torch.arange(scaled.shape[-1], device=scaled.device)[None, :]
+    drop = probs < min_p[:, None] * probs[:, :1]  # min-p, relative to the most likely token
+    drop |= ranks >= top_k[:, None]
+    kept = probs.masked_fill(drop, 0.0)
+    kept = kept / kept.sum(-1, keepdim=True)
+    before = kept.cumsum(-1) - kept  # mass of the more likely tokens: keep until it reaches top_p
+    drop |= before >= top_p[:, None]
+    drop[:, 0] = False  # the most likely token always survives
+    kept = probs.masked_fill(drop, 0.0)
+    return kept / kept.sum(-1, keepdim=True), order
