@@ -2,11 +2,12 @@
 
 from sambay.config import ConfigError, ModelConfig
 from sambay.model import CausalLM, CausalLMOutput
+from sambay.engine import GenerationResult, Generator, SamplingParams
 from sambay.interop.errors import CheckpointError
 from sambay.interop.pretrained import from_pretrained
 
-__all__ = ["CausalLM", "CausalLMOutput", "CheckpointError", "ConfigError", "ModelConfig", "from_pretrained",
-           "load_tokenizer"]
+__all__ = ["CausalLM", "CausalLMOutput", "CheckpointError", "ConfigError", "GenerationResult", "Generator",
+           "ModelConfig", "SamplingParams", "from_pretrained", "load_tokenizer"]
 __version__ = "0.1.0"
 
 

@@ -129,15 +129,17 @@ class TokenLoader:
             self._perms[key] = np.random.default_rng([self.seed, d, epoch]).permutation(self.num_blocks[d])
             while len(self._perms) > 2 * len(self.streams):  # current + next epoch per dataset
                 self._perms.popitem(last=False)
+        self._perms.move_to_end(key)  # LRU: a slow dataset's epoch is not evicted by a fast one's
         return self._perms[key]
 
     def _block_index(self, d: int, sample: int) -> int:
         epoch, pos = divmod(sample, self.num_blocks[d])
         return int(self._perm(d, epoch)[pos])
 
-    def batch_indices(self, step: int, consumed: list[int]) -> list[tuple[int, int]]:
+    def batch_indices(self, step: int, consumed: list[int],
+                      slots: np.ndarray | None = None) -> list[tuple[int, int]]:
         """(dataset, block) pairs of this rank's rows in batch ``step`` given the counters before it."""
-        slots = self._slot_datasets(step)
+        slots = self._slot_datasets(step) if slots is None else slots
         # how many earlier slots of the global batch drew the same dataset, per slot
         onehot = slots[None, :] == np.arange(len(self.streams))[:, None]
         earlier = (np.cumsum(onehot, axis=1) - onehot)[slots, np.arange(slots.size)]
@@ -151,9 +153,10 @@ class TokenLoader:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, ...]:
-        idx = self.batch_indices(self.step, self.consumed)
+        slots = self._slot_datasets(self.step)
+        idx = self.batch_indices(self.step, self.consumed, slots)
         blocks = [self.streams[d].block(b, self.seq_len) for d, b in idx]
-        counts = np.bincount(self._slot_datasets(self.step), minlength=len(self.streams))
+        counts = np.bincount(slots, minlength=len(self.streams))
         self.consumed = [c + int(n) for c, n in zip(self.consumed, counts)]
         self.step += 1
         return _stack(blocks, self.eos_id if self.document_ids else None)
@@ -196,6 +199,8 @@ class ValidationLoader:
     def __init__(self, source: Source, seq_len: int, batch_size: int, *, rank: int = 0,
                  world_size: int = 1, max_batches: int | None = None, document_ids: bool = False,
                  eos_id: int | None = None, vocab_size: int | None = None):
+        if isinstance(source, Mapping):
+            raise DataError("validation reads one held-out source in fixed order, not a weighted mixture")
         (self.stream,), _, self.eos_id = _open_streams(source, eos_id, vocab_size)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside [0, {world_size})")

@@ -130,7 +130,9 @@ def _chain_sentinel(it):
 
 def _bump(n: int) -> None:
     counter = _WORKER.get("counter")
-    if counter is not None:
+    if callable(counter):  # in-process run: report straight to the progress display
+        counter(n)
+    elif counter is not None:  # shared multiprocessing.Value read by the driver
         with counter.get_lock():
             counter.value += n
 
@@ -197,13 +199,16 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     progress = _Progress(len(tasks), len(skipped), config.progress)
     workers = max(1, min(config.workers, len(tasks)))
     if workers == 1:
-        _init_worker(str(tok.path), None, quiet_rust=False)
-        results = (_process_input(t) for t in tasks)
-        for res in results:
-            progress.tokens += res["tokens"]
-            _record(out, manifest, res, progress)
+        _init_worker(str(tok.path), progress.add, quiet_rust=False)
+        try:
+            for task in tasks:
+                _record(out, manifest, _process_input(task), progress)
+        finally:
+            _WORKER.clear()
     else:
-        ctx = mp.get_context("spawn")  # no forked Rust thread pools / torch state in the workers
+        # fork where available: workers start in milliseconds and callers need no __main__ guard.
+        # Safe here because the parent has not run the tokenizer (no Rust thread pool to inherit).
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         counter = ctx.Value("q", 0)
         with ctx.Pool(workers, _init_worker, (str(tok.path), counter, True)) as pool:
             it = pool.imap_unordered(_process_input, tasks)
@@ -245,6 +250,10 @@ class _Progress:
         self.tty = sys.stderr.isatty()
         if enabled and skipped:
             print(f"prepare: skipping {skipped} input(s) already in the manifest", file=sys.stderr)
+
+    def add(self, n: int) -> None:
+        self.tokens += n
+        self.show()
 
     def show(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -156,6 +156,8 @@ def archscale_config(preset: str, depth: int | None, state: Mapping[str, torch.T
     if wte is not None:
         changes["tie_embeddings"] = head is None or _same_tensor(head, wte)
     changes.update(overrides or {})
+    if "d_model" in changes and "dt_rank" not in changes:
+        changes["dt_rank"] = None  # re-derive ceil(d_model / 16) instead of keeping the preset's value
     try:
         return ModelConfig.from_preset(preset, depth=depth, **changes)
     except (ConfigError, TypeError) as e:

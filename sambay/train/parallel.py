@@ -59,6 +59,20 @@ def _hide_context(block: nn.Module) -> None:
     block.register_forward_pre_hook(box, prepend=True, with_kwargs=True)
 
 
+@torch.no_grad()
+def _broadcast_from_rank0(model: nn.Module) -> None:
+    """Make every rank start from rank 0's weights before sharding (DDP does this itself).
+
+    Seeding alone is not enough: the initialiser may consume the RNG in an order that differs between
+    processes (e.g. iterating a set of names under hash randomisation), and each rank keeps only its own
+    shard of its own initialisation.
+    """
+    import torch.distributed as dist
+
+    for t in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(t.data, src=0)
+
+
 def apply_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each block's activations in backward (non-reentrant `torch.utils.checkpoint`).
 
@@ -116,6 +130,8 @@ def parallelize(model: nn.Module, mode: str, *, device: torch.device, activation
         apply_compile(model)
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
+
+        _broadcast_from_rank0(model)
 
         n = len(model.layers)
         for i, block in enumerate(model.layers):

@@ -116,6 +116,11 @@ class Run:
     depth: int | None = None
     tokens: float | None = None  # training tokens (raw count)
     source: str = ""
+    label: str = ""  # the fit group: arch + parametrization (SP and μP++ runs must not share a fit)
+
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", self.arch)
 
     def x(self, axis: str) -> float:
         """The run's coordinate: Transformer++ FLOPs at its depth, or billions of tokens."""
@@ -149,8 +154,10 @@ def _run_from_record(rec: dict, source: str) -> Run:
     tokens = rec.get("tokens")
     if tokens is None and rec.get("tokens_b") is not None:
         tokens = float(rec["tokens_b"]) * 1e9
+    param = _lookup(rec, ("parametrization", "model.parametrization"))
+    label = rec.get("label") or (f"{arch} {param}" if param else str(arch))
     return Run(str(arch), float(loss), None if depth is None else int(depth),
-               None if tokens is None else float(tokens), source)
+               None if tokens is None else float(tokens), source, str(label))
 
 
 def _run_from_dir(path: Path) -> Run:
@@ -175,13 +182,19 @@ def _run_from_dir(path: Path) -> Run:
     cfg = json.loads(config.read_text())
     rec = {"arch": _lookup(cfg, ("arch", "model.arch", "model.name", "name")),
            "depth": _lookup(cfg, ("depth", "model.depth", "n_layer", "model.n_layer")),
+           "parametrization": _lookup(cfg, ("parametrization", "model.parametrization")),
+           "label": cfg.get("label"),
            "val_loss": last["val_loss"], "tokens": last.get("tokens", tokens)}
     return _run_from_record(rec, str(path))
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     """Runs from JSON files (an object, a list, or ``{"runs": [...]}``), JSONL files (one run a line),
-    or run directories (last ``val_loss`` in metrics.jsonl + arch/depth from config.json)."""
+    or run directories (last ``val_loss`` in metrics.jsonl + arch/depth from config.json).
+
+    Record keys: ``arch``, ``val_loss``, ``depth`` (compute axis), ``tokens`` or ``tokens_b`` (tokens
+    axis), optional ``parametrization`` (joins the fit label, e.g. "sambay mup++") or ``label``.
+    """
     runs: list[Run] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -205,15 +218,15 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
 
 def published_runs() -> list[Run]:
     """The §16.2 losses as runs (one per architecture and depth)."""
-    return [Run(arch, loss, depth, source="ARCHITECTURE.md §16.2")
+    return [Run(arch.split()[0], loss, depth, source="ARCHITECTURE.md §16.2", label=arch)
             for arch, losses in PUBLISHED_LOSSES.items() for depth, loss in zip(PUBLISHED_DEPTHS, losses)]
 
 
 def fit_runs(runs: Sequence[Run], axis: str = "compute") -> dict[str, ScalingFit]:
-    """One fit per architecture, in first-seen order."""
+    """One fit per label (architecture + parametrization), in first-seen order."""
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        groups.setdefault(r.arch, []).append(r)
+        groups.setdefault(r.label, []).append(r)
     return {arch: fit_scaling_law([r.x(axis) for r in rs], [r.val_loss for r in rs], axis)
             for arch, rs in groups.items()}
 
@@ -232,7 +245,7 @@ def plot_fits(runs: Sequence[Run], fits: dict[str, ScalingFit], out: str | Path)
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for arch in archs:
             fit = fits[arch]
-            pts = [(r.x(fit.axis), r.val_loss) for r in runs if r.arch == arch]
+            pts = [(r.x(fit.axis), r.val_loss) for r in runs if r.label == arch]
             xs = np.array([p[0] for p in pts])
             grid = np.geomspace(xs.min() / 1.5, xs.max() * 1.5, 200)
             line = ax.plot(grid, fit.predict(grid), label=f"{arch}: {fit.A:.2f}·X^(-{fit.b:.3f}) + {fit.C:.2f}")

@@ -22,3 +22,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
 
 __all__ = ["attention", "masked_attention"]
+
+
+from sambay.ops.attention.decode import decode_attention  # noqa: E402
+from sambay.ops.attention.prefill import prefill_attention  # noqa: E402
+
+__all__ += ["decode_attention", "prefill_attention"]

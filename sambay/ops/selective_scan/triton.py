@@ -37,10 +37,8 @@ LOG2E = 1.4426950408889634
 # states saved at the forward's chunk starts. Chosen on an H100 (see benchmarks/results); overridable for
 # tuning, but the fake (meta) kernels read the same value.
 CHUNK = 16
-FWD_BD = 16
-FWD_WARPS = 4
-BWD_BD = 16
-BWD_WARPS = 4
+FWD_ORDER, FWD_BD, FWD_WARPS = 0, 16, 4
+BWD_ORDER, BWD_BD, BWD_WARPS = 0, 16, 4
 
 
 # Debug switch for tests: fill every kernel-written output buffer with NaN first, so an element the kernel
@@ -79,38 +77,57 @@ def _bwd_combine(f1, m1, v1, f2, m2, v2):
 
 
 @triton.jit
+def _at(x, AX: tl.constexpr):
+    """Place a 1-D vector on axis AX of a 3-D tile (size 1 on the other axes)."""
+    if AX == 0:
+        r = x[:, None, None]
+    elif AX == 1:
+        r = x[None, :, None]
+    else:
+        r = x[None, None, :]
+    return r
+
+
+@triton.jit
 def _load_chunk(
-    pid_b64, t, tmask, d, dmask, n, nmask,
+    pid_b64, t, tmask, d3, dmask, n3, nmask,
     u_ptr, dt_ptr, B_ptr, C_ptr, dtb,
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t,
     SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr,
 ):
-    m2 = tmask[:, None] & dmask[None, :]
-    mn = tmask[:, None] & nmask[None, :]
-    u = tl.load(u_ptr + pid_b64 * s_u_b + t[:, None] * s_u_t + d[None, :], mask=m2, other=0.0).to(tl.float32)
-    xr = tl.load(dt_ptr + pid_b64 * s_dt_b + t[:, None] * s_dt_t + d[None, :], mask=m2, other=0.0).to(tl.float32)
+    """Load one chunk as 3-D tiles (size 1 on the axes a tensor does not have), cast to fp32 at once."""
+    m2 = tmask & dmask
+    mn = tmask & nmask
+    u = tl.load(u_ptr + pid_b64 * s_u_b + t * s_u_t + d3, mask=m2, other=0.0).to(tl.float32)
+    xr = tl.load(dt_ptr + pid_b64 * s_dt_b + t * s_dt_t + d3, mask=m2, other=0.0).to(tl.float32)
     if HAS_DTB:
-        xr = xr + dtb[None, :]
+        xr = xr + dtb
     if SOFTPLUS:
         dt = _softplus(xr)
     else:
         dt = xr
-    Bv = tl.load(B_ptr + pid_b64 * s_B_b + t[:, None] * s_B_t + n[None, :], mask=mn, other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + pid_b64 * s_C_b + t[:, None] * s_C_t + n[None, :], mask=mn, other=0.0).to(tl.float32)
+    Bv = tl.load(B_ptr + pid_b64 * s_B_b + t * s_B_t + n3, mask=mn, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + pid_b64 * s_C_b + t * s_C_t + n3, mask=mn, other=0.0).to(tl.float32)
     return u, xr, dt, Bv, Cv
 
 
 @triton.jit
 def _chunk_decay(dt, A2, t, tmask, seq_ptr, pid_b64, s_seq_b, s_seq_t, HAS_SEQ: tl.constexpr):
-    """[BT, BD, N] a_t = exp(dt*A) with document resets (a = 0) and padded rows (a = 1)."""
-    a = tl.exp2(dt[:, :, None] * A2[None, :, :])
+    """Full-tile a_t = exp(dt*A) with document resets (a = 0) and padded rows (a = 1)."""
+    a = tl.exp2(dt * A2)
     if HAS_SEQ:
         cur = tl.load(seq_ptr + pid_b64 * s_seq_b + t * s_seq_t, mask=tmask, other=0)
         prv = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(t - 1, 0) * s_seq_t, mask=tmask, other=0)
         reset = (cur != prv) & (t > 0)
-        a = tl.where(reset[:, None, None], 0.0, a)
-    a = tl.where(tmask[:, None, None], a, 1.0)
+        a = tl.where(reset, 0.0, a)
+    a = tl.where(tmask, a, 1.0)
     return a
+
+
+# The kernels work on 3-D tiles whose axis order is a compile-time choice: ORDER 0 = (time, channel,
+# state), ORDER 1 = (state, time, channel). Triton spreads lanes over the last axis first, so ORDER 1 with
+# BD = 32 * num_warps keeps each channel's whole [N, BT] block inside one thread: the time scan and the
+# sum over states then need no shuffles. AX_T / AX_D / AX_N name the axes of each order.
 
 
 @triton.jit
@@ -121,54 +138,55 @@ def _scan_fwd_kernel(
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_y_b, s_y_t,
     s_seq_b, s_seq_t,
     BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+    AX_T: tl.constexpr, AX_D: tl.constexpr, AX_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_HT: tl.constexpr, STORE_HS: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b64 = pid_b.to(tl.int64)
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < DIM
-    n = tl.arange(0, NP)
-    nmask = n < NSTATE
-    dn = d[:, None] * NSTATE + n[None, :]
-    dnmask = dmask[:, None] & nmask[None, :]
+    d3 = _at(pid_d * BD + tl.arange(0, BD), AX_D)
+    n3 = _at(tl.arange(0, NP), AX_N)
+    rows = _at(tl.arange(0, BT), AX_T)
+    dmask = d3 < DIM
+    nmask = n3 < NSTATE
+    dn = d3 * NSTATE + n3
+    dnmask = dmask & nmask
     A2 = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32) * 1.4426950408889634
     if HAS_DTB:
-        dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+        dtb = tl.load(dtb_ptr + d3, mask=dmask, other=0.0).to(tl.float32)
     else:
-        dtb = tl.zeros([BD], dtype=tl.float32)
+        dtb = 0.0
     if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+        Dv = tl.load(D_ptr + d3, mask=dmask, other=0.0).to(tl.float32)
     state_off = pid_b64 * DIM * NSTATE + dn
     if HAS_H0:
         h = tl.load(h0_ptr + state_off, mask=dnmask, other=0.0).to(tl.float32)
     else:
-        h = tl.zeros([BD, NP], dtype=tl.float32)
-    rows = tl.arange(0, BT)
+        h = tl.zeros_like(A2)
     for c in range(0, NCHUNK):
         if STORE_HS:
             tl.store(hs_ptr + (pid_b64 * NCHUNK + c) * DIM * NSTATE + dn, h, mask=dnmask)
         t = c * BT + rows
         tmask = t < T
         u, xr, dt, Bv, Cv = _load_chunk(
-            pid_b64, t, tmask, d, dmask, n, nmask, u_ptr, dt_ptr, B_ptr, C_ptr, dtb,
+            pid_b64, t, tmask, d3, dmask, n3, nmask, u_ptr, dt_ptr, B_ptr, C_ptr, dtb,
             s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, SOFTPLUS, HAS_DTB,
         )
         a = _chunk_decay(dt, A2, t, tmask, seq_ptr, pid_b64, s_seq_b, s_seq_t, HAS_SEQ)
-        b = (dt * u)[:, :, None] * Bv[:, None, :]
-        acum, hh = tl.associative_scan((a, b), 0, _fwd_combine)
-        hh = hh + acum * h[None, :, :]
-        y = tl.sum(hh * Cv[:, None, :], axis=2)
+        b = (dt * u) * Bv
+        acum, hh = tl.associative_scan((a, b), AX_T, _fwd_combine)
+        hh = hh + acum * h
+        y = tl.sum(hh * Cv, axis=AX_N, keep_dims=True)
         if HAS_D:
-            y = y + u * Dv[None, :]
-        m2 = tmask[:, None] & dmask[None, :]
+            y = y + u * Dv
+        m2 = tmask & dmask
         if HAS_Z:
-            zz = tl.load(z_ptr + pid_b64 * s_z_b + t[:, None] * s_z_t + d[None, :], mask=m2, other=0.0).to(tl.float32)
+            zz = tl.load(z_ptr + pid_b64 * s_z_b + t * s_z_t + d3, mask=m2, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
-        tl.store(y_ptr + pid_b64 * s_y_b + t[:, None] * s_y_t + d[None, :], y.to(y_ptr.dtype.element_ty), mask=m2)
+        tl.store(y_ptr + pid_b64 * s_y_b + t * s_y_t + d3, y.to(y_ptr.dtype.element_ty), mask=m2)
         # the state after the chunk is its last row (padded rows carry it through unchanged)
-        h = tl.sum(tl.where(rows[:, None, None] == BT - 1, hh, 0.0), axis=0)
+        h = tl.sum(tl.where(rows == BT - 1, hh, 0.0), axis=AX_T, keep_dims=True)
     if STORE_HT:
         tl.store(hT_ptr + state_off, h, mask=dnmask)
 
@@ -182,98 +200,102 @@ def _scan_bwd_kernel(
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t,
     s_dy_b, s_dy_t, s_seq_b, s_seq_t,
     BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+    AX_T: tl.constexpr, AX_D: tl.constexpr, AX_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_DHT: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_DH0: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b64 = pid_b.to(tl.int64)
-    d = pid_d * BD + tl.arange(0, BD)
-    dmask = d < DIM
-    n = tl.arange(0, NP)
-    nmask = n < NSTATE
-    dn = d[:, None] * NSTATE + n[None, :]
-    dnmask = dmask[:, None] & nmask[None, :]
+    d3 = _at(pid_d * BD + tl.arange(0, BD), AX_D)
+    n3 = _at(tl.arange(0, NP), AX_N)
+    rows = _at(tl.arange(0, BT), AX_T)
+    dmask = d3 < DIM
+    nmask = n3 < NSTATE
+    dn = d3 * NSTATE + n3
+    dnmask = dmask & nmask
     A = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
     if HAS_DTB:
-        dtb = tl.load(dtb_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+        dtb = tl.load(dtb_ptr + d3, mask=dmask, other=0.0).to(tl.float32)
     else:
-        dtb = tl.zeros([BD], dtype=tl.float32)
+        dtb = 0.0
     if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+        Dv = tl.load(D_ptr + d3, mask=dmask, other=0.0).to(tl.float32)
     state_off = pid_b64 * DIM * NSTATE + dn
     # carry = a_{e+1} g_{e+1}: what the later part of the sequence sends into h_e. After the last token it
     # is the final-state gradient (padded rows pass it through with a = 1).
     if HAS_DHT:
         carry = tl.load(dhT_ptr + state_off, mask=dnmask, other=0.0).to(tl.float32)
     else:
-        carry = tl.zeros([BD, NP], dtype=tl.float32)
-    dA_acc = tl.zeros([BD, NP], dtype=tl.float32)
-    dD_acc = tl.zeros([BD], dtype=tl.float32)
-    ddtb_acc = tl.zeros([BD], dtype=tl.float32)
-    rows = tl.arange(0, BT)
+        carry = tl.zeros_like(A)
+    dA_acc = tl.zeros_like(A)
+    dD_acc = tl.sum(tl.zeros_like(A), axis=AX_N, keep_dims=True)
+    ddtb_acc = tl.sum(tl.zeros_like(A), axis=AX_N, keep_dims=True)
     for cc in range(0, NCHUNK):
         c = NCHUNK - 1 - cc
         t = c * BT + rows
         tmask = t < T
-        m2 = tmask[:, None] & dmask[None, :]
-        mn = tmask[:, None] & nmask[None, :]
+        m2 = tmask & dmask
+        mn = tmask & nmask
         h0 = tl.load(hs_ptr + (pid_b64 * NCHUNK + c) * DIM * NSTATE + dn, mask=dnmask, other=0.0)
         u, xr, dt, Bv, Cv = _load_chunk(
-            pid_b64, t, tmask, d, dmask, n, nmask, u_ptr, dt_ptr, B_ptr, C_ptr, dtb,
+            pid_b64, t, tmask, d3, dmask, n3, nmask, u_ptr, dt_ptr, B_ptr, C_ptr, dtb,
             s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, SOFTPLUS, HAS_DTB,
         )
         a = _chunk_decay(dt, A2, t, tmask, seq_ptr, pid_b64, s_seq_b, s_seq_t, HAS_SEQ)
-        b = (dt * u)[:, :, None] * Bv[:, None, :]
-        acum, hh = tl.associative_scan((a, b), 0, _fwd_combine)
-        hh = hh + acum * h0[None, :, :]
-        dy = tl.load(dy_ptr + pid_b64 * s_dy_b + t[:, None] * s_dy_t + d[None, :], mask=m2, other=0.0).to(tl.float32)
+        b = (dt * u) * Bv
+        acum, hh = tl.associative_scan((a, b), AX_T, _fwd_combine)
+        hh = hh + acum * h0
+        dy = tl.load(dy_ptr + pid_b64 * s_dy_b + t * s_dy_t + d3, mask=m2, other=0.0).to(tl.float32)
+        out_off = (pid_b64 * T + t) * DIM + d3
         if HAS_Z:
-            zz = tl.load(z_ptr + pid_b64 * s_z_b + t[:, None] * s_z_t + d[None, :], mask=m2, other=0.0).to(tl.float32)
-            y = tl.sum(hh * Cv[:, None, :], axis=2)
+            zz = tl.load(z_ptr + pid_b64 * s_z_b + t * s_z_t + d3, mask=m2, other=0.0).to(tl.float32)
+            y = tl.sum(hh * Cv, axis=AX_N, keep_dims=True)
             if HAS_D:
-                y = y + u * Dv[None, :]
+                y = y + u * Dv
             sg = tl.sigmoid(zz)
             dz = dy * y * sg * (1.0 + zz * (1.0 - sg))
-            tl.store(dz_ptr + (pid_b64 * T + t[:, None]) * DIM + d[None, :],
-                     dz.to(dz_ptr.dtype.element_ty), mask=m2)
+            tl.store(dz_ptr + out_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
             dy = dy * zz * sg
         if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=0)
+            dD_acc += tl.sum(dy * u, axis=AX_T, keep_dims=True)
         # reverse scan for g_t, then add what the later chunks send in
-        ones = tl.full([BT, BD, NP], 1.0, dtype=tl.float32)
-        cdy = dy[:, :, None] * Cv[:, None, :]
-        _, gm, gv = tl.associative_scan((a, ones, cdy), 0, _bwd_combine, reverse=True)
-        g = gv + gm * carry[None, :, :]
-        carry = tl.sum(tl.where(rows[:, None, None] == 0, a * g, 0.0), axis=0)
-        g = tl.where(tmask[:, None, None], g, 0.0)  # padded rows carry dhT but own no inputs
+        ones = tl.zeros_like(a) + 1.0
+        cdy = dy * Cv
+        _, gm, gv = tl.associative_scan((a, ones, cdy), AX_T, _bwd_combine, reverse=True)
+        g = gv + gm * carry
+        carry = tl.sum(tl.where(rows == 0, a * g, 0.0), axis=AX_T, keep_dims=True)
+        g = tl.where(tmask, g, 0.0)  # padded rows carry dhT but own no inputs
         ah = hh - b  # a_t * h_{t-1}
-        gB = tl.sum(g * Bv[:, None, :], axis=2)
+        gB = tl.sum(g * Bv, axis=AX_N, keep_dims=True)
         du = gB * dt
         if HAS_D:
-            du += dy * Dv[None, :]
-        ddt = gB * u + tl.sum(g * ah * A[None, :, :], axis=2)
-        dA_acc += tl.sum(g * ah * dt[:, :, None], axis=0)
+            du += dy * Dv
+        ddt = gB * u + tl.sum(g * ah * A, axis=AX_N, keep_dims=True)
+        dA_acc += tl.sum(g * ah * dt, axis=AX_T, keep_dims=True)
         if SOFTPLUS:
             ddt = tl.where(xr > 20.0, ddt, ddt * tl.sigmoid(xr))
         ddt = tl.where(m2, ddt, 0.0)
-        ddtb_acc += tl.sum(ddt, axis=0)
-        out_off = (pid_b64 * T + t[:, None]) * DIM + d[None, :]
+        ddtb_acc += tl.sum(ddt, axis=AX_T, keep_dims=True)
         tl.store(du_ptr + out_off, du.to(du_ptr.dtype.element_ty), mask=m2)
         tl.store(ddt_ptr + out_off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
-        dBc = tl.sum(g * (dt * u)[:, :, None], axis=1)
-        dCc = tl.sum(hh * dy[:, :, None], axis=1)
-        bc_off = (pid_b64 * T + t[:, None]) * NSTATE + n[None, :]
+        dBc = tl.sum(g * (dt * u), axis=AX_D, keep_dims=True)
+        dCc = tl.sum(hh * dy, axis=AX_D, keep_dims=True)
+        bc_off = (pid_b64 * T + t) * NSTATE + n3
         tl.atomic_add(dB_ptr + bc_off, dBc, mask=mn)
         tl.atomic_add(dC_ptr + bc_off, dCc, mask=mn)
     tl.store(dA_ptr + state_off, dA_acc, mask=dnmask)
     if HAS_D:
-        tl.store(dD_ptr + pid_b64 * DIM + d, dD_acc, mask=dmask)
+        tl.store(dD_ptr + pid_b64 * DIM + d3, dD_acc, mask=dmask)
     if HAS_DTB:
-        tl.store(ddtb_ptr + pid_b64 * DIM + d, ddtb_acc, mask=dmask)
+        tl.store(ddtb_ptr + pid_b64 * DIM + d3, ddtb_acc, mask=dmask)
     if STORE_DH0:
         tl.store(dh0_ptr + state_off, carry, mask=dnmask)
+
+
+def _axes(order: int) -> dict:
+    return dict(AX_T=0, AX_D=1, AX_N=2) if order == 0 else dict(AX_T=1, AX_D=2, AX_N=0)
 
 
 def _unit_last(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -326,7 +348,7 @@ def scan_fwd(
         0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
         y.stride(0), y.stride(1),
         0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
-        BT=CHUNK, BD=FWD_BD, NP=_np2(nstate),
+        BT=CHUNK, BD=FWD_BD, NP=_np2(nstate), **_axes(FWD_ORDER),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_H0=h0 is not None,
         HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_HT=True, STORE_HS=save_states,
         num_warps=FWD_WARPS,
@@ -373,7 +395,7 @@ def scan_bwd(
         0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
         dy.stride(0), dy.stride(1),
         0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
-        BT=CHUNK, BD=BWD_BD, NP=_np2(nstate),
+        BT=CHUNK, BD=BWD_BD, NP=_np2(nstate), **_axes(BWD_ORDER),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_DHT=dhT is not None,
         HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_DH0=want_dh0,
         num_warps=BWD_WARPS,

@@ -1,0 +1,276 @@
+"""Attention benchmarks on one GPU: decode (split-K Triton) and prefill (SDPA / flex / varlen).
+
+    python benchmarks/attention.py [--out FILE] [--budget SECONDS] [--sweep]
+
+Measures the two ceilings in the same run (device-to-device copy bandwidth counting bytes read + written;
+an 8192^3 bf16 matmul), then:
+  * decode attention at B = 64 x 32K context, Phi-4-flash dims (H 40, G 20, hs 64), all sequences full
+    and ragged, plus the differential-attention variant (half the heads over the even KV heads, values
+    [v_2g || v_2g+1] via v_hi): achieved GB/s (bytes = every valid K and V byte read once + q + out)
+    vs the measured copy bandwidth; --sweep also times n_splits / tile variants;
+  * prefill at B = 8, T = 4096, H 16, G 4, hs 128: full causal through each SDPA backend, sliding window
+    512 through flex / varlen, forward and forward + backward: TFLOP/s counting only unmasked pairs
+    (backward = 2.5x forward) vs the measured matmul rate; also dv = 2*hs (differential attention).
+Times are medians of triton.testing.do_bench (warm-up excluded). Every case is guarded: a failure prints
+its error and the run goes on; --budget stops starting new cases when the time is spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import inspect
+import math
+import platform
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/benchmarks/", 1)[0])
+
+from sambay.ops.attention import decode_triton as dtri  # noqa: E402
+from sambay.ops.attention import prefill as pf  # noqa: E402
+
+T0 = time.time()
+BUDGET = 1e9
+OUT_FILE: str | None = None
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+    if OUT_FILE:  # written as we go, so a run cut off at its time limit keeps what it measured
+        with open(OUT_FILE, "a") as f:
+            f.write(msg + "\n")
+
+
+def bench(fn, warmup=25, rep=100) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def guarded(label):
+    def deco(fn):
+        def run(*a, **kw):
+            if time.time() - T0 > BUDGET:
+                say(f"{label}: skipped (budget spent)")
+                return None
+            try:
+                return fn(*a, **kw)
+            except Exception as e:  # keep going, but say what broke
+                say(f"{label}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+                traceback.print_exc()
+                return None
+        return run
+    return deco
+
+
+# ------------------------------------------------------------------------------------------- ceilings
+def ceilings():
+    n = 1 << 30  # 1 GiB per buffer, far over L2
+    a = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+    b = torch.empty_like(a)
+    ms = bench(lambda: b.copy_(a))
+    bw = 2 * n / (ms * 1e-3) / 1e9
+    del a, b
+    m = 8192
+    x = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+    y = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+    ms_mm = bench(lambda: x @ y)
+    tf = 2 * m ** 3 / (ms_mm * 1e-3) / 1e12
+    del x, y
+    torch.cuda.empty_cache()
+    say(f"copy bandwidth (read+write, 1 GiB): {bw:.0f} GB/s   bf16 matmul 8192^3: {tf:.0f} TFLOP/s")
+    return bw, tf
+
+
+# --------------------------------------------------------------------------------------------- decode
+def decode_bytes(B, n_kv_k, n_kv_v, lens, hs, dv, n_v, H, esize=2):
+    tokens = int(lens.sum().item())
+    kv = tokens * (n_kv_k * hs + n_v * n_kv_v * dv) * esize
+    return kv + B * H * hs * esize + B * H * dv * n_v * esize
+
+
+def decode_section(bw, sweep):
+    B, H, G, hs, N = 64, 40, 20, 64, 32768
+    torch.manual_seed(0)
+    kc = torch.randn(B, G, N, hs, device="cuda", dtype=torch.bfloat16)
+    vc = torch.randn(B, G, N, hs, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(B, H, hs, device="cuda", dtype=torch.bfloat16)
+    full = torch.full((B,), N, device="cuda", dtype=torch.int32)
+    ragged = torch.randint(1, N + 1, (B,), device="cuda", dtype=torch.int32)
+    slots = torch.randperm(B, device="cuda").to(torch.int32)
+    say(f"\n== decode attention: B={B} N={N} H={H} G={G} hs={hs} bf16, cache {2 * kc.numel() * 2 / 1e9:.2f} GB; "
+        f"default n_splits={dtri.default_splits(B, G, N, q.device)} block_n={dtri.BLOCK_N_DEFAULT} "
+        f"warps={dtri.NUM_WARPS_DEFAULT} stages={dtri.NUM_STAGES_DEFAULT}")
+    say(f"{'case':<44} {'ms':>8} {'GB/s':>8} {'% of copy bw':>13}")
+
+    ref_out = {}
+
+    def one(label, args, nbytes, **kw):
+        @guarded(label)
+        def go():
+            out = dtri.decode_attention(*args, **kw)
+            key = (id(args[0]), id(args[3]), args[5] is not None)
+            if key in ref_out:  # every variant must compute the same function as the default config
+                err = ((out.float() - ref_out[key]).norm() / ref_out[key].norm()).item()
+                if not err < 1e-2:
+                    raise AssertionError(f"differs from the default config: rel err {err:.2e}")
+            else:
+                ref_out[key] = out.float()
+            ms = bench(lambda: dtri.decode_attention(*args, **kw))
+            gbs = nbytes / (ms * 1e-3) / 1e9
+            say(f"{label:<44} {ms:8.3f} {gbs:8.0f} {100 * gbs / bw:12.1f}%")
+            return gbs
+        return go()
+
+    plain_full = (q, kc, vc, full, slots, None)
+    nb_full = decode_bytes(B, G, G, full, hs, hs, 1, H)
+    best = one("plain, all 32K (default)", plain_full, nb_full)
+    one("plain, ragged lengths (default)", (q, kc, vc, ragged, slots, None), decode_bytes(B, G, G, ragged, hs, hs, 1, H))
+    qd = q[:, 0::2]
+    da_full = (qd, kc[:, 0::2], vc[:, 0::2], full, slots, vc[:, 1::2])
+    nb_da = decode_bytes(B, G // 2, G // 2, full, hs, hs, 2, H // 2)
+    one("diff-attn v_hi, all 32K (default)", da_full, nb_da)
+    one("diff-attn v_hi, ragged (default)", (qd, kc[:, 0::2], vc[:, 0::2], ragged, slots, vc[:, 1::2]),
+        decode_bytes(B, G // 2, G // 2, ragged, hs, hs, 2, H // 2))
+    # SWA ring buffer: 512 slots per sequence (a strided view of the big cache stands in for the ring)
+    swa_lens = torch.full((B,), 512, device="cuda", dtype=torch.int32)
+    one("plain, SWA ring 512 (default)", (q, kc[:, :, :512], vc[:, :, :512], swa_lens, slots, None),
+        decode_bytes(B, G, G, swa_lens, hs, hs, 1, H))
+    # small batch: split-K matters most here
+    one("plain, B=4 all 32K (default)", (q[:4], kc, vc, full[:4], slots[:4], None), decode_bytes(4, G, G, full[:4], hs, hs, 1, H))
+    if sweep:
+        for ns in (1, 2, 4, 8, 16, 32):
+            one(f"plain all 32K n_splits={ns}", plain_full, nb_full, n_splits=ns)
+        for ns in (1, 4, 16, 64):
+            one(f"plain B=4 n_splits={ns}", (q[:4], kc, vc, full[:4], slots[:4], None),
+                decode_bytes(4, G, G, full[:4], hs, hs, 1, H), n_splits=ns)
+        for bn, w, st in ((32, 2, 3), (64, 2, 3), (64, 4, 2), (64, 4, 4), (128, 4, 3), (128, 8, 3), (64, 8, 3),
+                          (128, 4, 2), (256, 8, 2)):
+            for ns in (2, 8):
+                one(f"plain all 32K ns={ns} bn={bn} w={w} st={st}", plain_full, nb_full,
+                    n_splits=ns, block_n=bn, num_warps=w, num_stages=st)
+        for ns in (1, 2, 4, 8):
+            one(f"diff-attn all 32K n_splits={ns}", da_full, nb_da, n_splits=ns)
+    del kc, vc
+    torch.cuda.empty_cache()
+    return best
+
+
+# -------------------------------------------------------------------------------------------- prefill
+def prefill_section(peak, sweep):
+    B, T, H, G, hs = 8, 4096, 16, 4, 128
+    say(f"\n== prefill attention: B={B} T={T} H={H} G={G} hs={hs} bf16 (FLOPs: unmasked pairs only; bwd = 2.5x fwd)")
+    say(f"torch {torch.__version__}: varlen_attn with window_size+enable_gqa: {pf.varlen_available()}")
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+        say(f"varlen_attn signature: {inspect.signature(varlen_attn)}")
+    except Exception as e:
+        say(f"varlen_attn: not importable ({e})")
+    say(f"{'case':<58} {'fwd ms':>8} {'TFLOP/s':>8} {'%pk':>5} {'f+b ms':>8} {'TFLOP/s':>8} {'%pk':>5}")
+    torch.manual_seed(1)
+
+    def one(label, fn, flops, dvm=1):
+        @guarded(label)
+        def go():
+            q = torch.randn(B, T, H, hs, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            k = torch.randn(B, T, G, hs, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            v = torch.randn(B, T, G, dvm * hs, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            with torch.no_grad():
+                fn(q, k, v)
+                ms_f = bench(lambda: fn(q, k, v))
+            out = fn(q, k, v)
+            go_ = torch.randn_like(out)
+
+            def fb():
+                o = fn(q, k, v)
+                torch.autograd.grad(o, (q, k, v), go_)
+
+            fb()
+            ms_fb = bench(fb, warmup=10, rep=50)
+            tf_f = flops / (ms_f * 1e-3) / 1e12
+            tf_fb = 3.5 * flops / (ms_fb * 1e-3) / 1e12
+            say(f"{label:<58} {ms_f:8.3f} {tf_f:8.0f} {100 * tf_f / peak:4.0f}% {ms_fb:8.3f} {tf_fb:8.0f} {100 * tf_fb / peak:4.0f}%")
+        return go()
+
+    scale = hs ** -0.5
+    for dvm in (1, 2):
+        fl_full = pf.causal_flops(B, T, H, hs, dvm * hs)
+        fl_swa = pf.causal_flops(B, T, H, hs, dvm * hs, 512)
+        tag = "" if dvm == 1 else " dv=2hs"
+        say(f"-- full causal{tag}")
+        combos = [("flash", True, False), ("cudnn", True, False), ("cudnn", False, False),
+                  ("efficient", True, False), ("efficient", False, False)]
+        if dvm == 2:
+            combos = [(n, g, s) for n, g, _ in combos for s in (False, True)]
+        for name, gqa, split in combos:
+            one(f"sdpa {name:<9} gqa={'native' if gqa else 'repeat'}{' split-v' if split else ''}{tag}",
+                lambda q, k, v, n=name, g=gqa, s=split: pf.sdpa_causal(q, k, v, scale, n, g, s), fl_full, dvm)
+        one(f"auto (prefill_attention){tag}", lambda q, k, v: pf.prefill_attention(q, k, v), fl_full, dvm)
+        say(f"-- sliding window 512{tag}")
+        one(f"flex window 512{tag}", lambda q, k, v: pf.prefill_attention(q, k, v, window=512, backend="flex"), fl_swa, dvm)
+        if pf.varlen_available():
+            one(f"varlen window 512{tag}",
+                lambda q, k, v: pf.prefill_attention(q, k, v, window=512, backend="varlen"), fl_swa, dvm)
+        one(f"auto window 512{tag}", lambda q, k, v: pf.prefill_attention(q, k, v, window=512), fl_swa, dvm)
+        if dvm == 1:
+            # documents: 4 per row (lengths 1024), FLOPs of the unmasked pairs only
+            doc = (torch.arange(T, device="cuda") // 1024).to(torch.int32).expand(B, T).contiguous()
+            fl_doc = pf.causal_flops(B, T, H, hs, hs, None, [1024] * 4 * B)
+            fl_doc_swa = pf.causal_flops(B, T, H, hs, hs, 512, [1024] * 4 * B)
+            say("-- documents (4 x 1024 per row)")
+            one("flex docs full", lambda q, k, v: pf.prefill_attention(q, k, v, document_ids=doc, backend="flex"), fl_doc)
+            one("flex docs window 512",
+                lambda q, k, v: pf.prefill_attention(q, k, v, window=512, document_ids=doc, backend="flex"), fl_doc_swa)
+            if pf.varlen_available():
+                one("varlen docs full", lambda q, k, v: pf.prefill_attention(q, k, v, document_ids=doc, backend="varlen"), fl_doc)
+                one("varlen docs window 512",
+                    lambda q, k, v: pf.prefill_attention(q, k, v, window=512, document_ids=doc, backend="varlen"),
+                    fl_doc_swa)
+
+            @guarded("block mask build")
+            def bm():
+                d2 = doc.clone()
+                t = time.time()
+                pf._BLOCK_MASKS.clear()
+                pf.block_mask_for(B, T, 512, d2, d2.device)
+                torch.cuda.synchronize()
+                say(f"block mask build with documents (B={B}, T={T}), first call incl. compile: {1e3 * (time.time() - t):.0f} ms")
+                ms = bench(lambda: (pf._BLOCK_MASKS.clear(), pf.block_mask_for(B, T, 512, d2, d2.device)), warmup=3, rep=20)
+                say(f"block mask build with documents, steady state: {ms:.2f} ms per build (once per forward per window)")
+            bm()
+
+
+def main():
+    global BUDGET, OUT_FILE
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--budget", type=float, default=1e9, help="seconds after which no new case starts")
+    ap.add_argument("--sweep", action="store_true", help="also time n_splits / tile variants")
+    ap.add_argument("--skip-prefill", action="store_true")
+    ap.add_argument("--skip-decode", action="store_true")
+    args = ap.parse_args()
+    BUDGET = args.budget
+    OUT_FILE = args.out
+    if OUT_FILE:
+        open(OUT_FILE, "w").close()
+    props = torch.cuda.get_device_properties(0)
+    say(f"device: {props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB)")
+    say(f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
+    say(f"command: python {' '.join(sys.argv)}")
+    import triton
+    say(f"torch {torch.__version__}, triton {triton.__version__}, python {platform.python_version()}, "
+        f"cudnn {torch.backends.cudnn.version()}")
+    bw, peak = ceilings()
+    if not args.skip_decode:
+        decode_section(bw, args.sweep)
+    if not args.skip_prefill:
+        prefill_section(peak, args.sweep)
+    say(f"\ntotal wall time {time.time() - T0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

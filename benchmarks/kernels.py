@@ -1,0 +1,257 @@
+"""Benchmark the Mamba-1 Triton kernels against the device's measured ceilings.
+
+    python benchmarks/kernels.py [--sweep] [--out FILE]
+
+Measures, in one run on one GPU: device-to-device copy bandwidth (bytes read + written) and bf16 matmul
+TFLOP/s; then the selective scan forward (inference, no saved states), forward with saved states
+(training), forward + backward, the sequential PyTorch reference at a smaller size, the causal conv1d,
+and the decode step (conv update + fused SSM update) at batch 64 x d_inner 5120. Times are medians from
+`triton.testing.do_bench` (warm-up excluded); the decode kernels are timed as CUDA-graph replays
+(`do_bench_cudagraph`) because a single launch is shorter than Python's launch overhead.
+
+Achieved bandwidth counts minimal bytes (every input read once, every output written once) and is
+reported as a fraction of the measured copy bandwidth. `--sweep` also times block-size variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import os
+import sys
+
+import torch
+import triton
+from triton.testing import do_bench, do_bench_cudagraph
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from sambay.ops.causal_conv1d import triton as conv_tri  # noqa: E402
+from sambay.ops.selective_scan import reference as scan_ref  # noqa: E402
+from sambay.ops.selective_scan import triton as scan_tri  # noqa: E402
+from sambay.ops.selective_state_update import triton as ssu_tri  # noqa: E402
+
+DEV = "cuda"
+BF = torch.bfloat16
+out_lines: list[str] = []
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+    out_lines.append(msg)
+
+
+def ms(fn, graph=False) -> float:
+    if graph:
+        return do_bench_cudagraph(fn, rep=200, return_mode="median")
+    return do_bench(fn, warmup=50, rep=300, return_mode="median")
+
+
+def ceilings():
+    n = 1 << 29  # 2^29 bf16 elements = 1 GiB per buffer
+    a = torch.randn(n, device=DEV, dtype=BF)
+    b = torch.empty_like(a)
+    t = ms(lambda: b.copy_(a))
+    copy_bw = 2 * a.numel() * a.element_size() / t / 1e6  # GB/s
+    del a, b
+    m = 8192
+    x = torch.randn(m, m, device=DEV, dtype=BF)
+    y = torch.randn(m, m, device=DEV, dtype=BF)
+    t = ms(lambda: x @ y)
+    tflops = 2 * m**3 / t / 1e9
+    return copy_bw, tflops
+
+
+def scan_inputs(Bn, T, D, N, z=True, requires_grad=False):
+    g = torch.Generator(device=DEV).manual_seed(0)
+    u = torch.randn(Bn, T, D, device=DEV, dtype=BF, generator=g)
+    delta = (torch.randn(Bn, T, D, device=DEV, generator=g) * 0.5 - 1).to(BF)
+    A = -torch.exp(torch.rand(D, N, device=DEV, generator=g) * 2)
+    Bm = torch.randn(Bn, T, N, device=DEV, dtype=BF, generator=g)
+    Cm = torch.randn(Bn, T, N, device=DEV, dtype=BF, generator=g)
+    Dv = torch.randn(D, device=DEV, generator=g)
+    zz = torch.randn(Bn, T, D, device=DEV, dtype=BF, generator=g) if z else None
+    dtb = torch.randn(D, device=DEV, generator=g) * 0.5
+    return u, delta, A, Bm, Cm, Dv, zz, dtb
+
+
+def scan_bytes(Bn, T, D, N, z=True):
+    btd = Bn * T * D * 2
+    fwd = btd * (2 + (1 if z else 0)) + btd + 2 * Bn * T * N * 2  # u, delta, z in; y out; B, C in
+    # backward: reads u, delta, z, dy, B, C; writes du, ddelta, dz, dB, dC (chunk states not counted)
+    bwd = btd * (3 + (1 if z else 0)) + 2 * Bn * T * N * 2 + btd * (2 + (1 if z else 0)) + 2 * Bn * T * N * 2
+    return fwd, bwd
+
+
+def bench_scan(copy_bw, sweep):
+    Bn, T, D, N = 8, 4096, 4096, 16
+    u, delta, A, Bm, Cm, Dv, z, dtb = scan_inputs(Bn, T, D, N)
+    fwd_bytes, bwd_bytes = scan_bytes(Bn, T, D, N)
+    say(f"## selective scan  B={Bn} T={T} D={D} N={N} bf16, z + D + delta_bias (softplus)")
+    say(f"   minimal bytes: fwd {fwd_bytes / 1e9:.3f} GB, bwd {bwd_bytes / 1e9:.3f} GB; "
+        f"fwd roofline {fwd_bytes / copy_bw / 1e6:.3f} ms")
+    exps = Bn * T * D * N
+    say(f"   exp count {exps / 1e9:.2f} G (H100 MUFU ex2 ~16/clk/SM: ~{exps / (132 * 16 * 1.755e9) * 1e3:.2f} ms floor)")
+
+    def fwd(save=False):
+        return scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, save)
+
+    results = {}
+    configs = [(scan_tri.FWD_ORDER, scan_tri.CHUNK, scan_tri.FWD_BD, scan_tri.FWD_WARPS)]
+    if sweep:
+        configs += [(0, 16, 8, 4), (0, 16, 32, 4), (0, 16, 16, 8), (0, 32, 16, 8), (0, 8, 32, 4), (0, 32, 8, 4),
+                    (0, 16, 8, 2), (1, 2, 128, 4), (1, 4, 128, 4), (1, 4, 32, 1), (1, 2, 64, 2), (1, 8, 32, 4),
+                    (1, 16, 32, 4), (1, 4, 64, 2), (1, 8, 128, 8)]
+    default = configs[0]
+    for cfg in configs:
+        scan_tri.FWD_ORDER, scan_tri.CHUNK, scan_tri.FWD_BD, scan_tri.FWD_WARPS = cfg
+        try:
+            t = ms(lambda: fwd(False))
+        except Exception as e:  # a variant that fails to compile (e.g. out of resources) is reported
+            say(f"   fwd variant order={cfg[0]} BT={cfg[1]} BD={cfg[2]} warps={cfg[3]}: FAILED {type(e).__name__}: {e}"[:300])
+            continue
+        results[cfg] = t
+        say(f"   fwd variant order={cfg[0]} BT={cfg[1]:3d} BD={cfg[2]:3d} warps={cfg[3]}: {t:.3f} ms  "
+            f"{fwd_bytes / t / 1e6:.0f} GB/s = {fwd_bytes / t / 1e6 / copy_bw:.1%} of copy bw")
+    scan_tri.FWD_ORDER, scan_tri.CHUNK, scan_tri.FWD_BD, scan_tri.FWD_WARPS = default
+    t_inf = ms(lambda: fwd(False))
+    t_train = ms(lambda: fwd(True))
+    say(f"   scan fwd (inference, default cfg): {t_inf:.3f} ms, {fwd_bytes / t_inf / 1e6:.0f} GB/s = "
+        f"{fwd_bytes / t_inf / 1e6 / copy_bw:.1%} of copy bw")
+    say(f"   scan fwd (training, saves chunk states): {t_train:.3f} ms")
+
+    y, hT, hs = fwd(True)
+    dy = torch.randn_like(y)
+    bcfgs = [(scan_tri.BWD_ORDER, scan_tri.CHUNK, scan_tri.BWD_BD, scan_tri.BWD_WARPS)]
+    if sweep:
+        bcfgs += [(0, 16, 8, 4), (0, 16, 16, 8), (0, 16, 8, 2), (0, 32, 8, 4), (0, 8, 16, 4), (1, 2, 128, 4),
+                  (1, 4, 32, 1), (1, 4, 64, 2), (1, 8, 32, 4), (1, 2, 64, 2)]
+    bdefault = bcfgs[0]
+    for cfg in bcfgs:
+        scan_tri.BWD_ORDER, scan_tri.CHUNK, scan_tri.BWD_BD, scan_tri.BWD_WARPS = cfg
+        try:
+            _, _, hs_c = fwd(True)
+            t = ms(lambda: scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs_c, True))
+        except Exception as e:
+            say(f"   bwd variant order={cfg[0]} BT={cfg[1]} BD={cfg[2]} warps={cfg[3]}: FAILED {type(e).__name__}: {e}"[:300])
+            continue
+        say(f"   bwd variant order={cfg[0]} BT={cfg[1]:3d} BD={cfg[2]:3d} warps={cfg[3]}: {t:.3f} ms  "
+            f"{bwd_bytes / t / 1e6:.0f} GB/s = {bwd_bytes / t / 1e6 / copy_bw:.1%} of copy bw")
+    scan_tri.BWD_ORDER, scan_tri.CHUNK, scan_tri.BWD_BD, scan_tri.BWD_WARPS = bdefault
+
+    def fwd_bwd():
+        y, hT, hs = fwd(True)
+        return scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs, True)
+
+    t_fb = ms(fwd_bwd)
+    say(f"   scan fwd+bwd (default cfg): {t_fb:.3f} ms = {t_fb / t_inf:.2f}x inference fwd, "
+        f"{t_fb / t_train:.2f}x training fwd; {(fwd_bytes + bwd_bytes) / t_fb / 1e6 / copy_bw:.1%} of copy bw")
+
+    # autograd path (what training calls), for the overhead of the wrapper
+    leaves = [t.detach().requires_grad_() for t in (u, delta, Bm, Cm)]
+
+    def autograd_step():
+        yy = scan_tri.selective_scan(leaves[0], leaves[1], A, leaves[2], leaves[3], Dv, z, dtb)
+        yy.backward(dy)
+
+    t_ag = ms(autograd_step)
+    say(f"   scan fwd+bwd through autograd.Function: {t_ag:.3f} ms")
+    del u, delta, z, y, dy, hs
+    torch.cuda.empty_cache()
+
+    # the sequential PyTorch reference at a smaller size, and the kernel at the same size
+    Bn2, T2, D2 = 2, 512, 1024
+    u, delta, A, Bm, Cm, Dv, z, dtb = scan_inputs(Bn2, T2, D2, N)
+    with torch.no_grad():
+        t_ref = do_bench(lambda: scan_ref.selective_scan(u, delta, A, Bm, Cm, Dv, z, dtb), warmup=1, rep=20,
+                         return_mode="median")
+    t_tri = ms(lambda: scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, False))
+    say(f"   reference (sequential torch) fwd at B={Bn2} T={T2} D={D2}: {t_ref:.2f} ms vs Triton "
+        f"{t_tri:.3f} ms ({t_ref / t_tri:.0f}x)")
+    return t_inf, t_fb
+
+
+def bench_conv(copy_bw):
+    Bn, T, D, W = 8, 4096, 4096, 4
+    g = torch.Generator(device=DEV).manual_seed(1)
+    x = torch.randn(Bn, T, D, device=DEV, dtype=BF, generator=g)
+    w = torch.randn(D, W, device=DEV, dtype=BF, generator=g)
+    b = torch.randn(D, device=DEV, dtype=BF, generator=g)
+    nbytes = 2 * x.numel() * 2
+    t = ms(lambda: conv_tri.conv_fwd(x, w, b, "silu", None, None))
+    say(f"## causal conv1d  B={Bn} T={T} D={D} W={W} bf16 + SiLU")
+    say(f"   fwd: {t:.3f} ms, {nbytes / t / 1e6:.0f} GB/s = {nbytes / t / 1e6 / copy_bw:.1%} of copy bw")
+    dout = torch.randn_like(x)
+    tb = ms(lambda: conv_tri.conv_bwd(dout, x, w, b, "silu", None, None, None, False))
+    bb = 3 * x.numel() * 2  # x, dout in; dx out (the fp32 dpre round trip is extra traffic)
+    say(f"   bwd: {tb:.3f} ms, {bb / tb / 1e6:.0f} GB/s = {bb / tb / 1e6 / copy_bw:.1%} of copy bw (minimal bytes)")
+
+
+def bench_decode(copy_bw, sweep):
+    Bn, D, N, W = 64, 5120, 16, 4
+    S = Bn
+    g = torch.Generator(device=DEV).manual_seed(2)
+    slots = torch.randperm(S, device=DEV, generator=g).to(torch.int32)
+    x = torch.randn(Bn, D, device=DEV, dtype=BF, generator=g)
+    dt = torch.randn(Bn, D, device=DEV, dtype=BF, generator=g)
+    z = torch.randn(Bn, D, device=DEV, dtype=BF, generator=g)
+    Bm = torch.randn(Bn, N, device=DEV, dtype=BF, generator=g)
+    Cm = torch.randn(Bn, N, device=DEV, dtype=BF, generator=g)
+    A = -torch.exp(torch.rand(D, N, device=DEV, generator=g))
+    Dv = torch.randn(D, device=DEV, generator=g)
+    dtb = torch.randn(D, device=DEV, generator=g)
+    st = torch.randn(S, D, N, device=DEV, generator=g)
+    y = torch.empty_like(x)
+    nbytes = 2 * Bn * D * N * 4 + 4 * Bn * D * 2 + 2 * Bn * N * 2 + D * N * 4 + 2 * D * 4
+    say(f"## decode step  batch={Bn} d_inner={D} N={N} (fp32 state, slot-indexed, CUDA-graph replay)")
+    say(f"   ssm update minimal bytes {nbytes / 1e6:.1f} MB -> roofline {nbytes / copy_bw / 1e3:.1f} us")
+    cfgs = [(ssu_tri.BD_DEFAULT, ssu_tri.WARPS_DEFAULT)]
+    if sweep:
+        cfgs += [(16, 2), (16, 4), (32, 2), (64, 4), (64, 8), (128, 4), (128, 8)]
+    best = None
+    for bd, wp in cfgs:
+        t = ms(lambda: ssu_tri.ssu(x, dt, A, Bm, Cm, Dv, z, dtb, st, slots, True, out=y, block_d=bd, num_warps=wp),
+               graph=True)
+        frac = nbytes / t / 1e6 / copy_bw
+        say(f"   ssm update BD={bd:3d} warps={wp}: {t * 1e3:.1f} us, {nbytes / t / 1e6:.0f} GB/s = {frac:.1%} of copy bw")
+        best = frac if best is None else max(best, frac)
+    cs = torch.randn(S, D, W - 1, device=DEV, dtype=BF, generator=g)
+    cw = torch.randn(D, W, device=DEV, dtype=BF, generator=g)
+    cb = torch.randn(D, device=DEV, dtype=BF, generator=g)
+    cbytes = 2 * Bn * D * (W - 1) * 2 + 2 * Bn * D * 2 + D * W * 2 + D * 2
+    t = ms(lambda: conv_tri.conv_update(x, cs, cw, cb, "silu", slots, out=y), graph=True)
+    say(f"   conv update: {t * 1e3:.1f} us, {cbytes / t / 1e6:.0f} GB/s = {cbytes / t / 1e6 / copy_bw:.1%} of copy bw "
+        f"({cbytes / 1e6:.1f} MB; launch-latency bound)")
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sweep", action="store_true", help="also time block-size variants")
+    ap.add_argument("--out", default=None, help="also write the report to this file")
+    args = ap.parse_args()
+    props = torch.cuda.get_device_properties(0)
+    say(f"# sambay Mamba-1 kernel benchmark")
+    say(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, triton {triton.__version__}")
+    say(f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
+    say(f"command: python {' '.join(sys.argv)}")
+    copy_bw, tflops = ceilings()
+    say(f"measured copy bandwidth: {copy_bw:.0f} GB/s (read + write); bf16 matmul 8192^3: {tflops:.0f} TFLOP/s")
+    say()
+    t_inf, t_fb = bench_scan(copy_bw, args.sweep)
+    say()
+    bench_conv(copy_bw)
+    say()
+    dec = bench_decode(copy_bw, args.sweep)
+    say()
+    say("targets: scan fwd >= 50% of copy bw; fwd+bwd <= 3x fwd; decode step >= 70% of copy bw")
+    say(f"result:  scan fwd {scan_bytes(8, 4096, 4096, 16)[0] / t_inf / 1e6 / copy_bw:.1%}; "
+        f"fwd+bwd {t_fb / t_inf:.2f}x; decode (best cfg) {dec:.1%}")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(out_lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Decode attention: ONE query token per sequence over a KV cache (full cache, shared KV, or SWA ring).
+
+    decode_attention(q, k_cache, v_cache, cache_lens, slot_idx=None, v_hi=None, scale=None) -> (B, H, dv·(1|2))
+
+CUDA tensors run the split-K Triton kernel (`decode_triton`), everything else the PyTorch reference
+(`decode_reference`); `sambay.ops.backend.use_triton` makes the choice (SAMBAY_KERNELS).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sambay.ops.backend import use_triton
+
+from . import decode_reference
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
+                     slot_idx: torch.Tensor | None = None, v_hi: torch.Tensor | None = None,
+                     scale: float | None = None) -> torch.Tensor:
+    """softmax(scale · q kᵀ) v over the first cache_lens[b] keys of cache row slot_idx[b], GQA.
+
+    Args:
+        q: (B, H, hs), unit stride on hs (any other strides, e.g. q[:, 0::2]).
+        k_cache: (S, G, N, hs); v_cache: (S, G, N, dv). Any strides except a unit stride on the last dim, so
+            views such as cache[:, 0::2] work without copies. Query head h reads KV head h // (H // G).
+        cache_lens: (B,) int32 (or int64) device tensor, number of valid keys of each sequence; every
+            cache position n < cache_lens[b] is attended, order irrelevant (for a SWA ring buffer of
+            `window` slots pass min(len, window)). Must be >= 1 for live rows.
+        slot_idx: (B,) int32/int64 cache row of each sequence, or None (row b). A negative slot marks a
+            padded batch row: nothing is read and its output is 0.
+        v_hi: optional second value cache shaped like v_cache (differential attention: v = cache[:, 0::2],
+            v_hi = cache[:, 1::2]); its output is concatenated after v's, reusing the same probabilities.
+        scale: default 1/sqrt(hs).
+    Returns:
+        (B, H, dv) or (B, H, 2·dv) with v_hi, contiguous, in q's dtype. Softmax and accumulation in fp32.
+    CUDA-graph safe on the Triton path (no host sync; launch shapes depend on shapes only).
+    """
+    if use_triton("decode_attention", q, k_cache, v_cache, cache_lens, slot_idx, v_hi):
+        from .decode_triton import decode_attention as impl
+    else:
+        impl = decode_reference.decode_attention
+    return impl(q, k_cache, v_cache, cache_lens, slot_idx, v_hi, scale)
+
+
+__all__ = ["decode_attention"]

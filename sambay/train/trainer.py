@@ -1,0 +1,236 @@
+"""The training loop: micro-batches, gradient accumulation, clipping, AdamW step, validation, checkpoints.
+
+One `Trainer` per process. Everything it needs is resolved up front (`TrainConfig` -> `TrainPlan`), then
+`fit()` runs optimizer steps until the token budget (or `max_steps`) is reached. Parallelism, activation
+checkpointing and compile are applied from outside the model (`parallel.py`); the model is unchanged.
+
+Determinism: the model init is seeded (same on every rank), each batch is a pure function of
+(seed, step, rank) through the loader, and a checkpoint holds the optimizer, loader position and RNG —
+so on CPU a resumed run reproduces the uninterrupted loss curve exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from sambay.config import ModelConfig, tiny
+from sambay.model import CausalLM
+from sambay.train import checkpoint as ckpt
+from sambay.train import distributed as D
+from sambay.train.config import TrainConfig, TrainConfigError, TrainPlan, resolve
+from sambay.train.data import build_loaders
+from sambay.train.metrics import MetricsLogger, Throughput, flops_per_token, known_peak_flops, truncate_metrics
+from sambay.train.optim import LRSchedule, build_optimizer, clip_gradients
+from sambay.train.parallel import parallelize
+
+
+def build_model_config(cfg: TrainConfig) -> ModelConfig:
+    overrides = dict(cfg.model_overrides)
+    if cfg.parametrization is not None:
+        overrides["parametrization"] = cfg.parametrization
+    if cfg.tiny:
+        return tiny(cfg.preset, depth=cfg.depth, **overrides)
+    return ModelConfig.from_preset(cfg.preset, depth=cfg.depth, **overrides)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dist: D.DistInfo | None = None):
+        self.cfg = cfg
+        self.dist = dist or D.init_distributed(cfg.device)
+        dev = self.dist.device
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        dtype = cfg.dtype or ("bf16" if dev.type == "cuda" else "fp32")
+        if dtype not in ("fp32", "bf16"):
+            raise TrainConfigError(f"--dtype must be fp32 or bf16 (got {dtype!r})")
+        parallel = cfg.parallel if cfg.parallel != "auto" else ("ddp" if self.dist.distributed else "none")
+        if parallel != "none" and not self.dist.distributed:
+            parallel = "none"  # one process: DDP/FSDP would be no-ops (same maths)
+        self.model_config = build_model_config(cfg)
+        torch.manual_seed(cfg.seed)  # identical init on every rank (ArchScale seeds 3407)
+        with torch.device(dev):
+            model = CausalLM(self.model_config)
+        n_nonemb = model.num_parameters(exclude_embeddings=True)
+        self.plan: TrainPlan = resolve(cfg, self.model_config, n_nonemb, self.dist.world_size, parallel, dtype)
+        model.train()
+        self.par = parallelize(model, parallel, device=dev, activation_checkpointing=cfg.activation_checkpointing,
+                               compile=cfg.compile)
+        self.model = self.par.module
+        self.optimizer = build_optimizer(self.model, self.plan.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                         cfg.eps, dev)
+        self.schedule = LRSchedule(self.plan.total_steps, self.plan.warmup_steps, cfg.schedule,
+                                   cfg.wsd_decay_fraction)
+        self.loader, self.val_sets = build_loaders(cfg, self.model_config, self.plan.seq_len,
+                                                   self.plan.micro_batch, self.dist.rank, self.dist.world_size)
+        self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+        self.run_dir = Path(cfg.run_dir)
+        self.step = 0  # optimizer steps completed
+        self.tokens = 0
+        self.history: list[dict] = []  # per-step train records (kept for tests and the final summary)
+        self._resume()
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(self.run_dir / "config.json", {
+                "arch": self.model_config.arch, "depth": self.model_config.n_layer,
+                "train": cfg.to_dict(), "plan": self.plan.to_dict(), "model": self.model_config.to_dict()})
+        self.flops_per_token = flops_per_token(self.model_config, self.plan.seq_len, n_nonemb)
+        peak = cfg.peak_flops or known_peak_flops(dev, dtype)
+        self.throughput = Throughput(self.flops_per_token, peak, self.dist.world_size)
+        D.barrier()
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self) -> None:
+        cfg = self.cfg
+        if cfg.resume is None:
+            return
+        path = ckpt.find_latest(cfg.run_dir) if cfg.resume == "auto" else Path(cfg.resume)
+        if path is None:
+            return  # --resume auto with no checkpoint yet: a fresh start
+        if not (path / ckpt.TRAIN_STATE).is_file():
+            raise TrainConfigError(f"--resume {path}: not a training checkpoint (no {ckpt.TRAIN_STATE})")
+        state = ckpt.load_checkpoint(path, self.model, self.optimizer, rank=self.dist.rank)
+        saved = state.get("plan", {})
+        for key in ("batch_tokens", "seq_len", "total_steps"):
+            if saved.get(key) != getattr(self.plan, key) and self.dist.is_main:
+                print(f"warning: resuming with {key}={getattr(self.plan, key)} (checkpoint: {saved.get(key)}); "
+                      "the loss curve will differ from an uninterrupted run")
+        self.loader.load_state_dict(state["loader"])
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        if self.dist.is_main:
+            truncate_metrics(self.run_dir, self.step)
+            print(f"resumed from {path} at step {self.step} ({self.tokens:,} tokens)")
+
+    # ------------------------------------------------------------------ one step
+    def _forward_loss(self, batch) -> torch.Tensor:
+        dev = self.dist.device
+        x, y = batch[0].to(dev, non_blocking=True), batch[1].to(dev, non_blocking=True)
+        docs = batch[2].to(dev, non_blocking=True) if len(batch) > 2 else None
+        with self.autocast:
+            return self.par.wrapped(x, targets=y, document_ids=docs).loss
+
+    def train_step(self) -> dict:
+        """One optimizer step over `grad_accum` micro-batches. Returns the step's record."""
+        plan = self.plan
+        factor = self.schedule.apply(self.optimizer, plan.lr, self.step)
+        loss_sum = torch.zeros((), device=self.dist.device)
+        for i in range(plan.grad_accum):
+            batch = next(self.loader)
+            last = i == plan.grad_accum - 1
+            with self.par.no_sync(last):
+                loss = self._forward_loss(batch)
+                (loss / plan.grad_accum).backward()  # mean over the global batch after the all-reduce
+            loss_sum += loss.detach().float()
+        total_norm, norms = clip_gradients(self.optimizer, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += plan.batch_tokens
+        self.throughput.add(plan.batch_tokens)
+        loss = D.all_reduce_mean(loss_sum / plan.grad_accum)
+        record = {"step": self.step, "tokens": self.tokens, "loss": loss.item(), "lr_factor": factor,
+                  "grad_norm": total_norm.item()}
+        for g in self.optimizer.param_groups:
+            record[f"lr_{g['name']}"] = g["lr"]
+        for name, n in norms.items():
+            record[f"grad_norm_{name}"] = n.item()
+        return record
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean validation loss per held-out set ("val_loss" at 1x, "val_loss_2x" at 2x the length)."""
+        out = {}
+        for key, batches in self.val_sets.items():
+            total = torch.zeros((), device=self.dist.device)
+            n = 0
+            for batch in batches:
+                total += self._forward_loss(batch).float()
+                n += 1
+            if n:
+                out[key] = D.all_reduce_mean(total / n).item()
+        return out
+
+    def save(self) -> Path | None:
+        extra = {"tokens": self.tokens, "loader": self.loader.state_dict(), "plan": self.plan.to_dict(),
+                 "train_config": self.cfg.to_dict()}
+        return ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, extra,
+                                    keep_last=self.cfg.keep_last)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        cfg, plan = self.cfg, self.plan
+        stop = plan.total_steps if cfg.max_steps is None else min(plan.total_steps, cfg.max_steps)
+        log = MetricsLogger(self.run_dir, enabled=self.dist.is_main, total_steps=stop, start_step=self.step,
+                            tensorboard=cfg.tensorboard, progress=cfg.progress)
+        if self.dist.is_main and self.step == 0:
+            log.message(f"training {self.model_config.arch} d{self.model_config.n_layer} "
+                        f"({plan.non_embedding_params:,} non-embedding params, {plan.parametrization}) for "
+                        f"{plan.total_steps} steps x {plan.batch_tokens:,} tokens "
+                        f"(accum {plan.grad_accum}, world {plan.world_size}, {plan.parallel}, {plan.dtype}); "
+                        f"lr {plan.lr:.3g} x {plan.lr_multipliers}")
+        last_eval = {}
+        try:
+            while self.step < stop:
+                record = self.train_step()
+                self.history.append(record)
+                done = self.step == stop
+                if self.step % cfg.log_every == 0 or done:
+                    record.update(self.throughput.tick())
+                    log.log(record)
+                log.progress_update(self.step, record["loss"], record)
+                paused = False
+                if self.val_sets and (self.step % cfg.eval_every == 0 or done):
+                    last_eval = self.evaluate()
+                    log.log({"step": self.step, "tokens": self.tokens, **last_eval})
+                    log.message(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                    paused = True
+                if self.step % cfg.ckpt_every == 0 or done:
+                    path = self.save()
+                    if path is not None:
+                        log.message(f"saved {path}")
+                    paused = True
+                if paused:
+                    self.throughput.restart()  # evaluation / saving time is not training throughput
+        finally:
+            log.close()
+        return {"step": self.step, "tokens": self.tokens,
+                "loss": self.history[-1]["loss"] if self.history else None, **last_eval}
+
+    def close(self) -> None:
+        D.shutdown()
+
+
+def train(cfg: TrainConfig) -> dict | None:
+    """Build a `Trainer` for this process, run it, leave the process group; the summary on rank 0."""
+    trainer = Trainer(cfg)
+    try:
+        summary = trainer.fit()
+        return summary if trainer.dist.is_main else None
+    finally:
+        trainer.close()
+
+
+def dry_run(cfg: TrainConfig) -> dict:
+    """The resolved plan without building weights (meta device) or touching data."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    model_config = build_model_config(cfg)
+    with torch.device("meta"):
+        n = CausalLM(model_config, init=False).num_parameters(exclude_embeddings=True)
+    dtype = cfg.dtype or ("bf16" if cfg.device == "cuda" else "fp32")
+    parallel = cfg.parallel if cfg.parallel != "auto" else ("ddp" if world > 1 else "none")
+    plan = resolve(cfg, model_config, n, world, parallel, dtype)
+    return {"arch": model_config.arch, "depth": model_config.n_layer, "plan": plan.to_dict(),
+            "flops_per_token": flops_per_token(model_config, plan.seq_len, n)}

@@ -1,0 +1,38 @@
+"""Helpers for the engine tests: tiny models whose every weight matters, one CPU thread."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sambay.config import PRESETS, tiny
+from sambay.model import CausalLM
+
+ALL_PRESETS = list(PRESETS)
+YOCO_PRESETS = [p for p in PRESETS if tiny(p).is_yoco]
+ATOL = 2e-5  # the full forward itself moves by up to ~8e-6 between prompt lengths (logits up to ~9)
+RTOL = 1e-5
+
+
+def randomize(model: CausalLM, seed: int = 1) -> CausalLM:
+    """Give every weight O(1) influence (μP++ zero-initialises the head and biases, which would hide bugs):
+    matrices ~ N(0, 1/fan_in), norm gains 1 + 0.1 N, biases / D / λ 0.1 N; A_log and dt bias keep their init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("A_log", "dt_proj.bias")):
+                continue
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
+            elif "norm" in name or "subln" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def make_model(preset: str, depth: int = 8, dtype: torch.dtype = torch.float32, **overrides) -> CausalLM:
+    """A tiny (d_model 64, window 8, vocab 256) fully random model of `preset`."""
+    torch.manual_seed(0)
+    return randomize(CausalLM(tiny(preset, depth=depth, **overrides))).to(dtype)

@@ -1,0 +1,50 @@
+"""`sambay generate`: streams a completion; bad arguments are one line and exit code 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from sambay.cli.main import main
+
+
+def _run(capsys, *argv):
+    code = main(["generate", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generate_with_a_tiny_preset_streams_bytes_reproducibly(capsys):
+    args = ["--model", "tiny:sambay", "--prompt", "Hi", "--max-new-tokens", "6", "--seed", "3", "--stats"]
+    code, out, err = _run(capsys, *args)
+    assert code == 0 and out.endswith("\n") and "6 generated" in err
+    assert _run(capsys, *args)[1] == out
+
+
+def test_generate_greedy_with_depth_and_chunking(capsys):
+    code, out, _ = _run(capsys, "--model", "tiny:samba", "--depth", "4", "--prompt", "abcdefghij",
+                        "--max-new-tokens", "3", "--temperature", "0", "--chunk-size", "4")
+    assert code == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "no-such-preset", "--prompt", "x"], "not a preset or a folder; presets: "),
+    (["--model", "tiny:no-such", "--prompt", "x"], "not a preset or a folder"),
+    (["--model", "./no/such/dir", "--prompt", "x"], "no such checkpoint folder"),
+    (["--model", "tiny:sambay", "--prompt", "x", "--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
+    (["--model", "tiny:sambay", "--prompt", "x", "--temperature", "-1"], "--temperature must be >= 0"),
+    (["--model", "tiny:sambay", "--prompt", "x", "--top-p", "0"], "top-p must be in (0, 1]"),
+    (["--model", "tiny:sambay", "--prompt", "x", "--depth", "6"], "divisible by 4"),
+    (["--model", "tiny:sambay", "--prompt", ""], "--prompt is empty"),
+    (["--model", "tiny:sambay", "--prompt", "x", "--tokenizer", "/no/such/tok"], "no such file"),
+])
+def test_bad_arguments_give_one_line_and_exit_code_2(capsys, argv, message):
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("sambay generate: error: ") and message in err
+
+
+def test_help_documents_the_model_forms(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = capsys.readouterr().out
+    assert "tiny:PRESET" in text and "UTF-8 bytes" in text and "checkpoint folder" in text

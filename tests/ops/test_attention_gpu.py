@@ -1,0 +1,181 @@
+"""GPU checks of the attention paths at realistic sizes in bf16 (skipped without CUDA).
+
+Kernel-written outputs are NaN-poisoned first (decode), references run in fp32 on the same bf16 inputs
+upcast, errors are ||out - ref|| / ||ref||.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():  # pragma: no cover - CPU CI
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+
+from sambay.ops.attention import decode_reference as dref  # noqa: E402
+from sambay.ops.attention import decode_triton as dtri  # noqa: E402
+from sambay.ops.attention import masked_attention, prefill_attention  # noqa: E402
+from sambay.ops.attention.prefill import dense_mask, varlen_available  # noqa: E402
+
+DEV = "cuda"
+BF = torch.bfloat16
+
+
+@pytest.fixture(autouse=True)
+def _poison():
+    dtri.POISON = True
+    yield
+    dtri.POISON = False
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all(), "non-finite (unwritten?) elements"
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _ref_chunked(q, k, v, lens, slots, v_hi, chunk=8):
+    outs = []
+    for i in range(0, q.shape[0], chunk):
+        outs.append(dref.decode_attention(q[i:i + chunk].float(), k, v, lens[i:i + chunk],
+                                          None if slots is None else slots[i:i + chunk], v_hi).float())
+    return torch.cat(outs)
+
+
+@pytest.fixture(scope="module")
+def big_cache():
+    torch.manual_seed(0)
+    S, G, N, hs = 64, 20, 32768, 64
+    kc = torch.randn(S, G, N, hs, device=DEV, dtype=BF)
+    vc = torch.randn(S, G, N, hs, device=DEV, dtype=BF)
+    yield kc, vc
+    del kc, vc
+    torch.cuda.empty_cache()
+
+
+def _lens(B, N, gen):
+    lens = torch.randint(1, N + 1, (B,), generator=gen)
+    lens[0], lens[1], lens[2] = 1, N, N - 1
+    return lens.to(DEV, torch.int32)
+
+
+@pytest.mark.parametrize("variant", ["plain", "diff"])
+def test_decode_bf16_phi4flash_sizes_ragged_slots(big_cache, variant):
+    kc, vc = big_cache
+    B, H, hs, N = 64, 40, 64, kc.shape[2]
+    gen = torch.Generator().manual_seed(1)
+    lens = _lens(B, N, gen)
+    slots = torch.randperm(kc.shape[0], generator=gen)[:B].to(DEV, torch.int32)
+    if variant == "plain":
+        q = torch.randn(B, H, hs, device=DEV, dtype=BF)
+        args = (q, kc, vc, lens, slots, None)
+    else:  # differential attention: half the query heads over the even KV heads, values [v_2g || v_2g+1]
+        q = torch.randn(B, H, hs, device=DEV, dtype=BF)[:, 0::2]
+        args = (q, kc[:, 0::2], vc[:, 0::2], lens, slots, vc[:, 1::2])
+    out = dtri.decode_attention(*args)
+    assert out.dtype == BF
+    want = _ref_chunked(*args)
+    assert out.shape == want.shape
+    assert rel(out, want) < 1e-2
+
+
+def test_decode_n_splits_agree(big_cache):
+    kc, vc = big_cache
+    B, H, hs = 16, 40, 64
+    q = torch.randn(B, H, hs, device=DEV, dtype=BF)
+    lens = _lens(B, kc.shape[2], torch.Generator().manual_seed(2))
+    want = _ref_chunked(q, kc, vc, lens, None, None)
+    for ns in (1, 3, 16, 64):
+        assert rel(dtri.decode_attention(q, kc, vc, lens, None, n_splits=ns), want) < 1e-2, ns
+
+
+def test_decode_cuda_graph_replay_follows_lengths_and_slots():
+    torch.manual_seed(3)
+    S, G, N, H, hs, B = 12, 4, 4096, 8, 64, 8
+    kc = torch.randn(S, G, N, hs, device=DEV, dtype=BF)
+    vc = torch.randn(S, G, N, hs, device=DEV, dtype=BF)
+    q = torch.randn(B, H, hs, device=DEV, dtype=BF)
+    lens = torch.full((B,), 100, device=DEV, dtype=torch.int32)
+    slots = torch.arange(B, device=DEV, dtype=torch.int32)
+    dtri.POISON = False
+    dtri.decode_attention(q, kc, vc, lens, slots)  # compile outside the capture
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        dtri.decode_attention(q, kc, vc, lens, slots)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = dtri.decode_attention(q, kc, vc, lens, slots)
+    for trial in range(3):
+        gen = torch.Generator().manual_seed(10 + trial)
+        lens.copy_(torch.randint(1, N + 1, (B,), generator=gen).to(DEV, torch.int32))
+        slots.copy_(torch.randperm(S, generator=gen)[:B].to(DEV, torch.int32))
+        q.copy_(torch.randn(B, H, hs, device=DEV, dtype=BF))
+        graph.replay()
+        assert rel(out, _ref_chunked(q, kc, vc, lens, slots, None)) < 1e-2
+
+
+def _docs(B, T):
+    doc = torch.zeros(B, T, dtype=torch.int32, device=DEV)
+    cuts = [[300, 1100, 1101, 1900], [777]]
+    for b, cs in enumerate(cuts[:B]):
+        for i, c in enumerate(cs):
+            doc[b, c:] = i + 1
+    return doc
+
+
+PREFILL_CASES = [
+    # (window, documents, dv multiple, backend)
+    (128, False, 1, None), (512, False, 1, None), (128, True, 1, None), (512, True, 1, None),
+    (None, True, 1, None), (None, False, 1, None), (None, False, 2, None), (512, True, 2, None),
+    (512, True, 1, "varlen"), (None, False, 1, "varlen"), (512, False, 2, "varlen"),
+]
+
+
+@pytest.mark.parametrize("window,with_docs,dvm,backend", PREFILL_CASES)
+def test_prefill_bf16_outputs_and_grads_match_fp32_reference(window, with_docs, dvm, backend):
+    if backend == "varlen" and not varlen_available():
+        pytest.skip("varlen_attn with window_size/enable_gqa not in this torch")
+    torch.manual_seed(4)
+    B, T, H, G, hs = 2, 2048, 16, 4, 128
+    q = torch.randn(B, T, H, hs, device=DEV, dtype=BF, requires_grad=True)
+    k = torch.randn(B, T, G, hs, device=DEV, dtype=BF, requires_grad=True)
+    v = torch.randn(B, T, G, dvm * hs, device=DEV, dtype=BF, requires_grad=True)
+    doc = _docs(B, T) if with_docs else None
+    out = prefill_attention(q, k, v, window=window, document_ids=doc, backend=backend)
+    go = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), go)
+    qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = masked_attention(qf, kf, vf, dense_mask(T, window, doc, DEV))
+    ref_grads = torch.autograd.grad(ref, (qf, kf, vf), go.float())
+    assert rel(out, ref) < 1e-2
+    for name, a, b in zip("qkv", grads, ref_grads):
+        assert rel(a, b) < 2e-2, name
+
+
+@pytest.mark.parametrize("name", ["flash", "cudnn", "efficient"])
+@pytest.mark.parametrize("gqa_native", [True, False])
+@pytest.mark.parametrize("dvm,split_v", [(1, False), (2, False), (2, True)])
+def test_sdpa_backends_full_causal(name, gqa_native, dvm, split_v):
+    from sambay.ops.attention.prefill import sdpa_causal
+
+    torch.manual_seed(5)
+    B, T, H, G, hs = 2, 1024, 16, 4, 128
+    q = torch.randn(B, T, H, hs, device=DEV, dtype=BF, requires_grad=True)
+    k = torch.randn(B, T, G, hs, device=DEV, dtype=BF, requires_grad=True)
+    v = torch.randn(B, T, G, dvm * hs, device=DEV, dtype=BF, requires_grad=True)
+    try:
+        out = sdpa_causal(q, k, v, hs ** -0.5, name, gqa_native, split_v)
+        go = torch.randn_like(out)
+        grads = torch.autograd.grad(out, (q, k, v), go)
+    except RuntimeError as e:
+        pytest.skip(f"{name} cannot run this: {str(e).splitlines()[0][:200]}")
+    qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = masked_attention(qf, kf, vf, dense_mask(T, None, None, DEV))
+    ref_grads = torch.autograd.grad(ref, (qf, kf, vf), go.float())
+    assert rel(out, ref) < 1e-2
+    for nm, a, b in zip("qkv", grads, ref_grads):
+        assert rel(a, b) < 2e-2, nm
