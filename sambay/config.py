@@ -162,6 +162,8 @@ class ModelConfig:
 
     def replace(self, **changes) -> ModelConfig:
         d = self.to_dict()
+        if "d_model" in changes and "dt_rank" not in changes and self.dt_rank == math.ceil(self.d_model / 16):
+            d["dt_rank"] = None  # the rank was derived from the old width: derive it again
         d.update(changes)
         return ModelConfig.from_dict(d)
 
@@ -251,7 +253,7 @@ def tiny(preset: str, *, depth: int = 8, d_model: int = 64, vocab_size: int = 25
     settings = dict(
         layer_plan=plan, d_model=d_model, n_head=n_head, n_kv_head=2, head_dim=d_model // n_head, d_ff=2 * d_model,
         vocab_size=vocab_size, window=None if base.window is None else 8, max_seq_len=512,
-        eos_token_id=None, dt_rank=None,
+        eos_token_id=None,
     )
     settings.update(overrides)
     return base.replace(**settings)

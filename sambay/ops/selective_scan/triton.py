@@ -145,7 +145,7 @@ def _scan_fwd_kernel(
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b64 = pid_b.to(tl.int64)
-    d3 = _at(pid_d * BD + tl.arange(0, BD), AX_D)
+    d3 = _at(tl.max_contiguous(pid_d * BD + tl.arange(0, BD), 1), AX_D)
     n3 = _at(tl.arange(0, NP), AX_N)
     rows = _at(tl.arange(0, BT), AX_T)
     dmask = d3 < DIM

@@ -1,0 +1,121 @@
+"""Checkpoints: atomic under a crash mid-save, keep-last-k, exact state round trip, from_pretrained-loadable."""
+
+import os
+
+import pytest
+import torch
+
+import sambay.interop.io as interop_io
+from sambay.interop import from_pretrained
+from sambay.train import checkpoint as ckpt
+from sambay.train.config import TrainConfig
+from sambay.train.trainer import Trainer
+
+
+def _trainer(run_dir, **kw) -> Trainer:
+    cfg = TrainConfig(tiny=True, depth=8, model_overrides={"d_model": 32, "vocab_size": 64}, tokens=256 * 20,
+                      seq_len=32, micro_batch=4, batch_tokens=256, eta0=2e-2, base_batch_tokens=256,
+                      run_dir=str(run_dir), progress=False, tensorboard=False, ckpt_every=1000, keep_last=3, **kw)
+    return Trainer(cfg)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_checkpoint_folder_loads_with_from_pretrained(tmp_path):
+    t = _trainer(tmp_path)
+    t.train_step()
+    path = t.save()
+    assert path.name == "step-00000001"
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "train_state.pt"]
+    loaded = from_pretrained(path)
+    assert loaded.config == t.model_config
+    ours = t.model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, ours[name]), name
+
+
+def test_state_round_trip_is_exact(tmp_path):
+    t = _trainer(tmp_path)
+    for _ in range(3):
+        t.train_step()
+    t.save()
+    expected_next = t.train_step()["loss"]
+    fresh = _trainer(tmp_path, resume="auto")
+    assert fresh.step == 3 and fresh.tokens == 3 * 256
+    assert fresh.loader.step == 3 * fresh.plan.grad_accum  # micro-batches consumed
+    saved = torch.load(ckpt.find_latest(tmp_path) / ckpt.TRAIN_STATE, weights_only=True)["optimizer"]["state"]
+    restored = fresh.optimizer.state_dict()["state"]
+    by_id = {id(p): n for n, p in fresh.model.named_parameters()}
+    names = [by_id[id(p)] for g in fresh.optimizer.param_groups for p in g["params"]]  # torch's index order
+    assert len(restored) == len(saved) == len(names)
+    for i, name in enumerate(names):  # torch state is keyed by index, the checkpoint by parameter name
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(restored[i][key], saved[name][key]), (name, key)
+    assert fresh.train_step()["loss"] == expected_next  # bitwise: same weights, moments, data, LR
+
+
+def test_crash_during_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    t = _trainer(tmp_path)
+    t.train_step()
+    t.train_step()
+    good = t.save()
+    good_weights = _weights(from_pretrained(good))
+    t.train_step()
+
+    # 1) crash after the weights are written, while the trainer state is being written
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash in torch.save")
+
+    monkeypatch.setattr(ckpt.torch, "save", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        t.save()
+    monkeypatch.undo()
+    # 2) crash half-way through writing the safetensors file
+    real_write = interop_io._write_safetensors_file
+
+    def half_write(path, items, meta):
+        real_write(path, items[: len(items) // 2], meta)
+        raise OSError("simulated disk failure")
+
+    monkeypatch.setattr(interop_io, "_write_safetensors_file", half_write)
+    with pytest.raises(OSError, match="simulated disk failure"):
+        t.save()
+    monkeypatch.undo()
+    # 3) a hard kill leaves its temporary directory behind (no exception handler ran)
+    stale = ckpt.checkpoint_root(tmp_path) / ".tmp-step-00000003-999-deadbeef"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"\x00" * 10)
+
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2]
+    assert ckpt.find_latest(tmp_path) == good
+    reloaded = from_pretrained(good)
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, good_weights[name]), name
+    resumed = _trainer(tmp_path, resume="auto")
+    assert resumed.step == 2
+    # the next successful save cleans up the debris
+    resumed.train_step()
+    resumed.save()
+    assert sorted(p.name for p in ckpt.checkpoint_root(tmp_path).iterdir()) == ["step-00000002", "step-00000003"]
+
+
+def test_keep_last_k_and_resave(tmp_path):
+    t = _trainer(tmp_path)
+    t.cfg.keep_last = 2
+    for _ in range(4):
+        t.train_step()
+        t.save()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [3, 4]
+    again = t.save()  # the same step again: swapped in atomically
+    assert again.is_dir() and [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [3, 4]
+    assert not [p for p in os.listdir(ckpt.checkpoint_root(tmp_path)) if p.startswith(".")]
