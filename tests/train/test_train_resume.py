@@ -7,7 +7,7 @@ import time
 
 from train_helpers import REPO, TINY, env, losses, train_cmd, run_train
 
-STEPS = 24
+STEPS = 16
 
 
 def test_killed_run_resumes_with_identical_losses(tmp_path):

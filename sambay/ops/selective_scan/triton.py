@@ -37,8 +37,8 @@ LOG2E = 1.4426950408889634
 # states saved at the forward's chunk starts. Chosen on an H100 (see benchmarks/results); overridable for
 # tuning, but the fake (meta) kernels read the same value.
 CHUNK = 16
-FWD_ORDER, FWD_BD, FWD_WARPS = 0, 16, 4
-BWD_ORDER, BWD_BD, BWD_WARPS = 0, 16, 4
+FWD_ORDER, FWD_BD, FWD_WARPS, FWD_VEC = 0, 16, 4, 8
+BWD_ORDER, BWD_BD, BWD_WARPS, BWD_VEC = 0, 16, 4, 8
 
 
 # Debug switch for tests: fill every kernel-written output buffer with NaN first, so an element the kernel
@@ -89,45 +89,66 @@ def _at(x, AX: tl.constexpr):
 
 
 @triton.jit
-def _load_chunk(
-    pid_b64, t, tmask, d3, dmask, n3, nmask,
-    u_ptr, dt_ptr, B_ptr, C_ptr, dtb,
-    s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t,
-    SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr,
+def _load_raw(
+    pid_b64, t, d3, dmask, n3, nmask, T,
+    u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+    s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t,
+    HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
 ):
-    """Load one chunk as 3-D tiles (size 1 on the axes a tensor does not have), cast to fp32 at once."""
+    """Issue one chunk's loads (kept in the input dtype until used, so prefetching costs fewer registers).
+
+    Returns u, delta, B, C, z (u again when absent) and the reset flags (False when no seq_idx)."""
+    tmask = t < T
     m2 = tmask & dmask
     mn = tmask & nmask
-    u = tl.load(u_ptr + pid_b64 * s_u_b + t * s_u_t + d3, mask=m2, other=0.0).to(tl.float32)
-    xr = tl.load(dt_ptr + pid_b64 * s_dt_b + t * s_dt_t + d3, mask=m2, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + pid_b64 * s_u_b + t * s_u_t + d3, mask=m2, other=0.0)
+    xr = tl.load(dt_ptr + pid_b64 * s_dt_b + t * s_dt_t + d3, mask=m2, other=0.0)
+    Bv = tl.load(B_ptr + pid_b64 * s_B_b + t * s_B_t + n3, mask=mn, other=0.0)
+    Cv = tl.load(C_ptr + pid_b64 * s_C_b + t * s_C_t + n3, mask=mn, other=0.0)
+    if HAS_Z:
+        zz = tl.load(z_ptr + pid_b64 * s_z_b + t * s_z_t + d3, mask=m2, other=0.0)
+    else:
+        zz = u
+    if HAS_SEQ:
+        cur = tl.load(seq_ptr + pid_b64 * s_seq_b + t * s_seq_t, mask=tmask, other=0)
+        prv = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(t - 1, 0) * s_seq_t, mask=tmask, other=0)
+        reset = (cur != prv) & (t > 0)
+    else:
+        reset = t < 0
+    return u, xr, Bv, Cv, zz, reset
+
+
+@triton.jit
+def _prep(u, xr, Bv, Cv, dtb, SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr):
+    """Cast a chunk to fp32 and apply delta_bias + softplus."""
+    u = u.to(tl.float32)
+    xr = xr.to(tl.float32)
     if HAS_DTB:
         xr = xr + dtb
     if SOFTPLUS:
         dt = _softplus(xr)
     else:
         dt = xr
-    Bv = tl.load(B_ptr + pid_b64 * s_B_b + t * s_B_t + n3, mask=mn, other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + pid_b64 * s_C_b + t * s_C_t + n3, mask=mn, other=0.0).to(tl.float32)
-    return u, xr, dt, Bv, Cv
+    return u, xr, dt, Bv.to(tl.float32), Cv.to(tl.float32)
 
 
 @triton.jit
-def _chunk_decay(dt, A2, t, tmask, seq_ptr, pid_b64, s_seq_b, s_seq_t, HAS_SEQ: tl.constexpr):
+def _chunk_decay(dt, A2, tmask, reset):
     """Full-tile a_t = exp(dt*A) with document resets (a = 0) and padded rows (a = 1)."""
     a = tl.exp2(dt * A2)
-    if HAS_SEQ:
-        cur = tl.load(seq_ptr + pid_b64 * s_seq_b + t * s_seq_t, mask=tmask, other=0)
-        prv = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(t - 1, 0) * s_seq_t, mask=tmask, other=0)
-        reset = (cur != prv) & (t > 0)
-        a = tl.where(reset, 0.0, a)
+    a = tl.where(reset, 0.0, a)
     a = tl.where(tmask, a, 1.0)
     return a
 
 
 # The kernels work on 3-D tiles whose axis order is a compile-time choice: ORDER 0 = (time, channel,
 # state), ORDER 1 = (state, time, channel). Triton spreads lanes over the last axis first, so ORDER 1 with
-# BD = 32 * num_warps keeps each channel's whole [N, BT] block inside one thread: the time scan and the
-# sum over states then need no shuffles. AX_T / AX_D / AX_N name the axes of each order.
+# BD = VEC * 32 * num_warps keeps each channel's whole [N, BT] block inside one thread: the time scan and
+# the sum over states then need no shuffles. VEC is a contiguity hint along channels (how many adjacent
+# channels one thread loads). AX_T / AX_D / AX_N name the axes of each order.
+#
+# Each loop iteration issues the loads of the *next* chunk before computing the current one: one program
+# walks its chunks in sequence, so without this every chunk would wait a full memory latency.
 
 
 @triton.jit
@@ -137,7 +158,7 @@ def _scan_fwd_kernel(
     T, DIM, NSTATE, NCHUNK,
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_y_b, s_y_t,
     s_seq_b, s_seq_t,
-    BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, VEC: tl.constexpr,
     AX_T: tl.constexpr, AX_D: tl.constexpr, AX_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_HT: tl.constexpr, STORE_HS: tl.constexpr,
@@ -145,7 +166,7 @@ def _scan_fwd_kernel(
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b64 = pid_b.to(tl.int64)
-    d3 = _at(tl.max_contiguous(pid_d * BD + tl.arange(0, BD), 1), AX_D)
+    d3 = _at(tl.max_contiguous(pid_d * BD + tl.arange(0, BD), VEC), AX_D)
     n3 = _at(tl.arange(0, NP), AX_N)
     rows = _at(tl.arange(0, BT), AX_T)
     dmask = d3 < DIM
@@ -164,16 +185,23 @@ def _scan_fwd_kernel(
         h = tl.load(h0_ptr + state_off, mask=dnmask, other=0.0).to(tl.float32)
     else:
         h = tl.zeros_like(A2)
+    nu, nx, nB, nC, nz, nr = _load_raw(
+        pid_b64, rows, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+        s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
+    )
     for c in range(0, NCHUNK):
         if STORE_HS:
             tl.store(hs_ptr + (pid_b64 * NCHUNK + c) * DIM * NSTATE + dn, h, mask=dnmask)
         t = c * BT + rows
         tmask = t < T
-        u, xr, dt, Bv, Cv = _load_chunk(
-            pid_b64, t, tmask, d3, dmask, n3, nmask, u_ptr, dt_ptr, B_ptr, C_ptr, dtb,
-            s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, SOFTPLUS, HAS_DTB,
+        u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB)
+        zz = nz
+        reset = nr
+        nu, nx, nB, nC, nz, nr = _load_raw(
+            pid_b64, t + BT, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+            s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
         )
-        a = _chunk_decay(dt, A2, t, tmask, seq_ptr, pid_b64, s_seq_b, s_seq_t, HAS_SEQ)
+        a = _chunk_decay(dt, A2, tmask, reset)
         b = (dt * u) * Bv
         acum, hh = tl.associative_scan((a, b), AX_T, _fwd_combine)
         hh = hh + acum * h
@@ -182,8 +210,8 @@ def _scan_fwd_kernel(
             y = y + u * Dv
         m2 = tmask & dmask
         if HAS_Z:
-            zz = tl.load(z_ptr + pid_b64 * s_z_b + t * s_z_t + d3, mask=m2, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
+            zf = zz.to(tl.float32)
+            y = y * zf * tl.sigmoid(zf)
         tl.store(y_ptr + pid_b64 * s_y_b + t * s_y_t + d3, y.to(y_ptr.dtype.element_ty), mask=m2)
         # the state after the chunk is its last row (padded rows carry it through unchanged)
         h = tl.sum(tl.where(rows == BT - 1, hh, 0.0), axis=AX_T, keep_dims=True)
@@ -199,7 +227,7 @@ def _scan_bwd_kernel(
     T, DIM, NSTATE, NCHUNK,
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t,
     s_dy_b, s_dy_t, s_seq_b, s_seq_t,
-    BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, VEC: tl.constexpr,
     AX_T: tl.constexpr, AX_D: tl.constexpr, AX_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_DHT: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_DH0: tl.constexpr,
@@ -207,7 +235,7 @@ def _scan_bwd_kernel(
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_b64 = pid_b.to(tl.int64)
-    d3 = _at(pid_d * BD + tl.arange(0, BD), AX_D)
+    d3 = _at(tl.max_contiguous(pid_d * BD + tl.arange(0, BD), VEC), AX_D)
     n3 = _at(tl.arange(0, NP), AX_N)
     rows = _at(tl.arange(0, BT), AX_T)
     dmask = d3 < DIM
@@ -232,32 +260,47 @@ def _scan_bwd_kernel(
     dA_acc = tl.zeros_like(A)
     dD_acc = tl.sum(tl.zeros_like(A), axis=AX_N, keep_dims=True)
     ddtb_acc = tl.sum(tl.zeros_like(A), axis=AX_N, keep_dims=True)
+    # prefetch the last chunk
+    t_last = (NCHUNK - 1) * BT + rows
+    nu, nx, nB, nC, nz, nr = _load_raw(
+        pid_b64, t_last, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+        s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
+    )
+    ndy = tl.load(dy_ptr + pid_b64 * s_dy_b + t_last * s_dy_t + d3, mask=(t_last < T) & dmask, other=0.0)
+    nh0 = tl.load(hs_ptr + (pid_b64 * NCHUNK + NCHUNK - 1) * DIM * NSTATE + dn, mask=dnmask, other=0.0)
     for cc in range(0, NCHUNK):
         c = NCHUNK - 1 - cc
         t = c * BT + rows
         tmask = t < T
         m2 = tmask & dmask
         mn = tmask & nmask
-        h0 = tl.load(hs_ptr + (pid_b64 * NCHUNK + c) * DIM * NSTATE + dn, mask=dnmask, other=0.0)
-        u, xr, dt, Bv, Cv = _load_chunk(
-            pid_b64, t, tmask, d3, dmask, n3, nmask, u_ptr, dt_ptr, B_ptr, C_ptr, dtb,
-            s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, SOFTPLUS, HAS_DTB,
+        u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB)
+        zz = nz
+        reset = nr
+        dy = ndy.to(tl.float32)
+        h0 = nh0
+        # prefetch the previous chunk (for c == 0 this reads nothing: t < 0 is masked)
+        tp = t - BT
+        nu, nx, nB, nC, nz, nr = _load_raw(
+            pid_b64, tp, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+            s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
         )
-        a = _chunk_decay(dt, A2, t, tmask, seq_ptr, pid_b64, s_seq_b, s_seq_t, HAS_SEQ)
+        ndy = tl.load(dy_ptr + pid_b64 * s_dy_b + tp * s_dy_t + d3, mask=(tp >= 0) & dmask, other=0.0)
+        nh0 = tl.load(hs_ptr + (pid_b64 * NCHUNK + c - 1) * DIM * NSTATE + dn, mask=dnmask & (c > 0), other=0.0)
+        a = _chunk_decay(dt, A2, tmask, reset)
         b = (dt * u) * Bv
         acum, hh = tl.associative_scan((a, b), AX_T, _fwd_combine)
         hh = hh + acum * h0
-        dy = tl.load(dy_ptr + pid_b64 * s_dy_b + t * s_dy_t + d3, mask=m2, other=0.0).to(tl.float32)
         out_off = (pid_b64 * T + t) * DIM + d3
         if HAS_Z:
-            zz = tl.load(z_ptr + pid_b64 * s_z_b + t * s_z_t + d3, mask=m2, other=0.0).to(tl.float32)
+            zf = zz.to(tl.float32)
             y = tl.sum(hh * Cv, axis=AX_N, keep_dims=True)
             if HAS_D:
                 y = y + u * Dv
-            sg = tl.sigmoid(zz)
-            dz = dy * y * sg * (1.0 + zz * (1.0 - sg))
+            sg = tl.sigmoid(zf)
+            dz = dy * y * sg * (1.0 + zf * (1.0 - sg))
             tl.store(dz_ptr + out_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
-            dy = dy * zz * sg
+            dy = dy * zf * sg
         if HAS_D:
             dD_acc += tl.sum(dy * u, axis=AX_T, keep_dims=True)
         # reverse scan for g_t, then add what the later chunks send in
@@ -348,7 +391,7 @@ def scan_fwd(
         0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
         y.stride(0), y.stride(1),
         0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
-        BT=CHUNK, BD=FWD_BD, NP=_np2(nstate), **_axes(FWD_ORDER),
+        BT=CHUNK, BD=FWD_BD, NP=_np2(nstate), VEC=FWD_VEC, **_axes(FWD_ORDER),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_H0=h0 is not None,
         HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_HT=True, STORE_HS=save_states,
         num_warps=FWD_WARPS,
@@ -395,7 +438,7 @@ def scan_bwd(
         0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
         dy.stride(0), dy.stride(1),
         0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
-        BT=CHUNK, BD=BWD_BD, NP=_np2(nstate), **_axes(BWD_ORDER),
+        BT=CHUNK, BD=BWD_BD, NP=_np2(nstate), VEC=BWD_VEC, **_axes(BWD_ORDER),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_DHT=dhT is not None,
         HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_DH0=want_dh0,
         num_warps=BWD_WARPS,
