@@ -98,23 +98,27 @@ def bench_scan(copy_bw, sweep):
         return scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, save)
 
     results = {}
-    configs = [(scan_tri.FWD_ORDER, scan_tri.CHUNK, scan_tri.FWD_BD, scan_tri.FWD_WARPS)]
+    # forward variants: (forward chunk BT, tile order, channels per program BD, warps, channel contiguity VEC)
+    configs = [(scan_tri.FWD_BT, scan_tri.FWD_ORDER, scan_tri.FWD_BD, scan_tri.FWD_WARPS, scan_tri.FWD_VEC)]
     if sweep:
-        configs += [(0, 16, 8, 4), (0, 16, 32, 4), (0, 16, 16, 8), (0, 32, 16, 8), (0, 8, 32, 4), (0, 32, 8, 4),
-                    (0, 16, 8, 2), (1, 2, 128, 4), (1, 4, 128, 4), (1, 4, 32, 1), (1, 2, 64, 2), (1, 8, 32, 4),
-                    (1, 16, 32, 4), (1, 4, 64, 2), (1, 8, 128, 8)]
+        configs += [(16, 0, 16, 4, 8), (16, 0, 8, 2, 8), (1, 1, 128, 4, 1), (1, 1, 64, 2, 1), (1, 1, 32, 1, 1),
+                    (2, 1, 128, 4, 1), (2, 1, 64, 2, 1), (2, 1, 32, 1, 1), (4, 1, 128, 4, 1), (4, 1, 32, 1, 1),
+                    (1, 1, 256, 4, 2), (2, 1, 256, 8, 1), (1, 1, 256, 8, 1), (8, 1, 32, 1, 1)]
     default = configs[0]
     for cfg in configs:
-        scan_tri.FWD_ORDER, scan_tri.CHUNK, scan_tri.FWD_BD, scan_tri.FWD_WARPS = cfg
+        scan_tri.FWD_BT, scan_tri.FWD_ORDER, scan_tri.FWD_BD, scan_tri.FWD_WARPS, scan_tri.FWD_VEC = cfg
         try:
             t = ms(lambda: fwd(False))
         except Exception as e:  # a variant that fails to compile (e.g. out of resources) is reported
-            say(f"   fwd variant order={cfg[0]} BT={cfg[1]} BD={cfg[2]} warps={cfg[3]}: FAILED {type(e).__name__}: {e}"[:300])
+            say(f"   fwd variant {cfg}: FAILED {type(e).__name__}: {e}"[:300])
             continue
         results[cfg] = t
-        say(f"   fwd variant order={cfg[0]} BT={cfg[1]:3d} BD={cfg[2]:3d} warps={cfg[3]}: {t:.3f} ms  "
+        say(f"   fwd variant BT={cfg[0]:2d} order={cfg[1]} BD={cfg[2]:3d} warps={cfg[3]} vec={cfg[4]}: {t:.3f} ms  "
             f"{fwd_bytes / t / 1e6:.0f} GB/s = {fwd_bytes / t / 1e6 / copy_bw:.1%} of copy bw")
-    scan_tri.FWD_ORDER, scan_tri.CHUNK, scan_tri.FWD_BD, scan_tri.FWD_WARPS = default
+    if sweep and results:
+        best = min(results, key=results.get)
+        say(f"   best fwd variant: {best} {results[best]:.3f} ms")
+    scan_tri.FWD_BT, scan_tri.FWD_ORDER, scan_tri.FWD_BD, scan_tri.FWD_WARPS, scan_tri.FWD_VEC = default
     t_inf = ms(lambda: fwd(False))
     t_train = ms(lambda: fwd(True))
     say(f"   scan fwd (inference, default cfg): {t_inf:.3f} ms, {fwd_bytes / t_inf / 1e6:.0f} GB/s = "
@@ -123,22 +127,32 @@ def bench_scan(copy_bw, sweep):
 
     y, hT, hs = fwd(True)
     dy = torch.randn_like(y)
-    bcfgs = [(scan_tri.BWD_ORDER, scan_tri.CHUNK, scan_tri.BWD_BD, scan_tri.BWD_WARPS)]
+    # backward variants: (checkpoint interval = backward chunk, order, BD, warps, VEC)
+    bcfgs = [(scan_tri.CHUNK, scan_tri.BWD_ORDER, scan_tri.BWD_BD, scan_tri.BWD_WARPS, scan_tri.BWD_VEC)]
     if sweep:
-        bcfgs += [(0, 16, 8, 4), (0, 16, 16, 8), (0, 16, 8, 2), (0, 32, 8, 4), (0, 8, 16, 4), (1, 2, 128, 4),
-                  (1, 4, 32, 1), (1, 4, 64, 2), (1, 8, 32, 4), (1, 2, 64, 2)]
+        bcfgs += [(16, 0, 16, 4, 8), (16, 0, 8, 2, 8), (8, 0, 8, 2, 8), (8, 0, 16, 4, 8), (1, 1, 128, 4, 1),
+                  (1, 1, 64, 2, 1), (1, 1, 32, 1, 1), (2, 1, 64, 2, 1), (2, 1, 128, 4, 1), (2, 1, 32, 1, 1),
+                  (4, 1, 32, 1, 1), (32, 0, 8, 4, 8)]
     bdefault = bcfgs[0]
+    fwd_default = (scan_tri.FWD_BT,)
+    bres = {}
     for cfg in bcfgs:
-        scan_tri.BWD_ORDER, scan_tri.CHUNK, scan_tri.BWD_BD, scan_tri.BWD_WARPS = cfg
+        scan_tri.CHUNK, scan_tri.BWD_ORDER, scan_tri.BWD_BD, scan_tri.BWD_WARPS, scan_tri.BWD_VEC = cfg
+        scan_tri.FWD_BT = min(fwd_default[0], cfg[0])  # the forward chunk must divide the checkpoint interval
         try:
             _, _, hs_c = fwd(True)
             t = ms(lambda: scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs_c, True))
         except Exception as e:
-            say(f"   bwd variant order={cfg[0]} BT={cfg[1]} BD={cfg[2]} warps={cfg[3]}: FAILED {type(e).__name__}: {e}"[:300])
+            say(f"   bwd variant {cfg}: FAILED {type(e).__name__}: {e}"[:300])
             continue
-        say(f"   bwd variant order={cfg[0]} BT={cfg[1]:3d} BD={cfg[2]:3d} warps={cfg[3]}: {t:.3f} ms  "
+        bres[cfg] = t
+        say(f"   bwd variant chunk={cfg[0]:2d} order={cfg[1]} BD={cfg[2]:3d} warps={cfg[3]} vec={cfg[4]}: {t:.3f} ms  "
             f"{bwd_bytes / t / 1e6:.0f} GB/s = {bwd_bytes / t / 1e6 / copy_bw:.1%} of copy bw")
-    scan_tri.BWD_ORDER, scan_tri.CHUNK, scan_tri.BWD_BD, scan_tri.BWD_WARPS = bdefault
+    if sweep and bres:
+        best = min(bres, key=bres.get)
+        say(f"   best bwd variant: {best} {bres[best]:.3f} ms")
+    scan_tri.CHUNK, scan_tri.BWD_ORDER, scan_tri.BWD_BD, scan_tri.BWD_WARPS, scan_tri.BWD_VEC = bdefault
+    scan_tri.FWD_BT = fwd_default[0]
 
     def fwd_bwd():
         y, hT, hs = fwd(True)

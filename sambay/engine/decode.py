@@ -39,18 +39,12 @@ def decode_step(model: CausalLM, state: InferenceState, tokens: torch.Tensor, sl
             x = block.around(x, mix)
             memory = out["memory"] if kind == "mamba_memory" else memory
         elif kind in ("swa", "full", "full_kv"):
-            read = {}
-
-            def mix(h, mixer=mixer, st=st, read=read):
-                y, read["kv"] = layers.self_attention_step(mixer, h, pos, slots, st)
-                return y
-
-            x = block.around(x, mix)
-            shared = read["kv"] if kind == "full_kv" else shared  # the cross layers read these keys
+            x = block.around(x, lambda h, mixer=mixer, st=st: layers.self_attention_step(mixer, h, pos, slots, st))
+            shared = st if kind == "full_kv" else shared  # the cross layers read this layer's K/V cache
         elif kind == "gmu":
             x = block.around(x, lambda h, mixer=mixer: gmu(mixer, h, memory))
         elif kind == "cross":
-            x = block.around(x, lambda h, mixer=mixer: layers.cross_attention(mixer, h, pos, *shared))
+            x = block.around(x, lambda h, mixer=mixer: layers.cross_attention(mixer, h, pos, slots, shared))
         else:  # pragma: no cover - plans are validated
             raise ValueError(f"unknown layer kind {kind!r}")
     state.lengths[slots] = pos + 1

@@ -20,13 +20,11 @@ import torch.nn.functional as F
 from sambay.model.attention import CrossAttention, SelfAttention
 from sambay.model.mamba import Mamba
 from sambay.model.norm import swiglu
+from sambay.ops.attention.decode import decode_attention
 from sambay.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from sambay.ops.selective_scan import selective_scan
 
-try:  # the package __init__ is being written alongside; the reference is the specification either way
-    from sambay.ops.selective_state_update import selective_state_update
-except ImportError:  # pragma: no cover - depends on the ops package state
-    from sambay.ops.selective_state_update.reference import selective_state_update
+from sambay.ops.selective_state_update import selective_state_update
 
 
 @dataclass
@@ -177,32 +175,39 @@ def write_kv_only(attn: SelfAttention, h: torch.Tensor, batch: PrefillBatch, sta
     state["v"][batch.slots[rows], :, batch.positions[rows, cols]] = v[rows, cols].to(state["v"].dtype)
 
 
-def visible_keys(pos: torch.Tensor, n: int) -> torch.Tensor:
-    """(B,) positions -> (B, 1, 1, n) mask of the filled cache indices: index j holds a key iff j <= pos.
+def decode_attend(attn, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lens: torch.Tensor,
+                  slots: torch.Tensor) -> torch.Tensor:
+    """q (B, 1, H, hs) over the first lens[b] entries of cache row slots[b] -> projected output (B, 1, d).
 
-    True for a full cache (index = position) and for a ring buffer too (index = position % window: until the
-    ring wraps, exactly indices 0..pos are written; after, all are, and all are inside the window).
+    Reads the pooled cache in place (split-K kernel on CUDA), never gathering a copy. Differential attention
+    reads each key half once for both value halves ([v_2g ‖ v_2g+1] via `v_hi`).
     """
-    return (torch.arange(n, device=pos.device)[None, :] <= pos[:, None])[:, None, None, :]
+    q = q[:, 0]
+    if attn.diff is None:
+        o = decode_attention(q, k_cache, v_cache, lens, slots)  # (B, H, hs)
+    else:
+        v_lo, v_hi = v_cache[:, 0::2], v_cache[:, 1::2]
+        o1 = decode_attention(q[:, 0::2], k_cache[:, 0::2], v_lo, lens, slots, v_hi=v_hi)  # (B, H/2, 2hs)
+        o2 = decode_attention(q[:, 1::2], k_cache[:, 1::2], v_lo, lens, slots, v_hi=v_hi)
+        o = attn.diff.combine(o1, o2)
+    return attn.out_proj(o.flatten(1))[:, None]
 
 
 def self_attention_step(attn: SelfAttention, h: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor,
-                        state: dict[str, torch.Tensor]):
-    """h (B, 1, d), pos (B,) -> (out (B, 1, d), (keys, values) (B, N, G, hs) each, as read).
-
-    Writes this token's K/V first (index pos, or pos % window), then attends over the slot's cache.
-    """
+                        state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """h (B, 1, d), pos (B,) -> (B, 1, d). Writes this token's K/V (index pos, or pos % window), then
+    attends over the slot's cache: all pos + 1 keys, or the min(pos + 1, window) filled ring entries."""
     k_cache, v_cache = state["k"], state["v"]
     q, k, v = attn.project_qkv(h, pos[:, None])
     index = pos if attn.window is None else pos % attn.window
     k_cache[slots, :, index] = k[:, 0].to(k_cache.dtype)
     v_cache[slots, :, index] = v[:, 0].to(v_cache.dtype)
-    keys, values = k_cache[slots].transpose(1, 2), v_cache[slots].transpose(1, 2)
-    return attn.attend(q, keys, values, visible_keys(pos, keys.shape[1])), (keys, values)
+    lens = pos + 1 if attn.window is None else torch.clamp(pos + 1, max=attn.window)
+    return decode_attend(attn, q, k_cache, v_cache, lens, slots)
 
 
-def cross_attention(attn: CrossAttention, h: torch.Tensor, pos: torch.Tensor, keys: torch.Tensor,
-                    values: torch.Tensor) -> torch.Tensor:
-    """h (B, 1, d) at positions pos (B,), over the shared K/V (B, N, G, hs) -> (B, 1, d)."""
+def cross_attention(attn: CrossAttention, h: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor,
+                    shared: dict[str, torch.Tensor]) -> torch.Tensor:
+    """h (B, 1, d) at positions pos (B,), over the shared K/V cache of the full_kv layer -> (B, 1, d)."""
     q = attn.project_q(h, pos[:, None])
-    return attn.attend(q, keys, values, visible_keys(pos, keys.shape[1]))
+    return decode_attend(attn, q, shared["k"], shared["v"], pos + 1, slots)

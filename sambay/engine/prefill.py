@@ -92,13 +92,11 @@ def prefill_piece(model: CausalLM, state: InferenceState, batch: PrefillBatch, i
             attn_out = layers.self_attention_prefill(mixer, h_all, batch, st, last_only=True)
             x = block.around(x[:, -1:], lambda h: attn_out)
             memory = None if memory is None else memory[:, -1:]
-            pos = batch.positions[:, -1]
-            n = batch.max_start + ids.shape[1]  # no row's K/V reaches past this index
-            shared = st["k"][batch.slots, :, :n].transpose(1, 2), st["v"][batch.slots, :, :n].transpose(1, 2)
+            pos, shared = batch.positions[:, -1], st  # cross layers read this layer's cache in place
         elif kind == "gmu":
             x = block.around(x, lambda h, mixer=mixer, m=memory: gmu(mixer, h, m))
         elif kind == "cross":
-            x = block.around(x, lambda h, mixer=mixer: layers.cross_attention(mixer, h, pos, *shared))
+            x = block.around(x, lambda h, mixer=mixer: layers.cross_attention(mixer, h, pos, batch.slots, shared))
         else:  # pragma: no cover - plans are validated
             raise ValueError(f"unknown layer kind {kind!r}")
     if not last:

@@ -49,10 +49,13 @@ class DiffAttention(nn.Module):
         v_pair = v.reshape(batch, k_len, n_kv // 2, 2 * hs)  # (B, Tk, G/2, 2hs) = [v_2g ‖ v_2g+1]
         o1 = attention(q[:, :, 0::2], k[:, :, 0::2], v_pair, mask)  # (B, Tq, H/2, 2hs)
         o2 = attention(q[:, :, 1::2], k[:, :, 1::2], v_pair, mask)
-        o = o1 - self.lam(q.dtype) * o2
-        o = self.subln(o) * (1.0 - self.lambda_init)
         # Un-stripe: the 2hs-wide output of differential head j is heads 2j and 2j+1 side by side.
-        return o.reshape(batch, q_len, n_head * hs)
+        return self.combine(o1, o2).reshape(batch, q_len, n_head * hs)
+
+    def combine(self, o1: torch.Tensor, o2: torch.Tensor) -> torch.Tensor:
+        """The two attention maps' outputs (..., H/2, 2hs) -> subln(o1 − λ·o2)·(1 − λ_init), same shape."""
+        o = o1 - self.lam(o1.dtype) * o2
+        return self.subln(o) * (1.0 - self.lambda_init)
 
 
 class _AttentionBase(nn.Module):

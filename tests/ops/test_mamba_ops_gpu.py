@@ -49,8 +49,30 @@ def _docs(batch, seqlen, cuts):
     return seq
 
 
+# (forward BT, order, BD, warps, vec) and (checkpoint chunk, order, BD, warps, vec): the variants the
+# benchmark sweeps, so whichever becomes the default has been checked on the GPU
+SCAN_CONFIGS = {
+    "t16-o0": ((16, 0, 16, 4, 8), (16, 0, 16, 4, 8)),
+    "t1-o1": ((1, 1, 128, 4, 1), (2, 1, 64, 2, 1)),
+    "t2-o1": ((2, 1, 64, 2, 1), (8, 0, 8, 2, 8)),
+}
+
+
+@pytest.fixture(params=list(SCAN_CONFIGS))
+def scan_config(request):
+    fwd, bwd = SCAN_CONFIGS[request.param]
+    names_f = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC")
+    names_b = ("CHUNK", "BWD_ORDER", "BWD_BD", "BWD_WARPS", "BWD_VEC")
+    saved = {n: getattr(scan_tri, n) for n in names_f + names_b}
+    for n, v in zip(names_f + names_b, fwd + bwd):
+        setattr(scan_tri, n, v)
+    yield request.param
+    for n, v in saved.items():
+        setattr(scan_tri, n, v)
+
+
 @pytest.mark.parametrize("with_z", [True, False])
-def test_scan_bf16_forward_state_and_all_grads_match_fp32_reference_with_resets(with_z):
+def test_scan_bf16_forward_state_and_all_grads_match_fp32_reference_with_resets(with_z, scan_config):
     torch.manual_seed(0)
     Bn, T, D, N = 2, 1000, 1000, 16  # odd sizes: partial chunks and channel blocks
     bf = torch.bfloat16

@@ -9,7 +9,7 @@ kept as a running AND of `seq_idx[s] == seq_idx[s+1]`, with indices clamped at 0
 belongs to the first document.
 
 Backward: kernel 1 recomputes the pre-activation, writes dpre = dout * act'(pre) (fp32, B*T*D) and
-accumulates d weight / d bias per program with fp32 atomics; kernel 2 gathers dx[s] = sum_j w[W-1-j] *
+stores per-program d weight / d bias partials (summed in torch); kernel 2 gathers dx[s] = sum_j w[W-1-j] *
 dpre[s+j] over the same validity and also covers s in [-(W-1), 0) for the initial-state gradient.
 The final state (last W-1 inputs of the last document) and its gradient are small gathers done in torch.
 """
@@ -116,8 +116,11 @@ def _conv_bwd_dpre_kernel(
         sg = tl.sigmoid(pre)
         dpre = dpre * sg * (1.0 + pre * (1.0 - sg))
     tl.store(dpre_ptr + (pid_b64 * T + t[:, None]) * DIM + d[None, :], dpre, mask=m)
+    # per-program partial sums (row = batch * n_time_tiles + time tile), reduced in torch: atomics on the
+    # D * W weight-gradient addresses would serialise (every time tile hits the same addresses)
+    part = pid_b64 * tl.num_programs(1) + tl.program_id(1)
     if HAS_BIAS:
-        tl.atomic_add(db_ptr + d, tl.sum(dpre, axis=0), mask=dmask)
+        tl.store(db_ptr + part * DIM + d, tl.sum(dpre, axis=0), mask=dmask)
     # d weight[:, W-1-j] = sum_t dpre[t] * x[t-j] over valid taps (same validity walk as the forward)
     valid = tmask
     if HAS_SEQ:
@@ -136,7 +139,7 @@ def _conv_bwd_dpre_kernel(
             xi = tl.load(init_ptr + pid_b64 * s_i_b + d[None, :] * s_i_d + (s[:, None] + (W - 1)) * s_i_w,
                          mask=mi, other=0.0).to(tl.float32)
             xs = xs + xi
-        tl.atomic_add(dw_ptr + d * W + (W - 1 - j), tl.sum(dpre * xs, axis=0), mask=dmask)
+        tl.store(dw_ptr + (part * DIM + d) * W + (W - 1 - j), tl.sum(dpre * xs, axis=0), mask=dmask)
 
 
 @triton.jit
@@ -270,8 +273,9 @@ def conv_bwd(dout, x, weight, bias, activation, initial_state, seq_idx, dfinal, 
     weight = weight.contiguous()
     dev = x.device
     dpre = _empty(batch, seqlen, dim, device=dev, dtype=torch.float32)
-    dw = torch.zeros(dim, width, device=dev, dtype=torch.float32)
-    db = torch.zeros(dim, device=dev, dtype=torch.float32) if bias is not None else None
+    nparts = batch * triton.cdiv(seqlen, FWD_BT)
+    dw = _empty(nparts, dim, width, device=dev, dtype=torch.float32)
+    db = _empty(nparts, dim, device=dev, dtype=torch.float32) if bias is not None else None
     dx = _empty(batch, seqlen, dim, device=dev, dtype=x.dtype)
     dinit = _empty(batch, dim, width - 1, device=dev, dtype=torch.float32) if want_dinit else None
     init = initial_state
@@ -294,6 +298,9 @@ def conv_bwd(dout, x, weight, bias, activation, initial_state, seq_idx, dfinal, 
         W=width, BT=FWD_BT, BD=FWD_BD, HAS_SEQ=seq_idx is not None, WANT_DINIT=want_dinit,
         num_warps=FWD_WARPS,
     )
+    dw = dw.sum(0) if seqlen > 0 else torch.zeros(dim, width, device=dev, dtype=torch.float32)
+    if db is not None:
+        db = db.sum(0) if seqlen > 0 else torch.zeros(dim, device=dev, dtype=torch.float32)
     if dfinal is not None:
         # the final state is a masked copy of the last W-1 inputs: route its gradient back
         ones = torch.ones(batch, seqlen, dim, device=dev, dtype=torch.float32)
@@ -359,8 +366,8 @@ def _conv_bwd_op(
 ) -> list[torch.Tensor]:
     act = None if activation == "none" else activation
     dx, dw, db, dinit = conv_bwd(dout, x, weight, bias, act, initial_state, seq_idx, dfinal, want_dinit)
-    e = x.new_empty(_EMPTY)
-    return [dx, dw, e if db is None else db, e if dinit is None else dinit]
+    # absent gradients come back as (distinct: outputs may not alias) empty tensors
+    return [dx, dw, x.new_empty(_EMPTY) if db is None else db, x.new_empty(_EMPTY) if dinit is None else dinit]
 
 
 @_conv_bwd_op.register_fake
@@ -368,12 +375,11 @@ def _conv_bwd_fake(dout, x, weight, bias, activation, initial_state, seq_idx, df
     batch, seqlen, dim = x.shape
     width = weight.shape[1]
     f32 = torch.float32
-    e = x.new_empty(_EMPTY)
     return [
         x.new_empty(batch, seqlen, dim),
         x.new_empty(dim, width, dtype=f32),
-        e if bias is None else x.new_empty(dim, dtype=f32),
-        x.new_empty(batch, dim, width - 1, dtype=f32) if want_dinit else e,
+        x.new_empty(_EMPTY) if bias is None else x.new_empty(dim, dtype=f32),
+        x.new_empty(batch, dim, width - 1, dtype=f32) if want_dinit else x.new_empty(_EMPTY),
     ]
 
 

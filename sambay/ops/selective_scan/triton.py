@@ -36,8 +36,8 @@ LOG2E = 1.4426950408889634
 # Chunk length and channel block. BT is shared by forward and backward because the backward reads the
 # states saved at the forward's chunk starts. Chosen on an H100 (see benchmarks/results); overridable for
 # tuning, but the fake (meta) kernels read the same value.
-CHUNK = 16
-FWD_ORDER, FWD_BD, FWD_WARPS, FWD_VEC = 0, 16, 4, 8
+CHUNK = 16  # checkpoint interval = backward chunk length
+FWD_BT, FWD_ORDER, FWD_BD, FWD_WARPS, FWD_VEC = 16, 0, 16, 4, 8  # FWD_BT must divide CHUNK
 BWD_ORDER, BWD_BD, BWD_WARPS, BWD_VEC = 0, 16, 4, 8
 
 
@@ -158,7 +158,7 @@ def _scan_fwd_kernel(
     T, DIM, NSTATE, NCHUNK,
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_y_b, s_y_t,
     s_seq_b, s_seq_t,
-    BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, VEC: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, VEC: tl.constexpr, R: tl.constexpr,
     AX_T: tl.constexpr, AX_D: tl.constexpr, AX_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_HT: tl.constexpr, STORE_HS: tl.constexpr,
@@ -189,9 +189,12 @@ def _scan_fwd_kernel(
         pid_b64, rows, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
         s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
     )
+    NCKPT = (NCHUNK + R - 1) // R
     for c in range(0, NCHUNK):
         if STORE_HS:
-            tl.store(hs_ptr + (pid_b64 * NCHUNK + c) * DIM * NSTATE + dn, h, mask=dnmask)
+            # checkpoint the state at every backward-chunk start (every R forward chunks)
+            if c % R == 0:
+                tl.store(hs_ptr + (pid_b64 * NCKPT + c // R) * DIM * NSTATE + dn, h, mask=dnmask)
         t = c * BT + rows
         tmask = t < T
         u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB)
@@ -366,11 +369,12 @@ def scan_fwd(
     batch, seqlen, dim = u.shape
     nstate = A.shape[1]
     A = A.contiguous()
-    nchunk = num_chunks(seqlen)
+    nchunk = triton.cdiv(seqlen, FWD_BT)
+    assert CHUNK % FWD_BT == 0, "the forward chunk must divide the checkpoint interval"
     y = _empty(batch, seqlen, dim, device=u.device, dtype=u.dtype) if y_out is None else y_out
     hT = _empty(batch, dim, nstate, device=u.device, dtype=torch.float32)
     hs = (
-        _empty(batch, nchunk, dim, nstate, device=u.device, dtype=torch.float32)
+        _empty(batch, num_chunks(seqlen), dim, nstate, device=u.device, dtype=torch.float32)
         if save_states
         else torch.empty(0, device=u.device, dtype=torch.float32)
     )
@@ -391,7 +395,7 @@ def scan_fwd(
         0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
         y.stride(0), y.stride(1),
         0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
-        BT=CHUNK, BD=FWD_BD, NP=_np2(nstate), VEC=FWD_VEC, **_axes(FWD_ORDER),
+        BT=FWD_BT, BD=FWD_BD, NP=_np2(nstate), VEC=FWD_VEC, R=CHUNK // FWD_BT, **_axes(FWD_ORDER),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_H0=h0 is not None,
         HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_HT=True, STORE_HS=save_states,
         num_warps=FWD_WARPS,
@@ -496,17 +500,20 @@ def _scan_bwd_fake(dy, dhT, u, delta, A, B, C, D, z, delta_bias, seq_idx, states
     batch, seqlen, dim = u.shape
     nstate = A.shape[1]
     f32 = torch.float32
-    empty = u.new_empty(_EMPTY_SHAPE)
+
+    def empty():  # distinct tensors: custom-op outputs may not alias each other
+        return u.new_empty(_EMPTY_SHAPE)
+
     return [
         u.new_empty(batch, seqlen, dim),
         delta.new_empty(batch, seqlen, dim),
         u.new_empty(dim, nstate, dtype=f32),
         B.new_empty(batch, seqlen, nstate),
         C.new_empty(batch, seqlen, nstate),
-        empty if D is None else u.new_empty(dim, dtype=f32),
-        empty if z is None else z.new_empty(batch, seqlen, dim),
-        empty if delta_bias is None else u.new_empty(dim, dtype=f32),
-        u.new_empty(batch, dim, nstate, dtype=f32) if want_dh0 else empty,
+        empty() if D is None else u.new_empty(dim, dtype=f32),
+        empty() if z is None else z.new_empty(batch, seqlen, dim),
+        empty() if delta_bias is None else u.new_empty(dim, dtype=f32),
+        u.new_empty(batch, dim, nstate, dtype=f32) if want_dh0 else empty(),
     ]
 
 

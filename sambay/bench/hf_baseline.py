@@ -1,0 +1,69 @@
+"""Hugging Face `generate` (static cache) on the Transformer baseline vs sambay's engine, same process.
+
+Both generate `new_tokens` greedy tokens after `prompt_len`-token random prompts for the same batch, timed
+end to end (prefill included) with random bf16 weights of Phi-4-mini's shape (Phi3 architecture).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from sambay.config import ModelConfig
+from sambay.engine.cuda_graphs import GraphedDecoder
+from sambay.engine.prefill import prefill
+from sambay.engine.state import InferenceState
+
+
+def _phi3_config(config: ModelConfig):
+    from transformers import Phi3Config
+
+    return Phi3Config(vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.d_ff,
+                      num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
+                      num_key_value_heads=config.n_kv_head, partial_rotary_factor=config.rotary_fraction,
+                      max_position_embeddings=config.max_seq_len, tie_word_embeddings=config.tie_embeddings,
+                      rope_theta=config.rope_base, pad_token_id=0)
+
+
+def _sync_time(fn) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def hf_vs_sambay(config: ModelConfig, sambay_model, batch: int, prompt_len: int, new_tokens: int) -> dict:
+    """Tokens/s of HF generate and of sambay's engine for the same work (decode tokens / total seconds)."""
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device("cuda")
+    prompts = torch.randint(0, config.vocab_size, (batch, prompt_len), device=device)
+    hf = AutoModelForCausalLM.from_config(_phi3_config(config), torch_dtype=torch.bfloat16).to(device).eval()
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                  cache_implementation="static", attention_mask=torch.ones_like(prompts))
+    with torch.inference_mode():
+        hf.generate(prompts[:, :64], **{**kwargs, "max_new_tokens": 8, "min_new_tokens": 8})  # warm-up
+        hf_s = _sync_time(lambda: hf.generate(prompts, **kwargs))
+    del hf
+    torch.cuda.empty_cache()
+
+    state = InferenceState(config, batch + 1, prompt_len + new_tokens + 1, torch.bfloat16, device)
+    decoder = GraphedDecoder(sambay_model, state, buckets=(batch,))
+    ids = prompts.tolist()
+
+    def ours():
+        slots = [state.acquire() for _ in range(batch)]
+        slot_t = torch.tensor(slots, device=device)
+        logits = prefill(sambay_model, state, ids, slots, chunk_size=4096)
+        for _ in range(new_tokens - 1):
+            logits = decoder.step(logits.argmax(-1), slot_t)
+        for s in slots:
+            state.release(s)
+
+    ours()  # warm-up (captures the graph)
+    ours_s = _sync_time(ours)
+    return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
+            "hf_tokens_per_s": batch * new_tokens / hf_s, "sambay_tokens_per_s": batch * new_tokens / ours_s,
+            "speedup": hf_s / ours_s}
