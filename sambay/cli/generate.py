@@ -29,7 +29,11 @@ def add_parser(subparsers) -> None:
         description="Generate a completion for one prompt, streaming it to stdout.", epilog=MODEL_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, metavar="MODEL", help="DIR, PRESET or tiny:PRESET (see below)")
-    p.add_argument("--prompt", required=True, help="the prompt text")
+    text = p.add_mutually_exclusive_group(required=True)
+    text.add_argument("--prompt", help="the prompt text, fed as is")
+    text.add_argument("--chat", metavar="MESSAGE", help="a user message, wrapped in the tokenizer's chat template "
+                      "(generation stops at the model's end-of-turn tokens)")
+    p.add_argument("--system", default=None, help="system message for --chat")
     p.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="tokens to generate (default 128)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
     p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (default 1.0: off)")
@@ -65,6 +69,21 @@ def _sampling(args):
                               seed=args.seed, stop=tuple(args.stop))
     except ValueError as e:
         raise CLIError(str(e).replace("_", "-")) from None
+
+
+def _chat_prompt(args, tokenizer) -> str:
+    """Render --chat (and --system) with the tokenizer's chat template, ending with the assistant cue."""
+    if not hasattr(tokenizer, "apply_chat_template"):
+        raise CLIError("--chat needs a tokenizer with a chat template (a model folder with tokenizer files, "
+                       "or --tokenizer)")
+    if not args.chat:
+        raise CLIError("--chat is empty")
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.chat}]
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    except Exception as e:  # no template, or the template rejected the messages
+        raise CLIError(f"cannot apply the chat template: {e}") from None
 
 
 def _load_tokenizer(path):
@@ -139,11 +158,12 @@ def run(args) -> int:
             raise CLIError(f"the model's vocabulary ({model.config.vocab_size}) is too small for byte prompts; "
                            "pass --tokenizer")
         tokenizer = ByteTokenizer()
-    if not args.prompt:
+    prompt = _chat_prompt(args, tokenizer) if args.chat is not None else args.prompt
+    if not prompt:
         raise CLIError("--prompt is empty")
     generator = Generator(model, tokenizer, max_batch=1, chunk_size=args.chunk_size)
     try:
-        stream = generator.stream(args.prompt, params)
+        stream = generator.stream(prompt, params)
         last = None
         for chunk in stream:
             if chunk.text:

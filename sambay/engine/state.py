@@ -21,24 +21,13 @@ from __future__ import annotations
 import torch
 
 from sambay.config import ModelConfig
-from sambay.model.state import layer_state_shapes
-
-
-def _element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+from sambay.model.state import layer_state_shapes, state_nbytes
 
 
 def allocated_bytes(config: ModelConfig, batch: int, max_len: int, dtype: torch.dtype = torch.bfloat16) -> int:
     """Bytes of state tensors `InferenceState(config, batch, max_len, dtype)` allocates (the `lengths`
-    bookkeeping, 8 bytes a slot, is not counted). `sambay describe` reports this number."""
-    total = 0
-    for kind in config.layer_plan:
-        for shape, dt in layer_state_shapes(config, kind, batch, max_len, dtype).values():
-            n = 1
-            for s in shape:
-                n *= s
-            total += n * _element_size(dt)
-    return total
+    bookkeeping, 8 bytes a slot, is not counted). `sambay describe` reports the same number."""
+    return state_nbytes(config, batch, max_len, dtype)
 
 
 class InferenceState:

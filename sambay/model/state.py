@@ -9,6 +9,8 @@ and for `sambay describe`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from sambay.config import ModelConfig
@@ -30,22 +32,16 @@ def layer_state_shapes(config: ModelConfig, kind: str, batch: int, max_len: int,
     return {}
 
 
-def _nbytes(shapes: dict) -> int:
+def state_nbytes(config: ModelConfig, batch: int, max_len: int, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Bytes of every state tensor for `batch` sequences of up to `max_len` tokens (what the engine allocates)."""
     total = 0
-    for shape, dtype in shapes.values():
-        n = 1
-        for s in shape:
-            n *= s
-        total += n * torch.empty((), dtype=dtype).element_size()
+    for kind in config.layer_plan:
+        for shape, dt in layer_state_shapes(config, kind, batch, max_len, dtype).values():
+            total += math.prod(shape) * torch.empty((), dtype=dt).element_size()
     return total
 
 
 def state_bytes_per_sequence(config: ModelConfig, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int]:
     """(bytes per token of growing K/V, constant bytes of Mamba/window state) for one sequence."""
-    per_token = constant = 0
-    for kind in config.layer_plan:
-        if kind in ("full", "full_kv"):
-            per_token += _nbytes(layer_state_shapes(config, kind, 1, 1, dtype))
-        else:
-            constant += _nbytes(layer_state_shapes(config, kind, 1, 0, dtype))
-    return per_token, constant
+    constant = state_nbytes(config, 1, 0, dtype)
+    return state_nbytes(config, 1, 1, dtype) - constant, constant

@@ -1,0 +1,222 @@
+"""Triton kernels vs their PyTorch references under the Triton interpreter (CPU, fp32 inputs).
+
+Not collected by default (the name does not start with test_): `test_mamba_ops_interpreter.py` runs this
+file in a subprocess with TRITON_INTERPRET=1 and SAMBAY_KERNELS=triton, so an interpreter segfault fails
+one test instead of killing the run. Sizes stay tiny (B<=2, T<=40, D<=32, N<=16): the interpreter runs
+each program in Python.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run through test_mamba_ops_interpreter.py"
+
+import _interp_patches  # noqa: E402  (same folder; pytest puts it on sys.path)
+
+_interp_patches.install()
+
+from sambay.ops.causal_conv1d import causal_conv1d as conv_public  # noqa: E402
+from sambay.ops.causal_conv1d import reference as conv_ref  # noqa: E402
+from sambay.ops.causal_conv1d import triton as conv_tri  # noqa: E402
+from sambay.ops.selective_scan import reference as scan_ref  # noqa: E402
+from sambay.ops.selective_scan import selective_scan as scan_public  # noqa: E402
+from sambay.ops.selective_scan import triton as scan_tri  # noqa: E402
+from sambay.ops.selective_state_update import reference as ssu_ref  # noqa: E402
+from sambay.ops.selective_state_update import selective_state_update as ssu_public  # noqa: E402
+from sambay.ops.selective_state_update import triton as ssu_tri  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _poison():
+    """Kernel outputs start as NaN, so an element a kernel fails to write fails the comparison."""
+    for m in (scan_tri, conv_tri, ssu_tri):
+        m.POISON = True
+    yield
+    for m in (scan_tri, conv_tri, ssu_tri):
+        m.POISON = False
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all(), "non-finite output: an element was not written"
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def docs(batch, seqlen, cuts):
+    seq = torch.zeros(batch, seqlen, dtype=torch.int32)
+    for b, cs in enumerate(cuts):
+        for i, c in enumerate(cs):
+            seq[b, c:] = i + 1
+    return seq
+
+
+# forward (BT, order, BD, warps, vec) x backward (checkpoint chunk, order, BD, warps, vec)
+SCAN_CONFIGS = {
+    "t16-o0": ((16, 0, 16, 4, 8), (16, 0, 16, 4, 8)),
+    "t1-o1": ((1, 1, 32, 1, 1), (2, 1, 32, 1, 1)),
+    "t2-o1/c8-o0": ((2, 1, 16, 1, 1), (8, 0, 8, 2, 8)),
+}
+
+
+@pytest.fixture(params=list(SCAN_CONFIGS))
+def scan_config(request):
+    fwd, bwd = SCAN_CONFIGS[request.param]
+    names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "CHUNK", "BWD_ORDER", "BWD_BD", "BWD_WARPS", "BWD_VEC")
+    saved = {n: getattr(scan_tri, n) for n in names}
+    for n, v in zip(names, fwd + bwd):
+        setattr(scan_tri, n, v)
+    yield request.param
+    for n, v in saved.items():
+        setattr(scan_tri, n, v)
+
+
+def test_scan_kernel_forward_final_state_and_every_gradient_match_float64_reference(scan_config):
+    torch.manual_seed(0)
+    Bn, T, D, N = 2, 37, 20, 5  # odd T, D and N: partial chunks, channel blocks and state padding
+    leaves = [
+        torch.randn(Bn, T, D), torch.randn(Bn, T, D), -torch.rand(D, N) * 3, torch.randn(Bn, T, N),
+        torch.randn(Bn, T, N), torch.randn(D), torch.randn(Bn, T, D), torch.randn(D), torch.randn(Bn, D, N),
+    ]
+    seq = docs(Bn, T, [[10, 17], [30]])
+    tri = [t.clone().requires_grad_() for t in leaves]
+    y, hT = scan_tri.selective_scan(*tri[:8], True, tri[8], seq, True)
+    ref = [t.double().requires_grad_() for t in leaves]
+    yr, hr = scan_ref.selective_scan(*ref[:8], True, ref[8], seq, True)
+    assert rel(y, yr) < 1e-5
+    assert rel(hT, hr) < 1e-5
+    dy, dh = torch.randn(Bn, T, D), torch.randn(Bn, D, N)
+    (y * dy).sum().add((hT * dh).sum()).backward()
+    (yr * dy.double()).sum().add((hr * dh.double()).sum()).backward()
+    for name, a, r in zip(["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"], tri, ref):
+        assert rel(a.grad, r.grad) < 1e-5, name
+
+
+def test_scan_kernel_without_optional_inputs_matches_reference_and_grads():
+    # no D, z, bias, initial state or seq_idx; softplus off; only y is used (no final-state gradient)
+    torch.manual_seed(1)
+    Bn, T, D, N = 1, 23, 12, 16
+    leaves = [torch.randn(Bn, T, D), torch.rand(Bn, T, D) * 0.5, -torch.rand(D, N) * 2, torch.randn(Bn, T, N), torch.randn(Bn, T, N)]
+    tri = [t.clone().requires_grad_() for t in leaves]
+    y = scan_tri.selective_scan(*tri, delta_softplus=False)
+    ref = [t.double().requires_grad_() for t in leaves]
+    yr = scan_ref.selective_scan(*ref, delta_softplus=False)
+    assert rel(y, yr) < 1e-5
+    dy = torch.randn(Bn, T, D)
+    (y * dy).sum().backward()
+    (yr * dy.double()).sum().backward()
+    for a, r in zip(tri, ref):
+        assert rel(a.grad, r.grad) < 1e-5
+
+
+def test_scan_kernel_accepts_strided_halves_of_a_projection():
+    # the model passes x, z = in_proj(u).chunk(2, -1) and B, C split out of x_proj: non-contiguous views
+    torch.manual_seed(2)
+    Bn, T, D, N = 2, 19, 16, 8
+    xz = torch.randn(Bn, T, 2 * D)
+    u, z = xz.chunk(2, dim=-1)
+    proj = torch.randn(Bn, T, 3 + 2 * N)
+    _, B, C = proj.split([3, N, N], dim=-1)
+    delta = torch.randn(Bn, T, D)
+    A = -torch.rand(D, N)
+    y = scan_tri.selective_scan(u, delta, A, B, C, z=z)
+    yr = scan_ref.selective_scan(u, delta, A, B, C, z=z)
+    assert rel(y, yr) < 1e-5
+
+
+def test_public_selective_scan_dispatches_to_triton_and_backpropagates():
+    torch.manual_seed(3)
+    u = torch.randn(1, 9, 8, requires_grad=True)
+    delta = torch.randn(1, 9, 8)
+    A = -torch.rand(8, 4)
+    B, C = torch.randn(1, 9, 4), torch.randn(1, 9, 4)
+    y, h = scan_public(u, delta, A, B, C, return_final_state=True)
+    y.sum().backward()
+    yr, hr = scan_ref.selective_scan(u.detach(), delta, A, B, C, return_final_state=True)
+    assert rel(y, yr) < 1e-5 and rel(h, hr) < 1e-5
+    assert u.grad is not None and torch.isfinite(u.grad).all()
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("with_docs", [False, True])
+def test_conv1d_kernel_forward_final_state_and_gradients_match_reference(with_state, with_docs):
+    torch.manual_seed(4)
+    Bn, T, D, W = 2, 37, 20, 4
+    leaves = [torch.randn(Bn, T, D), torch.randn(D, W), torch.randn(D), torch.randn(Bn, D, W - 1)]
+    seq = docs(Bn, T, [[10, 12], [35]]) if with_docs else None  # row 1: last document shorter than W-1
+    init = leaves[3] if with_state else None
+    tri = [t.clone().requires_grad_() for t in leaves]
+    y, fin = conv_tri.causal_conv1d(tri[0], tri[1], tri[2], "silu", tri[3] if with_state else None, seq, True)
+    ref = [t.double().requires_grad_() for t in leaves]
+    yr, fr = conv_ref.causal_conv1d(ref[0], ref[1], ref[2], "silu", ref[3] if with_state else None, seq, True)
+    assert rel(y, yr) < 1e-5
+    assert rel(fin, fr) < 1e-6
+    dy, df = torch.randn(Bn, T, D), torch.randn(Bn, D, W - 1)
+    (y * dy).sum().add((fin * df).sum()).backward()
+    (yr * dy.double()).sum().add((fr * df.double()).sum()).backward()
+    for name, a, r in zip(["x", "weight", "bias", "state"], tri, ref):
+        if name == "state" and init is None:
+            continue
+        assert rel(a.grad, r.grad) < 1e-5, name
+
+
+def test_conv1d_kernel_without_bias_or_activation_matches_public_reference_path():
+    torch.manual_seed(5)
+    x, w = torch.randn(1, 7, 12), torch.randn(12, 3)
+    y = conv_public(x, w, None, None)
+    assert rel(y, conv_ref.causal_conv1d(x, w, None, None)) < 1e-6
+
+
+def test_conv1d_update_kernel_matches_reference_with_slots_and_padding():
+    torch.manual_seed(6)
+    D, W, S = 20, 4, 5
+    x, w, b = torch.randn(3, D), torch.randn(D, W), torch.randn(D)
+    st = torch.randn(S, D, W - 1)
+    st_ref = st.clone()
+    slots = torch.tensor([4, -1, 1], dtype=torch.int32)
+    y = conv_tri.causal_conv1d_update(x, st, w, b, "silu", slots)
+    yr = conv_ref.causal_conv1d_update(x, st_ref, w, b, "silu", slots)
+    assert rel(y, yr) < 1e-6
+    assert torch.equal(st, st_ref)
+    assert torch.all(y[1] == 0)
+
+
+def test_selective_state_update_kernel_matches_reference_with_slots_padding_and_optionals():
+    torch.manual_seed(7)
+    Bn, D, N, S = 3, 20, 5, 6
+    args = [torch.randn(Bn, D), torch.randn(Bn, D), -torch.rand(D, N) * 3, torch.randn(Bn, N), torch.randn(Bn, N)]
+    D_, z, dtb = torch.randn(D), torch.randn(Bn, D), torch.randn(D)
+    slots = torch.tensor([5, -1, 2], dtype=torch.int32)
+    for opt in ((D_, z, dtb), (None, None, None)):
+        st = torch.randn(S, D, N)
+        st_ref = st.clone()
+        y = ssu_public(*args, *opt, st, slots)
+        yr = ssu_ref.selective_state_update(*args, *opt, st_ref, slots)
+        assert rel(y, yr) < 1e-6
+        assert rel(st, st_ref) < 1e-6
+        assert torch.all(y[1] == 0)
+
+
+def test_triton_ops_trace_under_torch_compile_fullgraph_with_backward():
+    # aot_eager runs dynamo + AOTAutograd on the fake kernels without inductor's (slow) C++ codegen
+    torch.manual_seed(8)
+    x = torch.randn(1, 11, 8, requires_grad=True)
+    w = torch.randn(8, 4, requires_grad=True)
+    delta = torch.randn(1, 11, 8, requires_grad=True)
+    A = -torch.rand(8, 4)
+    B, C = torch.randn(1, 11, 4), torch.randn(1, 11, 4)
+
+    def f(x, w, delta):
+        xc = conv_tri.causal_conv1d(x, w, None, "silu")
+        return scan_tri.selective_scan(xc, delta, A, B, C).square().sum()
+
+    loss_c = torch.compile(f, fullgraph=True, backend="aot_eager")(x, w, delta)
+    gc = torch.autograd.grad(loss_c, (x, w, delta))
+    loss_e = f(x, w, delta)
+    ge = torch.autograd.grad(loss_e, (x, w, delta))
+    assert rel(loss_c, loss_e) < 1e-6
+    for a, b in zip(gc, ge):
+        assert rel(a, b) < 1e-5
