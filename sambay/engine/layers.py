@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from sambay.model.attention import CrossAttention, SelfAttention
+from sambay.model.context import masked_core
 from sambay.model.mamba import Mamba
 from sambay.model.norm import swiglu
 from sambay.ops.attention.decode import decode_attention
@@ -157,7 +158,7 @@ def self_attention_prefill(attn: SelfAttention, h: torch.Tensor, batch: PrefillB
         n_past = keys.shape[1] - k.shape[1]
         own = torch.arange(keys.shape[1], device=pos.device)[None, :] == n_past + torch.arange(k.shape[1], device=pos.device)[:, None]
         mask |= (~q_ok)[:, :, None] & own
-    out = attn.attend(q, keys, values, mask[:, None])
+    out = attn.attend(q, keys, values, masked_core(mask[:, None]))
 
     write = real if window is None else real & (torch.arange(k.shape[1], device=pos.device) >= k.shape[1] - window)
     rows, cols = write.nonzero(as_tuple=True)

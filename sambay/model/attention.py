@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 from sambay.config import ModelConfig
-from sambay.model.context import ForwardContext
+from sambay.model.context import AttentionCore, ForwardContext
 from sambay.model.norm import RMSNorm
 from sambay.model.rope import apply_rope
-from sambay.ops.attention import attention
 
 
 class DiffAttention(nn.Module):
@@ -42,13 +41,13 @@ class DiffAttention(nn.Module):
         l2 = torch.exp((self.lambda_q2 * self.lambda_k2).sum().float()).to(dtype)
         return l1 - l2 + self.lambda_init
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """q (B, Tq, H, hs), k/v (B, Tk, G, hs), mask (B|1, 1, Tq, Tk) -> (B, Tq, H·hs)."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, core: AttentionCore) -> torch.Tensor:
+        """q (B, Tq, H, hs), k/v (B, Tk, G, hs) -> (B, Tq, H·hs); `core` is the masked softmax attention."""
         batch, q_len, n_head, hs = q.shape
         k_len, n_kv = k.shape[1], k.shape[2]
         v_pair = v.reshape(batch, k_len, n_kv // 2, 2 * hs)  # (B, Tk, G/2, 2hs) = [v_2g ‖ v_2g+1]
-        o1 = attention(q[:, :, 0::2], k[:, :, 0::2], v_pair, mask)  # (B, Tq, H/2, 2hs)
-        o2 = attention(q[:, :, 1::2], k[:, :, 1::2], v_pair, mask)
+        o1 = core(q[:, :, 0::2], k[:, :, 0::2], v_pair)  # (B, Tq, H/2, 2hs)
+        o2 = core(q[:, :, 1::2], k[:, :, 1::2], v_pair)
         # Un-stripe: the 2hs-wide output of differential head j is heads 2j and 2j+1 side by side.
         return self.combine(o1, o2).reshape(batch, q_len, n_head * hs)
 
@@ -71,12 +70,13 @@ class _AttentionBase(nn.Module):
             return x
         return apply_rope(x, positions, self.config.rotary_dim, self.config.rope_base)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """q (B, Tq, H, hs), k/v (B, Tk, G, hs) -> projected output (B, Tq, d)."""
-        if self.diff is not None:
-            o = self.diff(q, k, v, mask)
-        else:
-            o = attention(q, k, v, mask).flatten(2)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, core: AttentionCore) -> torch.Tensor:
+        """q (B, Tq, H, hs), k/v (B, Tk, G, hs) -> projected output (B, Tq, d).
+
+        `core(q, k, v) -> (B, Tq, h, dv)` is the masked softmax attention to use (from the context in a
+        full-sequence forward, a dense mask in the engine's prefill).
+        """
+        o = self.diff(q, k, v, core) if self.diff is not None else core(q, k, v).flatten(2)
         return self.out_proj(o)
 
 
@@ -105,7 +105,7 @@ class SelfAttention(_AttentionBase):
         q, k, v = self.project_qkv(x, ctx.positions)
         if self.shares_kv:
             ctx.shared_kv = (k, v)
-        return self.attend(q, k, v, ctx.attention_mask(self.window))
+        return self.attend(q, k, v, ctx.attention_core(self.window))
 
 
 class CrossAttention(_AttentionBase):
@@ -123,4 +123,4 @@ class CrossAttention(_AttentionBase):
         if ctx.shared_kv is None:
             raise RuntimeError("cross-attention ran before the 'full_kv' layer published its K/V")
         k, v = ctx.shared_kv
-        return self.attend(self.project_q(x, ctx.positions), k, v, ctx.attention_mask(None))
+        return self.attend(self.project_q(x, ctx.positions), k, v, ctx.attention_core(None))

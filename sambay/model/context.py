@@ -7,9 +7,21 @@ filled in on the way: the `mamba_memory` layer publishes `memory`, the `full_kv`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from sambay.ops.attention import attention
+from sambay.ops.attention.prefill import prefill_attention
+
+# core(q (B, Tq, H, hs), k (B, Tk, G, hs), v (B, Tk, G, dv)) -> (B, Tq, H, dv): masked softmax attention
+AttentionCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def masked_core(mask: torch.Tensor) -> AttentionCore:
+    """Attention under an explicit (B|1, 1, Tq, Tk) boolean mask."""
+    return lambda q, k, v: attention(q, k, v, mask)
 
 
 @dataclass
@@ -27,6 +39,16 @@ class ForwardContext:
         if document_ids is not None and document_ids.shape != input_ids.shape:
             raise ValueError(f"document_ids shape {tuple(document_ids.shape)} != input_ids shape {tuple(input_ids.shape)}")
         return cls(positions=positions, document_ids=document_ids)
+
+    def attention_core(self, window: int | None) -> AttentionCore:
+        """Causal attention over this batch (`window` keys including the query, or all; within documents).
+
+        CUDA: fused kernels that never build a dense mask (SDPA causal, flex_attention block masks); CPU: the
+        dense mask below, built once per window and shared by every layer.
+        """
+        if self.positions.is_cuda:
+            return lambda q, k, v: prefill_attention(q, k, v, window=window, document_ids=self.document_ids)
+        return masked_core(self.attention_mask(window))
 
     def attention_mask(self, window: int | None) -> torch.Tensor:
         """(B, 1, T, T) bool, True where query i may attend key j: j <= i, i - j < window, same document."""

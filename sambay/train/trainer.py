@@ -59,6 +59,9 @@ class Trainer:
         parallel = cfg.parallel if cfg.parallel != "auto" else ("ddp" if self.dist.distributed else "none")
         if parallel != "none" and not self.dist.distributed:
             parallel = "none"  # one process: DDP/FSDP would be no-ops (same maths)
+        if parallel == "none" and self.dist.distributed:
+            raise TrainConfigError("--parallel none with several processes would train unsynchronised "
+                                   "replicas; use ddp or fsdp")
         self.model_config = build_model_config(cfg)
         torch.manual_seed(cfg.seed)  # identical init on every rank (ArchScale seeds 3407)
         with torch.device(dev):

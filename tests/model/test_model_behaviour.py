@@ -8,6 +8,7 @@ import torch
 from sambay import CausalLM, ModelConfig
 from sambay.config import PRESETS, tiny
 from helpers import random_model
+from sambay.model.context import masked_core
 from sambay.ops.attention.reference import masked_attention
 
 ALL_PRESETS = list(PRESETS)
@@ -98,7 +99,7 @@ def test_diff_attention_equals_explicit_per_head_formula():
     q, k, v = torch.randn(B, T, H, hs), torch.randn(B, T, G, hs), torch.randn(B, T, G, hs)
     mask = torch.ones(T, T, dtype=torch.bool).tril()[None, None]
     with torch.no_grad():
-        got = attn.diff(q, k, v, mask)
+        got = attn.diff(q, k, v, masked_core(mask))
         lam = (torch.exp((attn.diff.lambda_q1 * attn.diff.lambda_k1).sum())
                - torch.exp((attn.diff.lambda_q2 * attn.diff.lambda_k2).sum()) + attn.diff.lambda_init)
         group = H // G  # query heads per KV head inside each half
