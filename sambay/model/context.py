@@ -8,7 +8,6 @@ filled in on the way: the `mamba_memory` layer publishes `memory`, the `full_kv`
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
@@ -24,13 +23,23 @@ def masked_core(mask: torch.Tensor) -> AttentionCore:
     return lambda q, k, v: attention(q, k, v, mask)
 
 
-@dataclass
 class ForwardContext:
-    positions: torch.Tensor  # (B, T) int64 absolute positions of the queries
-    document_ids: torch.Tensor | None = None  # (B, T) int; tokens attend / carry state only within a document
-    memory: torch.Tensor | None = None  # (B, T, d_inner) GMU memory from the mamba_memory layer
-    shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None  # (B, T, G, hs) each, from the full_kv layer
-    _masks: dict = field(default_factory=dict, repr=False)
+    """Per-batch metadata plus what the memory / shared-K/V layers publish.
+
+    A plain class on purpose: layers mutate it, and parallel wrappers (FSDP2) rebuild dataclass and
+    container arguments that hold grad-requiring tensors, which would hand later blocks a copy.
+    """
+
+    __slots__ = ("positions", "document_ids", "memory", "shared_kv", "_masks")
+
+    def __init__(self, positions: torch.Tensor, document_ids: torch.Tensor | None = None,
+                 memory: torch.Tensor | None = None,
+                 shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.positions = positions  # (B, T) int64 absolute positions of the queries
+        self.document_ids = document_ids  # (B, T) int; tokens attend / carry state only within a document
+        self.memory = memory  # (B, T, d_inner) GMU memory from the mamba_memory layer
+        self.shared_kv = shared_kv  # (B, T, G, hs) each, from the full_kv layer
+        self._masks: dict = {}
 
     @classmethod
     def for_tokens(cls, input_ids: torch.Tensor, document_ids: torch.Tensor | None = None) -> ForwardContext:

@@ -41,7 +41,7 @@ def init_weights(model: nn.Module) -> None:
     depth_scale = 1.0 / math.sqrt(2 * config.n_layer)
     matrices = matrix_parameter_names(model)
     params = dict(model.named_parameters())
-    for name in matrices:
+    for name in sorted(matrices):  # a fixed order: the same seed gives the same weights in every process
         w = params[name]
         if mup:
             bound = 1.0 / math.sqrt(w.shape[1])

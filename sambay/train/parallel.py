@@ -24,41 +24,6 @@ from torch.utils.checkpoint import checkpoint
 PARALLEL_MODES = ("none", "ddp", "fsdp")
 
 
-class _Opaque:
-    """Hides an object from FSDP2's argument traversal (see `_hide_context`)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value):
-        self.value = value
-
-
-def _hide_context(block: nn.Module) -> None:
-    """Pass the block's `ForwardContext` through FSDP2's hooks by reference.
-
-    FSDP2 (torch >= 2.10) walks the forward arguments of a sharded module and rebuilds dataclasses that hold
-    grad-requiring tensors with `dataclasses.replace`. `ForwardContext` is a dataclass that layers *mutate*
-    (the `mamba_memory` layer publishes `memory`, `full_kv` publishes `shared_kv`); once `memory` requires
-    grad, every later block would receive a copy and the K/V published by `full_kv` would be lost for the
-    cross-decoder. A pre-hook that runs before FSDP's wraps the context in an opaque box and the instance
-    `forward` unwraps it. Gradients still flow: the memory/KV tensors stay in the autograd graph, and each
-    block's FSDP post-backward fires on its residual input, whose gradient depends on every branch.
-    """
-    inner = block.forward
-
-    def unbox(x, ctx, *args, **kwargs):
-        return inner(x, ctx.value if isinstance(ctx, _Opaque) else ctx, *args, **kwargs)
-
-    def box(module, args, kwargs):
-        if len(args) >= 2 and not isinstance(args[1], _Opaque):
-            return (args[0], _Opaque(args[1]), *args[2:]), kwargs
-        return None
-
-    block.forward = unbox
-    # prepend=True and registered after fully_shard: runs before FSDP's own (prepended) pre-hook
-    block.register_forward_pre_hook(box, prepend=True, with_kwargs=True)
-
-
 @torch.no_grad()
 def _broadcast_from_rank0(model: nn.Module) -> None:
     """Make every rank start from rank 0's weights before sharding (DDP does this itself).
@@ -137,7 +102,6 @@ def parallelize(model: nn.Module, mode: str, *, device: torch.device, activation
         for i, block in enumerate(model.layers):
             # the last block is resharded by the root right away; keeping it gathered saves one all-gather
             fully_shard(block, reshard_after_forward=reshard_after_forward and i < n - 1)
-            _hide_context(block)
         fully_shard(model, reshard_after_forward=reshard_after_forward)
         return Parallelized(model, model, mode)
     if mode == "ddp":

@@ -80,3 +80,14 @@ def test_sp_init_rules():
     assert out.std().item() == pytest.approx(0.02 / math.sqrt(2 * config.n_layer), rel=0.05)
     assert model.layers[0].mixer.dt_proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
     assert model.layers[0].mixer.dt_proj.bias.abs().sum() > 0  # the dt bias keeps its S4D init
+
+
+def test_initial_weights_do_not_depend_on_the_python_hash_seed():
+    import subprocess
+    import sys
+
+    code = ("import torch; from sambay import CausalLM; from sambay.config import tiny; torch.manual_seed(0); "
+            "m = CausalLM(tiny('sambay')); print(sum(float(p.double().sum()) for p in m.parameters()))")
+    sums = {subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "PYTHONHASHSEED": seed},
+                           capture_output=True, text=True, check=True).stdout for seed in ("1", "2")}
+    assert len(sums) == 1

@@ -38,9 +38,11 @@ def rel(a, b):
 
 def _ref_chunked(q, k, v, lens, slots, v_hi, chunk=8):
     outs = []
+    if slots is None:
+        slots = torch.arange(q.shape[0], device=q.device, dtype=torch.int32)
     for i in range(0, q.shape[0], chunk):
-        outs.append(dref.decode_attention(q[i:i + chunk].float(), k, v, lens[i:i + chunk],
-                                          None if slots is None else slots[i:i + chunk], v_hi).float())
+        outs.append(dref.decode_attention(q[i:i + chunk].float(), k, v, lens[i:i + chunk], slots[i:i + chunk],
+                                          v_hi).float())
     return torch.cat(outs)
 
 

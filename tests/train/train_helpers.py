@@ -21,9 +21,6 @@ TINY = ["--tiny", "--depth", "8", "--d-model", "32", "--model-override", "vocab_
 
 def env() -> dict:
     e = dict(os.environ)
-    # ModelConfig init currently iterates a set of parameter names, so the RNG order (and thus the initial
-    # weights) depends on Python's hash seed; fix it so separate processes start from the same weights.
-    e["PYTHONHASHSEED"] = "0"
     e["OMP_NUM_THREADS"] = "1"
     e["GLOO_SOCKET_IFNAME"] = "lo"  # gloo on loopback only
     e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")

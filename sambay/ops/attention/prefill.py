@@ -10,13 +10,14 @@ Backends (`backend=None` picks one; the names can also be forced, for tests and 
   * "dense"  – SDPA with an explicit (B, 1, T, T) boolean mask. CPU tensors and SAMBAY_KERNELS=reference
                take it; O(T^2) memory, only for small T.
   * "sdpa"   – full causal, no documents (or window >= T): SDPA `is_causal=True` on the backend chosen by
-               measurement (SDPA_TRAIN / SDPA_INFER below; numbers in benchmarks/results/attention-h100-*.txt).
+               measurement (cuDNN, native GQA; SDPA_TRAIN / SDPA_INFER below; numbers in
+               benchmarks/results/attention-h100-*.txt); FLASH with V split is the fallback.
   * "flex"   – sliding window and/or documents: compiled `flex_attention` with a cached block mask built
                from the mask_mod (q >= kv) & (q - kv < window) & (doc[q] == doc[kv]); only the blocks inside
                the band/document are computed, never a dense T x T mask.
   * "varlen" – `torch.nn.attention.varlen.varlen_attn(window_size=(window - 1, 0))` (FA2 inside PyTorch)
                when this torch has it; documents become cu_seqlens (needs one host sync, and each document
-               must be one contiguous run of equal ids).
+               must be one contiguous run of equal ids). torch 2.11 lacks enable_gqa: K/V heads repeated.
 All of them support autograd (flex backward needs CUDA: on CPU "flex" is forward-only, used in tests).
 dv may differ from hs (differential attention passes dv = 2*hs): backends that need dv == hs get V split
 into hs-wide pieces (one attention call per piece, same softmax).
@@ -33,13 +34,23 @@ import torch.nn.functional as F
 
 from sambay.ops.backend import kernel_mode, use_triton
 
-# ---- choices made from measurements on the H100 (benchmarks/attention.py); see the module docstring ----
-# (sdpa backend, grouped KV handled natively by the kernel (True) or by repeating K/V heads (False),
-#  split V into hs-wide pieces when dv != hs (True) or pass dv through (False))
-SDPA_TRAIN: dict[str, tuple[str, bool, bool]] = {"dv_eq": ("flash", True, False), "dv_ne": ("flash", True, True)}
-SDPA_INFER: dict[str, tuple[str, bool, bool]] = {"dv_eq": ("flash", True, False), "dv_ne": ("flash", True, True)}
+# ---- choices made from measurements on the H100 (benchmarks/attention.py,
+# benchmarks/results/attention-h100-*.txt; B 8, T 4096, H 16, G 4, hs 128, bf16) ----
+# Full causal: cuDNN with native GQA ran fwd 1.01 ms (79 % of the measured matmul peak) and fwd+bwd 4.07 ms
+# (68 %) against FLASH's 1.74 / 6.73 ms; EFFICIENT cannot do native GQA and was 2-3x slower than cuDNN with
+# repeated heads. With dv = 2*hs FLASH refuses (it needs dv == hs) and cuDNN takes it directly (fwd 1.69 ms,
+# fwd+bwd 8.74 ms; splitting V was no faster). Each entry: (sdpa backend, GQA native (True) or by
+# repeating K/V heads (False), split V into hs-wide pieces when dv != hs). If the chosen backend refuses
+# the inputs in the forward, `FALLBACK` runs instead.
+SDPA_TRAIN: dict[str, tuple[str, bool, bool]] = {"dv_eq": ("cudnn", True, False), "dv_ne": ("cudnn", True, False)}
+SDPA_INFER: dict[str, tuple[str, bool, bool]] = {"dv_eq": ("cudnn", True, False), "dv_ne": ("cudnn", True, False)}
+FALLBACK: tuple[str, bool, bool] = ("flash", True, True)
 # Backend for sliding window / documents on CUDA: "flex" or "varlen".
 WINDOW_BACKEND = "flex"
+# flex backward with dv = 2*hs = 256 needs more shared memory than the H100 has (247808 > 232448 bytes with
+# the default kernel options): in training, split V into hs-wide pieces instead.
+FLEX_SPLIT_V_TRAIN = True
+FLEX_KERNEL_OPTIONS: dict | None = None
 
 _BACKENDS = ("dense", "sdpa", "flex", "varlen")
 
@@ -99,10 +110,25 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, wind
         training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         table = SDPA_TRAIN if training else SDPA_INFER
         name, gqa_native, split_v = table["dv_eq" if v.shape[-1] == hs else "dv_ne"]
-        return sdpa_causal(q, k, v, scale, name, gqa_native, split_v)
+        try:
+            return sdpa_causal(q, k, v, scale, name, gqa_native, split_v)
+        except RuntimeError as e:  # the backend refused these inputs ("No available kernel")
+            _warn_fallback(name, e)
+            return sdpa_causal(q, k, v, scale, *FALLBACK)
     if backend == "flex":
         return _flex(q, k, v, window, document_ids, scale)
     return _varlen(q, k, v, window, document_ids, scale)
+
+
+@functools.cache
+def _warn_fallback_once(name: str, msg: str) -> None:
+    import logging
+
+    logging.getLogger("sambay.ops").warning("sdpa backend %s refused the inputs (%s); using %s", name, msg, FALLBACK)
+
+
+def _warn_fallback(name: str, err: Exception) -> None:
+    _warn_fallback_once(name, str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
 
 
 def _auto_backend(q, k, v, window, document_ids) -> str:
@@ -218,21 +244,32 @@ def _flex(q, k, v, window, document_ids, scale):
 
     bm = block_mask_for(q.shape[0], q.shape[1], window, document_ids, q.device)
     fn = _compiled_flex() if q.is_cuda else flex_attention
-    out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=bm, scale=scale,
-             enable_gqa=q.shape[2] != k.shape[2])
+    qt, kt = q.transpose(1, 2), k.transpose(1, 2)
+    kw = {} if FLEX_KERNEL_OPTIONS is None or not q.is_cuda else {"kernel_options": dict(FLEX_KERNEL_OPTIONS)}
+
+    def run(vv):
+        return fn(qt, kt, vv, block_mask=bm, scale=scale, enable_gqa=q.shape[2] != k.shape[2], **kw)
+
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    vt = v.transpose(1, 2)
+    out = _split_v(run, vt, q.shape[-1]) if (training and FLEX_SPLIT_V_TRAIN) else run(vt)
     return out.transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------- varlen
 @functools.cache
-def varlen_available() -> bool:
-    """True when torch has varlen_attn with window_size and enable_gqa (checked by signature)."""
+def _varlen_params() -> frozenset:
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
-        return False
-    params = inspect.signature(varlen_attn).parameters
-    return "window_size" in params and "enable_gqa" in params
+        return frozenset()
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def varlen_available() -> bool:
+    """True when torch has varlen_attn with window_size (torch 2.11 has it, without enable_gqa: grouped
+    K/V heads are then repeated to H heads before the call)."""
+    return "window_size" in _varlen_params()
 
 
 def cu_seqlens_from_documents(document_ids: torch.Tensor | None, batch: int, seqlen: int,
@@ -255,11 +292,17 @@ def _varlen(q, k, v, window, document_ids, scale):
     batch, seqlen, n_head, hs = q.shape
     cu, max_len = cu_seqlens_from_documents(document_ids, batch, seqlen, q.device)
     ws = (-1 if window is None else window - 1, 0)
+    rep = n_head // k.shape[2]
+    gqa_kw = {}
+    if rep > 1 and "enable_gqa" in _varlen_params():
+        gqa_kw = {"enable_gqa": True}
+    elif rep > 1:
+        k = k.repeat_interleave(rep, dim=2)
+        v = v.repeat_interleave(rep, dim=2)
     qf, kf, vf = (t.reshape(batch * seqlen, *t.shape[2:]) for t in (q, k, v))
 
     def run(vv):
-        return varlen_attn(qf, kf, vv, cu, cu, max_len, max_len, scale=scale, window_size=ws,
-                           enable_gqa=n_head != k.shape[2])
+        return varlen_attn(qf, kf, vv, cu, cu, max_len, max_len, scale=scale, window_size=ws, **gqa_kw)
 
     out = _split_v(run, vf, hs)  # FA2 needs dv == hs
     return out.reshape(batch, seqlen, n_head, -1)
