@@ -98,27 +98,32 @@ def bench_scan(copy_bw, sweep):
         return scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, save)
 
     results = {}
-    # forward variants: (forward chunk BT, tile order, channels per program BD, warps, channel contiguity VEC)
-    configs = [(scan_tri.FWD_BT, scan_tri.FWD_ORDER, scan_tri.FWD_BD, scan_tri.FWD_WARPS, scan_tri.FWD_VEC)]
+    # forward variants: (forward chunk BT, tile order, channels per program BD, warps, channel contiguity VEC,
+    # prefetch distance in chunks, B/C upcast to fp32 first)
+    names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST", "FWD_BC_FP32")
+    configs = [tuple(getattr(scan_tri, n) for n in names)]
     if sweep:
-        configs += [(16, 0, 16, 4, 8), (16, 0, 8, 2, 8), (1, 1, 128, 4, 1), (1, 1, 64, 2, 1), (1, 1, 32, 1, 1),
-                    (2, 1, 128, 4, 1), (2, 1, 64, 2, 1), (2, 1, 32, 1, 1), (4, 1, 128, 4, 1), (4, 1, 32, 1, 1),
-                    (1, 1, 256, 4, 2), (2, 1, 256, 8, 1), (1, 1, 256, 8, 1), (8, 1, 32, 1, 1)]
+        configs += [(1, 1, 256, 8, 1, 1, True), (1, 1, 256, 8, 1, 2, False), (1, 1, 128, 4, 1, 2, True),
+                    (1, 1, 64, 2, 1, 2, True), (2, 1, 128, 4, 1, 2, True), (1, 1, 512, 16, 1, 2, True),
+                    (16, 0, 16, 4, 8, 1, False)]
     default = configs[0]
     for cfg in configs:
-        scan_tri.FWD_BT, scan_tri.FWD_ORDER, scan_tri.FWD_BD, scan_tri.FWD_WARPS, scan_tri.FWD_VEC = cfg
+        for n, v in zip(names, cfg):
+            setattr(scan_tri, n, v)
         try:
             t = ms(lambda: fwd(False))
         except Exception as e:  # a variant that fails to compile (e.g. out of resources) is reported
             say(f"   fwd variant {cfg}: FAILED {type(e).__name__}: {e}"[:300])
             continue
         results[cfg] = t
-        say(f"   fwd variant BT={cfg[0]:2d} order={cfg[1]} BD={cfg[2]:3d} warps={cfg[3]} vec={cfg[4]}: {t:.3f} ms  "
+        say(f"   fwd variant BT={cfg[0]:2d} order={cfg[1]} BD={cfg[2]:3d} warps={cfg[3]} vec={cfg[4]} dist={cfg[5]} "
+            f"bc_fp32={int(cfg[6])}: {t:.3f} ms  "
             f"{fwd_bytes / t / 1e6:.0f} GB/s = {fwd_bytes / t / 1e6 / copy_bw:.1%} of copy bw")
     if sweep and results:
         best = min(results, key=results.get)
         say(f"   best fwd variant: {best} {results[best]:.3f} ms")
-    scan_tri.FWD_BT, scan_tri.FWD_ORDER, scan_tri.FWD_BD, scan_tri.FWD_WARPS, scan_tri.FWD_VEC = default
+    for n, v in zip(names, default):
+        setattr(scan_tri, n, v)
     t_inf = ms(lambda: fwd(False))
     t_train = ms(lambda: fwd(True))
     say(f"   scan fwd (inference, default cfg): {t_inf:.3f} ms, {fwd_bytes / t_inf / 1e6:.0f} GB/s = "
@@ -129,10 +134,8 @@ def bench_scan(copy_bw, sweep):
     dy = torch.randn_like(y)
     # backward variants: (checkpoint interval = backward chunk, order, BD, warps, VEC)
     bcfgs = [(scan_tri.CHUNK, scan_tri.BWD_ORDER, scan_tri.BWD_BD, scan_tri.BWD_WARPS, scan_tri.BWD_VEC)]
-    if sweep:
-        bcfgs += [(16, 0, 16, 4, 8), (16, 0, 8, 2, 8), (8, 0, 8, 2, 8), (8, 0, 16, 4, 8), (1, 1, 128, 4, 1),
-                  (1, 1, 64, 2, 1), (1, 1, 32, 1, 1), (2, 1, 64, 2, 1), (2, 1, 128, 4, 1), (2, 1, 32, 1, 1),
-                  (4, 1, 32, 1, 1), (32, 0, 8, 4, 8)]
+    if sweep:  # checkpoint intervals below 8 store too many states (B*T/chunk*D*N*4 bytes) to be useful
+        bcfgs += [(16, 0, 8, 2, 8), (8, 0, 8, 4, 8), (8, 0, 16, 4, 8), (8, 1, 32, 1, 1)]
     bdefault = bcfgs[0]
     fwd_default = (scan_tri.FWD_BT,)
     bres = {}
@@ -204,9 +207,11 @@ def bench_conv(copy_bw):
 
 def bench_decode(copy_bw, sweep):
     Bn, D, N, W = 64, 5120, 16, 4
-    S = Bn
+    ROT = 8  # 8 disjoint slot sets: 8 x 42 MB of state, more than the 50 MB L2, so replays read HBM
+    S = Bn * ROT
     g = torch.Generator(device=DEV).manual_seed(2)
-    slots = torch.randperm(S, device=DEV, generator=g).to(torch.int32)
+    perm = torch.randperm(S, device=DEV, generator=g).to(torch.int32)
+    slot_sets = [perm[i * Bn:(i + 1) * Bn].contiguous() for i in range(ROT)]
     x = torch.randn(Bn, D, device=DEV, dtype=BF, generator=g)
     dt = torch.randn(Bn, D, device=DEV, dtype=BF, generator=g)
     z = torch.randn(Bn, D, device=DEV, dtype=BF, generator=g)
@@ -219,14 +224,18 @@ def bench_decode(copy_bw, sweep):
     y = torch.empty_like(x)
     nbytes = 2 * Bn * D * N * 4 + 4 * Bn * D * 2 + 2 * Bn * N * 2 + D * N * 4 + 2 * D * 4
     say(f"## decode step  batch={Bn} d_inner={D} N={N} (fp32 state, slot-indexed, CUDA-graph replay)")
-    say(f"   ssm update minimal bytes {nbytes / 1e6:.1f} MB -> roofline {nbytes / copy_bw / 1e3:.1f} us")
+    say(f"   ssm update minimal bytes {nbytes / 1e6:.1f} MB -> roofline {nbytes / copy_bw / 1e3:.1f} us; each graph "
+        f"replays {ROT} steps on disjoint slot sets of a {st.numel() * 4 / 1e6:.0f} MB pool (no L2 reuse)")
     cfgs = [(ssu_tri.BD_DEFAULT, ssu_tri.WARPS_DEFAULT)]
     if sweep:
-        cfgs += [(16, 2), (16, 4), (32, 2), (64, 4), (64, 8), (128, 4), (128, 8)]
+        cfgs += [(32, 4), (64, 4), (128, 8), (256, 8)]
     best = None
     for bd, wp in cfgs:
-        t = ms(lambda: ssu_tri.ssu(x, dt, A, Bm, Cm, Dv, z, dtb, st, slots, True, out=y, block_d=bd, num_warps=wp),
-               graph=True)
+        def steps():
+            for sl in slot_sets:
+                ssu_tri.ssu(x, dt, A, Bm, Cm, Dv, z, dtb, st, sl, True, out=y, block_d=bd, num_warps=wp)
+
+        t = ms(steps, graph=True) / ROT
         frac = nbytes / t / 1e6 / copy_bw
         say(f"   ssm update BD={bd:3d} warps={wp}: {t * 1e3:.1f} us, {nbytes / t / 1e6:.0f} GB/s = {frac:.1%} of copy bw")
         best = frac if best is None else max(best, frac)
@@ -234,9 +243,24 @@ def bench_decode(copy_bw, sweep):
     cw = torch.randn(D, W, device=DEV, dtype=BF, generator=g)
     cb = torch.randn(D, device=DEV, dtype=BF, generator=g)
     cbytes = 2 * Bn * D * (W - 1) * 2 + 2 * Bn * D * 2 + D * W * 2 + D * 2
-    t = ms(lambda: conv_tri.conv_update(x, cs, cw, cb, "silu", slots, out=y), graph=True)
+
+    def conv_steps():
+        for sl in slot_sets:
+            conv_tri.conv_update(x, cs, cw, cb, "silu", sl, out=y)
+
+    t = ms(conv_steps, graph=True) / ROT
     say(f"   conv update: {t * 1e3:.1f} us, {cbytes / t / 1e6:.0f} GB/s = {cbytes / t / 1e6 / copy_bw:.1%} of copy bw "
-        f"({cbytes / 1e6:.1f} MB; launch-latency bound)")
+        f"({cbytes / 1e6:.1f} MB; strided (D, W-1) state rows)")
+
+    def both():
+        for sl in slot_sets:
+            xc = conv_tri.conv_update(x, cs, cw, cb, "silu", sl)
+            ssu_tri.ssu(xc, dt, A, Bm, Cm, Dv, z, dtb, st, sl, True, out=y)
+
+    t = ms(both, graph=True) / ROT
+    tb = nbytes + cbytes
+    say(f"   full decode step (conv update + ssm update): {t * 1e3:.1f} us, {tb / t / 1e6:.0f} GB/s = "
+        f"{tb / t / 1e6 / copy_bw:.1%} of copy bw")
     return best
 
 

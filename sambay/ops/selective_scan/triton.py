@@ -36,9 +36,12 @@ LOG2E = 1.4426950408889634
 # Chunk length and channel block. BT is shared by forward and backward because the backward reads the
 # states saved at the forward's chunk starts. Chosen on an H100 (see benchmarks/results); overridable for
 # tuning, but the fake (meta) kernels read the same value.
-CHUNK = 16  # checkpoint interval = backward chunk length
-FWD_BT, FWD_ORDER, FWD_BD, FWD_WARPS, FWD_VEC = 16, 0, 16, 4, 8  # FWD_BT must divide CHUNK
-BWD_ORDER, BWD_BD, BWD_WARPS, BWD_VEC = 0, 16, 4, 8
+CHUNK = 8  # checkpoint interval = backward chunk length
+FWD_BT, FWD_ORDER, FWD_BD, FWD_WARPS, FWD_VEC, FWD_DIST = 1, 1, 256, 8, 1, 2  # FWD_BT must divide CHUNK
+# Upcast B and C (B*T*N, small) to fp32 before the forward: with one channel per thread every thread
+# reads the whole B/C row, so converting once saves 2*N conversions per thread per step.
+FWD_BC_FP32 = True
+BWD_ORDER, BWD_BD, BWD_WARPS, BWD_VEC = 0, 8, 2, 8
 
 
 # Debug switch for tests: fill every kernel-written output buffer with NaN first, so an element the kernel
@@ -159,6 +162,7 @@ def _scan_fwd_kernel(
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_y_b, s_y_t,
     s_seq_b, s_seq_t,
     BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, VEC: tl.constexpr, R: tl.constexpr,
+    DIST: tl.constexpr,
     AX_T: tl.constexpr, AX_D: tl.constexpr, AX_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_HT: tl.constexpr, STORE_HS: tl.constexpr,
@@ -189,6 +193,12 @@ def _scan_fwd_kernel(
         pid_b64, rows, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
         s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
     )
+    if DIST == 2:
+        # a second prefetched chunk: with short chunks one chunk of compute hides too little latency
+        mu, mx, mB, mC, mz, mr = _load_raw(
+            pid_b64, rows + BT, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+            s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
+        )
     NCKPT = (NCHUNK + R - 1) // R
     for c in range(0, NCHUNK):
         if STORE_HS:
@@ -200,14 +210,24 @@ def _scan_fwd_kernel(
         u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB)
         zz = nz
         reset = nr
-        nu, nx, nB, nC, nz, nr = _load_raw(
-            pid_b64, t + BT, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
-            s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
-        )
+        if DIST == 2:
+            nu, nx, nB, nC, nz, nr = mu, mx, mB, mC, mz, mr
+            mu, mx, mB, mC, mz, mr = _load_raw(
+                pid_b64, t + 2 * BT, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+                s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
+            )
+        else:
+            nu, nx, nB, nC, nz, nr = _load_raw(
+                pid_b64, t + BT, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+                s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
+            )
         a = _chunk_decay(dt, A2, tmask, reset)
         b = (dt * u) * Bv
-        acum, hh = tl.associative_scan((a, b), AX_T, _fwd_combine)
-        hh = hh + acum * h
+        if BT == 1:
+            hh = a * h + b  # one step: no scan needed
+        else:
+            acum, hh = tl.associative_scan((a, b), AX_T, _fwd_combine)
+            hh = hh + acum * h
         y = tl.sum(hh * Cv, axis=AX_N, keep_dims=True)
         if HAS_D:
             y = y + u * Dv
@@ -217,7 +237,10 @@ def _scan_fwd_kernel(
             y = y * zf * tl.sigmoid(zf)
         tl.store(y_ptr + pid_b64 * s_y_b + t * s_y_t + d3, y.to(y_ptr.dtype.element_ty), mask=m2)
         # the state after the chunk is its last row (padded rows carry it through unchanged)
-        h = tl.sum(tl.where(rows == BT - 1, hh, 0.0), axis=AX_T, keep_dims=True)
+        if BT == 1:
+            h = hh
+        else:
+            h = tl.sum(tl.where(rows == BT - 1, hh, 0.0), axis=AX_T, keep_dims=True)
     if STORE_HT:
         tl.store(hT_ptr + state_off, h, mask=dnmask)
 
@@ -366,6 +389,8 @@ def scan_fwd(
     lets tests pass a poisoned buffer.
     """
     u, delta, z, B, C = (_unit_last(t) for t in (u, delta, z, B, C))
+    if FWD_BC_FP32:
+        B, C = B.float(), C.float()
     batch, seqlen, dim = u.shape
     nstate = A.shape[1]
     A = A.contiguous()
@@ -395,7 +420,7 @@ def scan_fwd(
         0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
         y.stride(0), y.stride(1),
         0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
-        BT=FWD_BT, BD=FWD_BD, NP=_np2(nstate), VEC=FWD_VEC, R=CHUNK // FWD_BT, **_axes(FWD_ORDER),
+        BT=FWD_BT, BD=FWD_BD, NP=_np2(nstate), VEC=FWD_VEC, R=CHUNK // FWD_BT, DIST=FWD_DIST, **_axes(FWD_ORDER),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_H0=h0 is not None,
         HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_HT=True, STORE_HS=save_states,
         num_warps=FWD_WARPS,
