@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import os
 import sys
 
@@ -105,7 +104,7 @@ def bench_scan(copy_bw, sweep):
     if sweep:
         configs += [(1, 1, 256, 8, 1, 1, True), (1, 1, 256, 8, 1, 2, False), (1, 1, 128, 4, 1, 2, True),
                     (1, 1, 64, 2, 1, 2, True), (2, 1, 128, 4, 1, 2, True), (1, 1, 512, 16, 1, 2, True),
-                    (16, 0, 16, 4, 8, 1, False)]
+                    (8, 0, 16, 4, 8, 1, False)]
     default = configs[0]
     for cfg in configs:
         for n, v in zip(names, cfg):

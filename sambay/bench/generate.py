@@ -102,7 +102,7 @@ def random_model(config: ModelConfig, dtype: torch.dtype, device: torch.device) 
 
 
 def fill_batch(config: ModelConfig, max_len: int, dtype: torch.dtype, device: torch.device,
-               weights_bytes: int, reserve_bytes: int = 6 * 2**30, cap: int = 1024) -> int:
+               weights_bytes: int, reserve_bytes: int = 16 * 2**30, cap: int = 1024) -> int:
     """Largest batch whose state (plus one scratch slot) fits in the device memory left after the weights."""
     free, _ = torch.cuda.mem_get_info(device)
     budget = free - reserve_bytes
@@ -129,7 +129,7 @@ def _timer(device: torch.device):
 
 def bench_model(name: str, config: ModelConfig, *, batch: int | None, prompt_len: int, gen_len: int,
                 points: int, steps: int, dtype: torch.dtype, device: torch.device, bandwidth: float,
-                prefill_tokens: int = 32768, chunk_size: int = 4096, seed: int = 0) -> ModelReport:
+                prefill_tokens: int = 8192, chunk_size: int = 4096, seed: int = 0) -> ModelReport:
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -47,7 +47,7 @@ class GraphedDecoder:
 
         def body():
             logits = decode_step(self.model, self.state, tokens, slots)
-            self.state.lengths[self.pad_slot] = 0  # the scratch slot never fills up
+            self.state.lengths[self.pad_slot : self.pad_slot + 1].zero_()  # scratch never fills (no host copy)
             return logits
 
         stream = torch.cuda.Stream()

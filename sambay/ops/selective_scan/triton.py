@@ -36,11 +36,15 @@ LOG2E = 1.4426950408889634
 # Chunk length and channel block. BT is shared by forward and backward because the backward reads the
 # states saved at the forward's chunk starts. Chosen on an H100 (see benchmarks/results); overridable for
 # tuning, but the fake (meta) kernels read the same value.
+# Defaults from the H100 sweeps in benchmarks/results/kernels-h100-2026-11-23.txt (B=8, T=4096, D=4096, N=16):
+# forward: one token per step, (state, time, channel) tiles, one channel per thread (2.39 ms); backward:
+# 8-token checkpoints, (time, channel, state) tiles (26.9 ms). Checkpoint intervals below 8 were faster in
+# the backward but store B*T/CHUNK*D*N*4 bytes of states (4.3 GB at CHUNK=2), so they are not used.
 CHUNK = 8  # checkpoint interval = backward chunk length
-FWD_BT, FWD_ORDER, FWD_BD, FWD_WARPS, FWD_VEC, FWD_DIST = 1, 1, 256, 8, 1, 2  # FWD_BT must divide CHUNK
-# Upcast B and C (B*T*N, small) to fp32 before the forward: with one channel per thread every thread
-# reads the whole B/C row, so converting once saves 2*N conversions per thread per step.
-FWD_BC_FP32 = True
+FWD_BT, FWD_ORDER, FWD_BD, FWD_WARPS, FWD_VEC, FWD_DIST = 1, 1, 256, 8, 1, 1  # FWD_BT must divide CHUNK
+# Optionally upcast B and C (B*T*N, small) to fp32 before the forward, so threads that each read the whole
+# B/C row skip the per-thread conversions. Measured slower on the H100 (2.48 vs 2.39 ms), so off.
+FWD_BC_FP32 = False
 BWD_ORDER, BWD_BD, BWD_WARPS, BWD_VEC = 0, 8, 2, 8
 
 
