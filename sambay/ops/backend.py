@@ -11,7 +11,7 @@ The choice is logged once per op, never swapped silently.
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import logging
 import os
 
@@ -28,18 +28,18 @@ def kernel_mode() -> str:
     return mode
 
 
-@functools.cache
+_TRITON = importlib.util.find_spec("triton") is not None  # decided once at import: traceable by torch.compile
+_logged: set[tuple[str, str]] = set()
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _TRITON
 
 
-@functools.cache
 def _log_choice(op: str, backend: str) -> None:
-    log.info("sambay op %s -> %s", op, backend)
+    if (op, backend) not in _logged:
+        _logged.add((op, backend))
+        log.info("sambay op %s -> %s", op, backend)
 
 
 def use_triton(op: str, *tensors: torch.Tensor | None) -> bool:
@@ -53,5 +53,6 @@ def use_triton(op: str, *tensors: torch.Tensor | None) -> bool:
         choice = True
     else:
         choice = triton_available() and all(t is None or t.is_cuda for t in tensors)
-    _log_choice(op, "triton" if choice else "reference")
+    if not torch.compiler.is_compiling():  # logging would break a fullgraph compile; eager runs log it once
+        _log_choice(op, "triton" if choice else "reference")
     return choice
