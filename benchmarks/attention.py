@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import inspect
-import math
 import platform
 import sys
 import time

@@ -47,6 +47,8 @@ class ModelReport:
     decode_tokens_per_s: float = 0.0
     peak_memory_gb: float = 0.0
     cuda_graphs: bool = False
+    long_prompt_len: int = 0  # one prompt of this many tokens, prefilled alone (0: not measured)
+    long_prefill_s: float = 0.0
 
     def fraction_of_roofline(self) -> list[float]:
         return [r / s for r, s in zip(self.roofline_ms, self.step_ms)]
@@ -129,7 +131,8 @@ def _timer(device: torch.device):
 
 def bench_model(name: str, config: ModelConfig, *, batch: int | None, prompt_len: int, gen_len: int,
                 points: int, steps: int, dtype: torch.dtype, device: torch.device, bandwidth: float,
-                prefill_tokens: int = 8192, chunk_size: int = 4096, seed: int = 0) -> ModelReport:
+                prefill_tokens: int = 8192, chunk_size: int = 4096, seed: int = 0,
+                long_prompt_len: int = 0) -> ModelReport:
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -137,10 +140,18 @@ def bench_model(name: str, config: ModelConfig, *, batch: int | None, prompt_len
     model = random_model(config, dtype, device)
     n_params = model.num_parameters()
     max_len = prompt_len + gen_len
+    time_it = _timer(device)
+    long_prefill_s = 0.0
+    if long_prompt_len:  # one long prompt alone: the linear-prefill claim (before the big state is allocated)
+        one = InferenceState(config, 1, long_prompt_len, dtype, device)
+        ids = [torch.randint(0, config.vocab_size, (long_prompt_len,)).tolist()]
+        prefill(model, one, [ids[0][:chunk_size]], [one.acquire()], chunk_size=chunk_size)  # warm-up
+        one.reset(0)
+        long_prefill_s = time_it(lambda: prefill(model, one, ids, [0], chunk_size=chunk_size))
+        del one
     if batch is None:
         batch = fill_batch(config, max_len, dtype, device, n_params * 2)
     state = InferenceState(config, batch + 1, max_len, dtype, device)  # +1: scratch slot for CUDA graphs
-    time_it = _timer(device)
     slots = [state.acquire() for _ in range(batch)]
     prompts = torch.randint(0, config.vocab_size, (batch, prompt_len)).tolist()
     group = max(1, prefill_tokens // prompt_len)  # bound the activations of one prefill call
@@ -155,7 +166,8 @@ def bench_model(name: str, config: ModelConfig, *, batch: int | None, prompt_len
             if key in layer:
                 layer[key].normal_()
     report = ModelReport(name=name, layer_plan=" ".join(config.layer_plan), parameters=n_params, batch=batch,
-                         prompt_len=prompt_len, gen_len=gen_len, prefill_s=prefill_s)
+                         prompt_len=prompt_len, gen_len=gen_len, prefill_s=prefill_s,
+                         long_prompt_len=long_prompt_len, long_prefill_s=long_prefill_s)
     slot_t = torch.tensor(slots, device=device)
     tokens = torch.randint(0, config.vocab_size, (batch,), device=device)
     if device.type == "cuda":
@@ -183,7 +195,6 @@ def bench_model(name: str, config: ModelConfig, *, batch: int | None, prompt_len
     report.decode_tokens_per_s = batch * gen_len / report.decode_s
     if device.type == "cuda":
         report.peak_memory_gb = torch.cuda.max_memory_allocated(device) / 1e9
-    del model, state
     return report
 
 
@@ -210,6 +221,8 @@ def format_report(reports: list[ModelReport], bandwidth: float) -> str:
                      f"generation {r.gen_len}, cuda graphs {r.cuda_graphs}")
         lines.append(f"  prefill: {r.prefill_s:.3f} s for {r.batch} x {r.prompt_len} tokens "
                      f"({r.batch * r.prompt_len / r.prefill_s:,.0f} tokens/s)")
+        if r.long_prompt_len:
+            lines.append(f"  prefill of one {r.long_prompt_len}-token prompt: {r.long_prefill_s:.3f} s")
         lines.append(f"  {'context':>8} {'step ms':>9} {'roofline ms':>12} {'of roofline':>12} {'ms/token/seq':>13}")
         fracs = r.fraction_of_roofline()
         for c, s, rf, f in zip(r.contexts, r.step_ms, r.roofline_ms, fracs):

@@ -34,19 +34,24 @@ def _sync_time(fn) -> float:
     return time.perf_counter() - t
 
 
-def hf_vs_sambay(config: ModelConfig, sambay_model, batch: int, prompt_len: int, new_tokens: int) -> dict:
-    """Tokens/s of HF generate and of sambay's engine for the same work (decode tokens / total seconds)."""
+def _time_hf(config: ModelConfig, prompts: torch.Tensor, new_tokens: int) -> float:
+    """Seconds for HF generate of `new_tokens` greedy tokens after `prompts` (B, T), after a warm-up."""
     from transformers import AutoModelForCausalLM
 
+    hf = AutoModelForCausalLM.from_config(_phi3_config(config), torch_dtype=torch.bfloat16).to(prompts.device).eval()
+    kwargs = dict(do_sample=False, cache_implementation="static")
+    with torch.inference_mode():
+        warm = prompts[:, :64]
+        hf.generate(warm, attention_mask=torch.ones_like(warm), max_new_tokens=8, min_new_tokens=8, **kwargs)
+        return _sync_time(lambda: hf.generate(prompts, attention_mask=torch.ones_like(prompts),
+                                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs))
+
+
+def hf_vs_sambay(config: ModelConfig, sambay_model, batch: int, prompt_len: int, new_tokens: int) -> dict:
+    """Tokens/s of HF generate and of sambay's engine for the same work (decode tokens / total seconds)."""
     device = torch.device("cuda")
     prompts = torch.randint(0, config.vocab_size, (batch, prompt_len), device=device)
-    hf = AutoModelForCausalLM.from_config(_phi3_config(config), torch_dtype=torch.bfloat16).to(device).eval()
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                  cache_implementation="static", attention_mask=torch.ones_like(prompts))
-    with torch.inference_mode():
-        hf.generate(prompts[:, :64], **{**kwargs, "max_new_tokens": 8, "min_new_tokens": 8})  # warm-up
-        hf_s = _sync_time(lambda: hf.generate(prompts, **kwargs))
-    del hf
+    hf_s = _time_hf(config, prompts, new_tokens)
     torch.cuda.empty_cache()
 
     state = InferenceState(config, batch + 1, prompt_len + new_tokens + 1, torch.bfloat16, device)

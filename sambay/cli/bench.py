@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -27,6 +26,8 @@ def add_parser(sub) -> None:
     size = g.add_mutually_exclusive_group()
     size.add_argument("--batch", type=int, default=None, help="sequences decoded together")
     size.add_argument("--fill", action="store_true", help="the largest batch that fits in GPU memory (default)")
+    g.add_argument("--long-prompt", type=int, default=0, metavar="N",
+                   help="also time the prefill of one N-token prompt per model (e.g. 32768)")
     g.add_argument("--points", type=int, default=5, help="context lengths sampled along the generation")
     g.add_argument("--steps", type=int, default=10, help="timed decode steps per sampled context")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
@@ -56,6 +57,8 @@ def run_generate(args) -> int:
     for flag in ("prompt_len", "gen_len", "points", "steps", "hf_new_tokens"):
         if getattr(args, flag) < 1:
             raise CLIError(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
+    if args.long_prompt < 0:
+        raise CLIError(f"--long-prompt must be >= 0 (got {args.long_prompt})")
     if args.batch is not None and args.batch < 1:
         raise CLIError(f"--batch must be >= 1 (got {args.batch})")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -78,7 +81,8 @@ def run_generate(args) -> int:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         reports.append(bench.bench_model(name, cfg, batch=args.batch, prompt_len=args.prompt_len,
                                          gen_len=args.gen_len, points=args.points, steps=args.steps, dtype=dtype,
-                                         device=device, bandwidth=bandwidth))
+                                         device=device, bandwidth=bandwidth,
+                                         long_prompt_len=min(args.long_prompt, 64) if args.tiny else args.long_prompt))
     print(bench.format_report(reports, bandwidth))
     hf = None
     if "hf" in baselines:

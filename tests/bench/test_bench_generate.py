@@ -8,7 +8,7 @@ from sambay.cli.main import main
 def test_bench_generate_cli_runs_tiny_models_on_cpu_and_reports_sane_numbers(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "generate", "--tiny", "--device", "cpu", "--baseline", "phi4-mini", "--baseline",
-               "samba-yoco", "--points", "2", "--steps", "1", "--batch", "2", "--json", str(out)])
+               "samba-yoco", "--points", "2", "--steps", "1", "--batch", "2", "--long-prompt", "40", "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "decode throughput x" in text
@@ -16,6 +16,7 @@ def test_bench_generate_cli_runs_tiny_models_on_cpu_and_reports_sane_numbers(tmp
     assert [m["name"] for m in data["models"]] == ["phi4-mini-flash", "phi4-mini", "samba-yoco"]
     for m in data["models"]:
         assert m["prefill_s"] > 0 and m["decode_tokens_per_s"] > 0 and math.isfinite(m["decode_s"])
+        assert m["long_prompt_len"] == 40 and m["long_prefill_s"] > 0
         assert len(m["contexts"]) == len(m["step_ms"]) == 2 and all(t > 0 for t in m["step_ms"])
     assert data["meta"]["command"].startswith("sambay bench generate")
 

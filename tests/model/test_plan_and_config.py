@@ -1,7 +1,5 @@
-import json
 
 import pytest
-import torch
 
 from sambay import ConfigError, ModelConfig
 from sambay.config import PRESETS, tiny
