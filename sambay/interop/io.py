@@ -701,7 +701,7 @@ def _write_safetensors_file(path: Path, items: Sequence[tuple[str, torch.Tensor]
         os.fsync(f.fileno())
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     # Makes the renames durable on POSIX. Not possible (nor needed) on Windows.
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -798,11 +798,11 @@ def save_safetensors_sharded(
             # folder reads as "incomplete" rather than as a mix of old and new shards.
             _unlink(single)
             _unlink(index)
-            _fsync_dir(folder)
+            fsync_dir(folder)
             for src, name in zip(tmp, final_names):
                 os.replace(src, folder / name)
             os.replace(tmp_index, index)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         for p in (*tmp, tmp_index):
             _unlink(p)

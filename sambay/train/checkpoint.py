@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from sambay.interop.io import fsync_dir
 from sambay.train import distributed as D
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -88,19 +89,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_model_folder(config, model_state: dict, folder: Path) -> None:
     """config.json + model.safetensors through the interop writer (no second copy of the weights:
     a meta-device model adopts the consolidated tensors with `assign=True`)."""
@@ -137,7 +125,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
             torch.save(state, tmp / TRAIN_STATE)
             for f in tmp.iterdir():
                 _fsync_file(f)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if final.exists():  # re-saving a step (e.g. after a resume): swap, then drop the old one
                 old = root / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
                 os.rename(final, old)
@@ -145,7 +133,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, final)  # the commit point
-            _fsync_dir(root)
+            fsync_dir(root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

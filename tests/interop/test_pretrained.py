@@ -287,7 +287,7 @@ def test_cli_convert_bad_checkpoint_is_an_error_message_not_a_traceback(tmp_path
 
 # ------------------------------------------------------------------------------------------ tokenizer
 def test_load_tokenizer_is_exported_and_round_trips_special_tokens(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
+    pytest.importorskip("tokenizers")
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 
     tok = Tokenizer(models.BPE())

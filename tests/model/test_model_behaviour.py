@@ -168,3 +168,19 @@ def test_fused_loss_without_logits_equals_the_logits_loss_and_gradients():
     torch.testing.assert_close(fused.loss, full.loss, rtol=1e-6, atol=1e-6)
     for a, b in zip(grads_fused, grads_full):  # μP's tiny embedding makes its gradient large: compare norms
         assert (a - b).norm() / b.norm() < 1e-5
+
+
+def test_ngmu_normalises_the_gated_memory_before_the_output_projection():
+    config = tiny("sambay", gmu_norm=True)
+    model = random_model(config)
+    gmu = model.layers[config.layer_plan.index("gmu")].mixer
+    x, memory = torch.randn(2, 5, config.d_model), torch.randn(2, 5, config.d_inner)
+    with torch.no_grad():
+        torch.nn.init.normal_(gmu.norm.weight)
+        got = gmu(x, type("Ctx", (), {"memory": memory})())
+        gated = torch.nn.functional.silu(gmu.in_proj(x)) * memory
+        expected = gmu.out_proj(gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + 1e-5) * gmu.norm.weight)
+        plain = CausalLM(tiny("sambay")).layers[config.layer_plan.index("gmu")].mixer
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert plain.norm is None and sum(p.numel() for p in gmu.parameters()) == (
+        sum(p.numel() for p in plain.parameters()) + config.d_inner)

@@ -19,13 +19,6 @@ def _trainer(run_dir, **kw) -> Trainer:
     return Trainer(cfg)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _weights(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

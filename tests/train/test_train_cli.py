@@ -4,20 +4,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from sambay.cli.main import main
 from sambay.data.shards import write_shard
 from sambay.train.data import SyntheticLoader
 from train_helpers import TINY, train_records
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _without(args: list[str], flag: str) -> list[str]:
