@@ -23,7 +23,7 @@ def _phi3_config(config: ModelConfig):
                       num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
                       num_key_value_heads=config.n_kv_head, partial_rotary_factor=config.rotary_fraction,
                       max_position_embeddings=config.max_seq_len, tie_word_embeddings=config.tie_embeddings,
-                      rope_theta=config.rope_base, pad_token_id=0)
+                      rope_theta=config.rope_base, pad_token_id=0, bos_token_id=None, eos_token_id=None)
 
 
 def _sync_time(fn) -> float:
@@ -38,7 +38,7 @@ def _time_hf(config: ModelConfig, prompts: torch.Tensor, new_tokens: int) -> flo
     """Seconds for HF generate of `new_tokens` greedy tokens after `prompts` (B, T), after a warm-up."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_config(_phi3_config(config), torch_dtype=torch.bfloat16).to(prompts.device).eval()
+    hf = AutoModelForCausalLM.from_config(_phi3_config(config), dtype=torch.bfloat16).to(prompts.device).eval()
     kwargs = dict(do_sample=False, cache_implementation="static")
     with torch.inference_mode():
         warm = prompts[:, :64]
