@@ -6,7 +6,7 @@ import torch
 
 from sambay.config import ModelConfig
 from sambay.model.model import CausalLM
-from sambay.model.state import state_bytes_per_sequence
+from sambay.model.state import state_bytes_per_sequence, state_nbytes
 from sambay.plan import render
 
 
@@ -38,5 +38,6 @@ def describe(config: ModelConfig, seq_len: int | None = None, dtype: torch.dtype
               f"inference state per sequence ({str(dtype).removeprefix('torch.')} K/V, fp32 SSM): "
               f"{_fmt_bytes(per_token)} per token of K/V + {_fmt_bytes(constant)} constant (Mamba + windows)"]
     if seq_len is not None:
-        lines.append(f"  at {seq_len:,} tokens: {_fmt_bytes(per_token * seq_len + constant)} per sequence")
+        lines.append(f"  at {seq_len:,} tokens: {_fmt_bytes(state_nbytes(config, 1, seq_len, dtype))} per sequence "
+                     "(what the engine allocates)")
     return "\n".join(lines)

@@ -18,16 +18,16 @@ from sambay.model.mlp import SwiGLU
 from sambay.model.norm import make_norm
 
 
-def _mixers(config: ModelConfig):
-    return {
-        "mamba": partial(Mamba, writes_memory=False),
-        "mamba_memory": partial(Mamba, writes_memory=True),
-        "swa": lambda c, i: SelfAttention(c, i, window=c.window),
-        "full": lambda c, i: SelfAttention(c, i, window=None),
-        "full_kv": lambda c, i: SelfAttention(c, i, window=None, shares_kv=True),
-        "gmu": GMU,
-        "cross": CrossAttention,
-    }
+# layer kind -> mixer constructor (config, global layer index)
+MIXERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
+    "mamba": partial(Mamba, writes_memory=False),
+    "mamba_memory": partial(Mamba, writes_memory=True),
+    "swa": lambda c, i: SelfAttention(c, i, window=c.window),
+    "full": lambda c, i: SelfAttention(c, i, window=None),
+    "full_kv": lambda c, i: SelfAttention(c, i, window=None, shares_kv=True),
+    "gmu": GMU,
+    "cross": CrossAttention,
+}
 
 
 class Block(nn.Module):
@@ -36,7 +36,7 @@ class Block(nn.Module):
         self.kind = config.layer_plan[layer_idx]
         self.layer_idx = layer_idx
         self.norm1 = make_norm(config.norm, config.d_model, config.norm_eps)
-        self.mixer = _mixers(config)[self.kind](config, layer_idx)
+        self.mixer = MIXERS[self.kind](config, layer_idx)
         self.norm2 = make_norm(config.norm, config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config)
         # μP++ (Depth-μP): every branch is scaled by 1/sqrt(2L) before it joins the residual stream.

@@ -25,8 +25,9 @@ def layer_state_shapes(config: ModelConfig, kind: str, batch: int, max_len: int,
             "conv_state": ((batch, config.d_inner, config.d_conv - 1), dtype),
             "ssm_state": ((batch, config.d_inner, config.d_state), torch.float32),
         }
-    if kind == "swa":
-        return {"k": ((batch, G, config.window, hs), dtype), "v": ((batch, G, config.window, hs), dtype)}
+    if kind == "swa":  # a ring of `window` entries; sequences that never reach the window need only max_len
+        ring = min(config.window, max_len)
+        return {"k": ((batch, G, ring, hs), dtype), "v": ((batch, G, ring, hs), dtype)}
     if kind in ("full", "full_kv"):
         return {"k": ((batch, G, max_len, hs), dtype), "v": ((batch, G, max_len, hs), dtype)}
     return {}
@@ -42,6 +43,8 @@ def state_nbytes(config: ModelConfig, batch: int, max_len: int, dtype: torch.dty
 
 
 def state_bytes_per_sequence(config: ModelConfig, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int]:
-    """(bytes per token of growing K/V, constant bytes of Mamba/window state) for one sequence."""
-    constant = state_nbytes(config, 1, 0, dtype)
-    return state_nbytes(config, 1, 1, dtype) - constant, constant
+    """(bytes per token of growing K/V, constant bytes of Mamba/window state) for one sequence that is at
+    least one window long (shorter sequences allocate rings of only max_len entries)."""
+    n = config.window or 1  # from here on only the full-attention caches grow
+    per_token = state_nbytes(config, 1, n + 1, dtype) - state_nbytes(config, 1, n, dtype)
+    return per_token, state_nbytes(config, 1, n, dtype) - n * per_token
