@@ -97,8 +97,9 @@ class Sampler:
                 self.seen = torch.zeros(len(self.params), self.vocab_size, dtype=torch.bool, device=self.device)
             self.seen[slot] = False
             self.seen[slot, torch.as_tensor(list(prompt), dtype=torch.long, device=self.device)] = True
-        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
-        self.generators[slot] = None if params.greedy else torch.Generator(self.device).manual_seed(seed)
+        # Only seeded requests own a generator (reproducible in any batch); the others share one batched draw.
+        seeded = params.seed is not None and not params.greedy
+        self.generators[slot] = torch.Generator(self.device).manual_seed(params.seed) if seeded else None
 
     def release(self, slot: int) -> None:
         self.params[slot] = self.generators[slot] = None
@@ -114,10 +115,10 @@ class Sampler:
         if all(p.greedy for p in params):
             tokens = greedy_tokens
         else:
-            noise = torch.stack([
-                torch.empty(logits.shape[-1], device=logits.device).exponential_(generator=self.generators[s])
-                if self.generators[s] is not None else torch.ones(logits.shape[-1], device=logits.device)
-                for s in slot_list])
+            noise = torch.empty_like(logits).exponential_()  # one draw for every unseeded row
+            for row, s in enumerate(slot_list):  # seeded rows redraw from their own generator
+                if self.generators[s] is not None:
+                    noise[row].exponential_(generator=self.generators[s])
             filtered = any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in params)
             probs, order = sampling_probs(logits, self.temperature[slots], self.top_k[slots], self.top_p[slots],
                                           self.min_p[slots], sort=filtered)
