@@ -74,13 +74,13 @@ def ceilings():
     b = torch.empty_like(a)
     ms = bench(lambda: b.copy_(a))
     bw = 2 * n / (ms * 1e-3) / 1e9
-    del a, b
+    a = b = None  # free the buffers (rebinding keeps the closures above valid)
     m = 8192
     x = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
     y = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
     ms_mm = bench(lambda: x @ y)
     tf = 2 * m ** 3 / (ms_mm * 1e-3) / 1e12
-    del x, y
+    x = y = None
     torch.cuda.empty_cache()
     say(f"copy bandwidth (read+write, 1 GiB): {bw:.0f} GB/s   bf16 matmul 8192^3: {tf:.0f} TFLOP/s")
     return bw, tf
@@ -263,7 +263,7 @@ def main():
         open(OUT_FILE, "w").close()
     props = torch.cuda.get_device_properties(0)
     say(f"device: {props.name} ({props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB)")
-    say(f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
+    say(f"date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}")
     say(f"command: python {' '.join(sys.argv)}")
     import triton
     say(f"torch {torch.__version__}, triton {triton.__version__}, python {platform.python_version()}, "

@@ -53,7 +53,7 @@ def ceilings():
     b = torch.empty_like(a)
     t = ms(lambda: b.copy_(a))
     copy_bw = 2 * a.numel() * a.element_size() / t / 1e6  # GB/s
-    del a, b
+    a = b = None  # free the buffers (rebinding keeps the closures above valid)
     m = 8192
     x = torch.randn(m, m, device=DEV, dtype=BF)
     y = torch.randn(m, m, device=DEV, dtype=BF)
@@ -173,7 +173,7 @@ def bench_scan(copy_bw, sweep):
 
     t_ag = ms(autograd_step)
     say(f"   scan fwd+bwd through autograd.Function: {t_ag:.3f} ms")
-    del u, delta, z, y, dy, hs
+    u = delta = z = y = dy = None
     torch.cuda.empty_cache()
 
     # the sequential PyTorch reference at a smaller size, and the kernel at the same size
@@ -269,9 +269,9 @@ def main():
     ap.add_argument("--out", default=None, help="also write the report to this file")
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
-    say(f"# sambay Mamba-1 kernel benchmark")
+    say("# sambay Mamba-1 kernel benchmark")
     say(f"device: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__}, triton {triton.__version__}")
-    say(f"date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}")
+    say(f"date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}")
     say(f"command: python {' '.join(sys.argv)}")
     copy_bw, tflops = ceilings()
     say(f"measured copy bandwidth: {copy_bw:.0f} GB/s (read + write); bf16 matmul 8192^3: {tflops:.0f} TFLOP/s")

@@ -1,10 +1,10 @@
 """sambay: the SambaY decoder-hybrid-decoder language-model family, end to end."""
 
 from sambay.config import ConfigError, ModelConfig
-from sambay.model import CausalLM, CausalLMOutput
 from sambay.engine import GenerationResult, Generator, SamplingParams
 from sambay.interop.errors import CheckpointError
 from sambay.interop.pretrained import from_pretrained
+from sambay.model import CausalLM, CausalLMOutput
 
 __all__ = ["CausalLM", "CausalLMOutput", "CheckpointError", "ConfigError", "GenerationResult", "Generator",
            "ModelConfig", "SamplingParams", "from_pretrained", "load_tokenizer"]

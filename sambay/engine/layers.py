@@ -24,7 +24,6 @@ from sambay.model.norm import swiglu
 from sambay.ops.attention.decode import decode_attention
 from sambay.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from sambay.ops.selective_scan import selective_scan
-
 from sambay.ops.selective_state_update import selective_state_update
 
 

@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from sambay.config import ModelConfig
-from sambay.interop import io
+from sambay.interop import io, sambay_format
 from sambay.interop import phi4flash as p4f
-from sambay.interop import sambay_format
 from sambay.interop.errors import CheckpointError
 from sambay.model import CausalLM
 

@@ -17,7 +17,6 @@ from sambay.model.mamba import Mamba
 from sambay.model.mlp import SwiGLU
 from sambay.model.norm import make_norm
 
-
 # layer kind -> mixer constructor (config, global layer index)
 MIXERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
     "mamba": partial(Mamba, writes_memory=False),

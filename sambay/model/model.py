@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sambay.config import ModelConfig
+from sambay.model import parametrization
 from sambay.model.block import Block
 from sambay.model.context import ForwardContext, document_ids_from_cu_seqlens
 from sambay.model.norm import make_norm
-from sambay.model import parametrization
 from sambay.ops.cross_entropy import linear_cross_entropy
 
 

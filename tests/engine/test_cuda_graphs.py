@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from helpers import random_model
+
 from sambay.config import tiny
 from sambay.engine.decode import decode_step
 from sambay.engine.prefill import prefill

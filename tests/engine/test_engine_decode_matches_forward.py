@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_helpers import ALL_PRESETS, ATOL, RTOL, make_model
 from torch.testing import assert_close
 
-from engine_helpers import ALL_PRESETS, ATOL, RTOL, make_model
 from sambay.engine import InferenceState, decode_step, prefill
 
 TOTAL = 24  # tokens per sequence: three windows of 8

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_helpers import ALL_PRESETS, make_model
+
 from sambay import GenerationResult, Generator, SamplingParams
 from sambay.engine import ByteTokenizer
 

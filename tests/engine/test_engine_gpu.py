@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import make_model
 from torch.testing import assert_close
 
-from engine_helpers import make_model
 from sambay import Generator, SamplingParams
 from sambay.engine import InferenceState, decode_step, prefill
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import ALL_PRESETS, ATOL, RTOL, YOCO_PRESETS, make_model
 from torch.testing import assert_close
 
-from engine_helpers import ALL_PRESETS, ATOL, RTOL, YOCO_PRESETS, make_model
 from sambay.engine import InferenceState, decode_step, prefill
 from sambay.engine.prefill import split_prompt
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_helpers import ALL_PRESETS
+
 from sambay.config import ModelConfig, tiny
 from sambay.engine import InferenceState, allocated_bytes
 from sambay.model.state import state_bytes_per_sequence

@@ -2,9 +2,9 @@ import json
 import re
 
 import pytest
+from helpers import random_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from helpers import random_model
 from sambay.cli.main import main
 from sambay.config import tiny
 from sambay.interop.tokenizer import load_tokenizer

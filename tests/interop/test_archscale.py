@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
+from helpers import random_model
 
 import sambay
 from sambay.cli.main import main as cli_main
 from sambay.config import tiny
 from sambay.interop import archscale
 from sambay.interop.errors import CheckpointError
-from helpers import random_model
 
 IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(3))
 # the toy widths of `tiny` expressed as overrides of a full-size preset (what --set passes on the CLI)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_model
 from safetensors.torch import load_file, save_file
 
 import sambay
@@ -19,7 +20,6 @@ from sambay.cli.main import main as cli_main
 from sambay.config import tiny
 from sambay.interop import io, pretrained
 from sambay.interop.errors import CheckpointError
-from helpers import random_model
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "phi4flash-A"
 IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -288,7 +288,7 @@ def test_cli_convert_bad_checkpoint_is_an_error_message_not_a_traceback(tmp_path
 # ------------------------------------------------------------------------------------------ tokenizer
 def test_load_tokenizer_is_exported_and_round_trips_special_tokens(tmp_path):
     pytest.importorskip("tokenizers")
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from helpers import random_model
 
 from sambay import CausalLM, ModelConfig
 from sambay.config import PRESETS, tiny
-from helpers import random_model
 from sambay.model.context import masked_core
 from sambay.ops.attention.reference import masked_attention
 

@@ -4,8 +4,16 @@ import json
 import numpy as np
 import pytest
 
-from sambay.train.scaling import (PUBLISHED_DEPTHS, PUBLISHED_FITS, PUBLISHED_LOSSES, fit_runs,
-                                  fit_scaling_law, load_runs, published_runs, transformer_pp_flops)
+from sambay.train.scaling import (
+    PUBLISHED_DEPTHS,
+    PUBLISHED_FITS,
+    PUBLISHED_LOSSES,
+    fit_runs,
+    fit_scaling_law,
+    load_runs,
+    published_runs,
+    transformer_pp_flops,
+)
 
 
 def test_compute_axis_matches_the_published_flops_for_d8_to_d24():

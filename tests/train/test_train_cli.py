@@ -4,12 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from train_helpers import TINY, train_records
 
 from sambay.cli.main import main
 from sambay.data.shards import write_shard
 from sambay.train.data import SyntheticLoader
-from train_helpers import TINY, train_records
-
 
 
 def _without(args: list[str], flag: str) -> list[str]:

@@ -10,9 +10,9 @@ import math
 
 import pytest
 import torch
+from train_helpers import TINY, losses, run_train
 
 from sambay.interop import from_pretrained
-from train_helpers import TINY, losses, run_train
 
 STEPS = 16
 ARGS = [*TINY, "--micro-batch", "2", "--tokens", str(256 * STEPS), "--eval-every", "8", "--ckpt-every", "8"]

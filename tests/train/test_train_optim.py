@@ -7,8 +7,14 @@ import torch
 
 from sambay.config import ModelConfig
 from sambay.model import CausalLM
-from sambay.train.config import (BUDGET_N0, TrainConfig, TrainConfigError, chinchilla_tokens,
-                                 default_batch_tokens, resolve)
+from sambay.train.config import (
+    BUDGET_N0,
+    TrainConfig,
+    TrainConfigError,
+    chinchilla_tokens,
+    default_batch_tokens,
+    resolve,
+)
 from sambay.train.optim import LRSchedule, build_optimizer
 
 

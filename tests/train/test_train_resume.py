@@ -5,7 +5,7 @@ import signal
 import subprocess
 import time
 
-from train_helpers import REPO, TINY, env, losses, train_cmd, run_train
+from train_helpers import REPO, TINY, env, losses, run_train, train_cmd
 
 STEPS = 16
 
