@@ -30,7 +30,8 @@ class GraphedDecoder:
             raise ValueError("CUDA graphs need the model and the inference state on a CUDA device")
         self.model, self.state = model, state
         self.pad_slot = state.acquire()
-        self.buckets = tuple(sorted(b for b in buckets if b <= state.max_batch - 1)) or (state.max_batch - 1,)
+        largest = state.max_batch - 1  # every live batch must have a bucket
+        self.buckets = tuple(sorted({b for b in buckets if b < largest} | {largest}))
         self.pool = torch.cuda.graph_pool_handle()  # all buckets share one memory pool
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 

@@ -36,3 +36,16 @@ def test_cuda_graph_decode_gives_the_eager_greedy_tokens(preset):
     graph_tokens, graph_logits = run(True)
     assert torch.equal(graph_tokens, eager_tokens)
     torch.testing.assert_close(graph_logits, eager_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_generator_with_cuda_graphs_gives_the_eager_tokens_for_mixed_requests():
+    from sambay.engine import Generator, SamplingParams
+
+    model = random_model(tiny("phi4-mini-flash")).to("cuda")
+    prompts = [torch.randint(0, 256, (n,)).tolist() for n in (4, 13, 9)]
+    params = [SamplingParams(temperature=0, max_new_tokens=20), SamplingParams(temperature=0, max_new_tokens=7),
+              SamplingParams(temperature=0.8, top_p=0.9, seed=3, max_new_tokens=15)]
+    eager = Generator(model, max_batch=2, cuda_graphs=False).generate(prompts, params)
+    graphed = Generator(model, max_batch=2, cuda_graphs=True).generate(prompts, params)
+    assert [r.token_ids for r in graphed] == [r.token_ids for r in eager]
