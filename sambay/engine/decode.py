@@ -30,14 +30,8 @@ def decode_step(model: CausalLM, state: InferenceState, tokens: torch.Tensor, sl
     for block, st in zip(model.layers, state.layers):
         kind, mixer = block.kind, block.mixer
         if kind in MAMBA:
-            out = {}
-
-            def mix(h, mixer=mixer, st=st, out=out):
-                y, out["memory"] = layers.mamba_step(mixer, h, slots, st)
-                return y
-
-            x = block.around(x, mix)
-            memory = out["memory"] if kind == "mamba_memory" else memory
+            x, published = layers.around_mamba(block, x, lambda h, mixer=mixer, st=st: layers.mamba_step(mixer, h, slots, st))
+            memory = published if kind == "mamba_memory" else memory
         elif kind in ("swa", "full", "full_kv"):
             x = block.around(x, lambda h, mixer=mixer, st=st: layers.self_attention_step(mixer, h, pos, slots, st))
             shared = st if kind == "full_kv" else shared  # the cross layers read this layer's K/V cache

@@ -66,6 +66,19 @@ class PrefillBatch:
 
 
 # ---------------------------------------------------------------------------------------------- Mamba
+def around_mamba(block, x: torch.Tensor, run) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`block.around` for a Mamba mixer whose stateful path `run(h) -> (y, memory)` also returns the GMU
+    memory; -> (the block's output, that memory or None)."""
+    memory = None
+
+    def mix(h):
+        nonlocal memory
+        y, memory = run(h)
+        return y
+
+    return block.around(x, mix), memory
+
+
 def mamba_prefill(mixer: Mamba, h: torch.Tensor, batch: PrefillBatch, state: dict[str, torch.Tensor]):
     """h (B, T, d) -> (out (B, T, d), memory (B, T, E) or None); writes conv/ssm state of the slots."""
     conv_state, ssm_state = state["conv_state"], state["ssm_state"]

@@ -73,14 +73,8 @@ def prefill_piece(model: CausalLM, state: InferenceState, batch: PrefillBatch, i
     for block, st in zip(model.layers, state.layers):
         kind, mixer = block.kind, block.mixer
         if kind in MAMBA:
-            out = {}
-
-            def mix(h, mixer=mixer, st=st, out=out):
-                y, out["memory"] = layers.mamba_prefill(mixer, h, batch, st)
-                return y
-
-            x = block.around(x, mix)
-            memory = out["memory"] if kind == "mamba_memory" else memory
+            x, published = layers.around_mamba(block, x, lambda h, mixer=mixer, st=st: layers.mamba_prefill(mixer, h, batch, st))
+            memory = published if kind == "mamba_memory" else memory
         elif kind in ("swa", "full"):
             x = block.around(x, lambda h, mixer=mixer, st=st: layers.self_attention_prefill(mixer, h, batch, st))
         elif kind == "full_kv":
