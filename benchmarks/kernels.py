@@ -62,6 +62,12 @@ def ceilings():
     return copy_bw, tflops
 
 
+def rel_err(x, ref):
+    """max |x - ref| / max |ref|, in fp32."""
+    x, ref = x.float(), ref.float()
+    return ((x - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
 def scan_inputs(Bn, T, D, N, z=True, requires_grad=False):
     g = torch.Generator(device=DEV).manual_seed(0)
     u = torch.randn(Bn, T, D, device=DEV, dtype=BF, generator=g)
@@ -102,21 +108,26 @@ def bench_scan(copy_bw, sweep):
     names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST", "FWD_BC_FP32")
     configs = [tuple(getattr(scan_tri, n) for n in names)]
     if sweep:
-        configs += [(1, 1, 256, 8, 1, 1, True), (1, 1, 256, 8, 1, 2, False), (1, 1, 128, 4, 1, 2, True),
-                    (1, 1, 64, 2, 1, 2, True), (2, 1, 128, 4, 1, 2, True), (1, 1, 512, 16, 1, 2, True),
-                    (8, 0, 16, 4, 8, 1, False)]
+        # order 0 at BT=1 spreads each channel's states over a few lanes: more threads in flight
+        configs += [(1, 1, 128, 4, 1, 1, False), (1, 0, 32, 1, 1, 1, False), (1, 0, 64, 2, 1, 1, False),
+                    (1, 0, 64, 4, 1, 1, False), (1, 0, 128, 4, 1, 1, False), (1, 0, 128, 8, 1, 1, False),
+                    (1, 0, 256, 8, 1, 1, False), (1, 0, 64, 2, 1, 2, False), (1, 0, 128, 4, 1, 2, False)]
     default = configs[0]
+    y_default = None
     for cfg in configs:
         for n, v in zip(names, cfg):
             setattr(scan_tri, n, v)
         try:
+            y_cfg = fwd(False)[0]
             t = ms(lambda: fwd(False))
         except Exception as e:  # a variant that fails to compile (e.g. out of resources) is reported
             say(f"   fwd variant {cfg}: FAILED {type(e).__name__}: {e}"[:300])
             continue
+        y_default = y_cfg if cfg == default else y_default
+        err = rel_err(y_cfg, y_default) if y_default is not None else float("nan")
         results[cfg] = t
         say(f"   fwd variant BT={cfg[0]:2d} order={cfg[1]} BD={cfg[2]:3d} warps={cfg[3]} vec={cfg[4]} dist={cfg[5]} "
-            f"bc_fp32={int(cfg[6])}: {t:.3f} ms  "
+            f"bc_fp32={int(cfg[6])}: {t:.3f} ms  (y vs default: {err:.1e})  "
             f"{fwd_bytes / t / 1e6:.0f} GB/s = {fwd_bytes / t / 1e6 / copy_bw:.1%} of copy bw")
     if sweep and results:
         best = min(results, key=results.get)
@@ -131,29 +142,40 @@ def bench_scan(copy_bw, sweep):
 
     y, hT, hs = fwd(True)
     dy = torch.randn_like(y)
-    # backward variants: (checkpoint interval = backward chunk, order, BD, warps, VEC)
-    bcfgs = [(scan_tri.CHUNK, scan_tri.BWD_ORDER, scan_tri.BWD_BD, scan_tri.BWD_WARPS, scan_tri.BWD_VEC)]
+    # backward variants: (checkpoint interval = backward chunk, order, BD, warps, VEC, dB/dC partial buffers)
+    bnames = ("CHUNK", "BWD_ORDER", "BWD_BD", "BWD_WARPS", "BWD_VEC", "BWD_SPLIT")
+    bcfgs = [tuple(getattr(scan_tri, n) for n in bnames)]
     if sweep:  # checkpoint intervals below 8 store too many states (B*T/chunk*D*N*4 bytes) to be useful
-        bcfgs += [(16, 0, 8, 2, 8), (8, 0, 8, 4, 8), (8, 0, 16, 4, 8), (8, 1, 32, 1, 1)]
+        bcfgs += [(8, 0, 8, 2, 8, 1), (8, 0, 8, 2, 8, 4), (8, 0, 8, 2, 8, 16), (8, 0, 8, 2, 8, 64),
+                  (8, 0, 16, 4, 8, 16), (8, 0, 16, 2, 8, 16), (8, 0, 32, 4, 8, 16), (16, 0, 8, 2, 8, 16)]
     bdefault = bcfgs[0]
     fwd_default = (scan_tri.FWD_BT,)
     bres = {}
+    grads_default = None
     for cfg in bcfgs:
-        scan_tri.CHUNK, scan_tri.BWD_ORDER, scan_tri.BWD_BD, scan_tri.BWD_WARPS, scan_tri.BWD_VEC = cfg
+        for n, v in zip(bnames, cfg):
+            setattr(scan_tri, n, v)
         scan_tri.FWD_BT = min(fwd_default[0], cfg[0])  # the forward chunk must divide the checkpoint interval
         try:
             _, _, hs_c = fwd(True)
+            grads = scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs_c, True)
             t = ms(lambda: scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs_c, True))
         except Exception as e:
             say(f"   bwd variant {cfg}: FAILED {type(e).__name__}: {e}"[:300])
             continue
+        grads_default = grads if cfg == bdefault else grads_default
+        # du, ddelta, dA, dB, dC against the default configuration's
+        err = (max(rel_err(g, gd) for g, gd in zip(grads[:5], grads_default[:5]))
+               if grads_default is not None else float("nan"))
         bres[cfg] = t
-        say(f"   bwd variant chunk={cfg[0]:2d} order={cfg[1]} BD={cfg[2]:3d} warps={cfg[3]} vec={cfg[4]}: {t:.3f} ms  "
+        say(f"   bwd variant chunk={cfg[0]:2d} order={cfg[1]} BD={cfg[2]:3d} warps={cfg[3]} vec={cfg[4]} "
+            f"split={cfg[5]:2d}: {t:.3f} ms  (grads vs default: {err:.1e})  "
             f"{bwd_bytes / t / 1e6:.0f} GB/s = {bwd_bytes / t / 1e6 / copy_bw:.1%} of copy bw")
     if sweep and bres:
         best = min(bres, key=bres.get)
         say(f"   best bwd variant: {best} {bres[best]:.3f} ms")
-    scan_tri.CHUNK, scan_tri.BWD_ORDER, scan_tri.BWD_BD, scan_tri.BWD_WARPS, scan_tri.BWD_VEC = bdefault
+    for n, v in zip(bnames, bdefault):
+        setattr(scan_tri, n, v)
     scan_tri.FWD_BT = fwd_default[0]
 
     def fwd_bwd():
@@ -188,7 +210,7 @@ def bench_scan(copy_bw, sweep):
     return t_inf, t_fb
 
 
-def bench_conv(copy_bw):
+def bench_conv(copy_bw, sweep=False):
     Bn, T, D, W = 8, 4096, 4096, 4
     g = torch.Generator(device=DEV).manual_seed(1)
     x = torch.randn(Bn, T, D, device=DEV, dtype=BF, generator=g)
@@ -267,6 +289,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sweep", action="store_true", help="also time block-size variants")
     ap.add_argument("--out", default=None, help="also write the report to this file")
+    ap.add_argument("--only", choices=("scan", "conv", "decode"), help="benchmark one kernel family")
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
     say("# sambay Mamba-1 kernel benchmark")
@@ -276,15 +299,18 @@ def main():
     copy_bw, tflops = ceilings()
     say(f"measured copy bandwidth: {copy_bw:.0f} GB/s (read + write); bf16 matmul 8192^3: {tflops:.0f} TFLOP/s")
     say()
-    t_inf, t_fb = bench_scan(copy_bw, args.sweep)
-    say()
-    bench_conv(copy_bw)
-    say()
-    dec = bench_decode(copy_bw, args.sweep)
-    say()
+    results = {}
+    for name, bench in (("scan", bench_scan), ("conv", bench_conv), ("decode", bench_decode)):
+        if args.only in (None, name):
+            results[name] = bench(copy_bw, args.sweep)
+            say()
     say("targets: scan fwd >= 50% of copy bw; fwd+bwd <= 3x fwd; decode step >= 70% of copy bw")
-    say(f"result:  scan fwd {scan_bytes(8, 4096, 4096, 16)[0] / t_inf / 1e6 / copy_bw:.1%}; "
-        f"fwd+bwd {t_fb / t_inf:.2f}x; decode (best cfg) {dec:.1%}")
+    if "scan" in results:
+        t_inf, t_fb = results["scan"]
+        say(f"result:  scan fwd {scan_bytes(8, 4096, 4096, 16)[0] / t_inf / 1e6 / copy_bw:.1%}; "
+            f"fwd+bwd {t_fb / t_inf:.2f}x")
+    if "decode" in results:
+        say(f"result:  decode step (best cfg) {results['decode']:.1%}")
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(out_lines) + "\n")

@@ -48,6 +48,8 @@ def main() -> int:
     ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--document-ids", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--profile", type=int, default=0, metavar="K",
+                    help="after timing, profile one more step and print its K most expensive device kernels")
     args = ap.parse_args()
 
     dist = D.init_distributed(args.device)
@@ -95,6 +97,8 @@ def main() -> int:
             sheet = known_peak_flops(dev, "bf16")
             if sheet:
                 result["mfu_vs_datasheet"] = flops / sheet
+        if args.profile and dist.is_main:
+            print_profile(trainer, dev, args.profile)
         trainer.close()
     if dist.is_main:
         for k, v in result.items():
@@ -102,6 +106,19 @@ def main() -> int:
         if args.json:
             print(json.dumps(result))
     return 0
+
+
+def print_profile(trainer, dev, top: int) -> None:
+    """One step under torch.profiler: where the device time goes, grouped by kernel name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        trainer.train_step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60))
 
 
 if __name__ == "__main__":
