@@ -198,6 +198,19 @@ def bench_scan(copy_bw, sweep):
     u = delta = z = y = dy = None
     torch.cuda.empty_cache()
 
+    # a training shape: SambaY d8 (d_inner 1984) at 4 x 4096 tokens per micro-batch, where the (batch, channel)
+    # grid is 4x smaller than above
+    Bt, Dt = 4, 1984
+    u, delta, A, Bm, Cm, Dv, z, dtb = scan_inputs(Bt, T, Dt, N)
+    fb, bb = scan_bytes(Bt, T, Dt, N)
+    y, hT, hs = scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, True)
+    dy = torch.randn_like(y)
+    tf = ms(lambda: scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, True))
+    tb = ms(lambda: scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs, True))
+    say(f"   training shape B={Bt} T={T} D={Dt}: fwd (saving states) {tf:.3f} ms = {fb / tf / 1e6 / copy_bw:.1%} "
+        f"of copy bw; bwd {tb:.3f} ms = {bb / tb / 1e6 / copy_bw:.1%}")
+    u = delta = z = y = dy = hs = None
+
     # the sequential PyTorch reference at a smaller size, and the kernel at the same size
     Bn2, T2, D2 = 2, 512, 1024
     u, delta, A, Bm, Cm, Dv, z, dtb = scan_inputs(Bn2, T2, D2, N)
