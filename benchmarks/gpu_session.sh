@@ -32,9 +32,7 @@ case "${1:-}" in
         --long-prompt 32768 --json "$OUT/generate.json" 2>&1 | tee "$OUT/generate.txt" | tail -60 ;;
   multi_gpu)  # every GPU-marked test; #7 FSDP2 over NCCL on 2 GPUs against 1 GPU, same per-GPU micro-batch
     timeout 240 python -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt"
-    for arch in sambay transformer++; do
-      train "$arch-d8-1gpu" --preset "$arch" --depth 8 --micro-batch 4 --parallel fsdp
-    done
+    train "sambay-d8-1gpu" --preset sambay --depth 8 --micro-batch 4 --parallel fsdp
     timeout 150 torchrun --nproc_per_node 2 benchmarks/train_throughput.py --preset sambay --depth 8 \
       --micro-batch 4 --parallel fsdp --steps 10 --warmup 3 --seq-len 4096 --dtype bf16 --json 2>&1 \
       | grep -v '^USDT' | tee "$OUT/train-sambay-d8-2gpu.txt" | tail -24 ;;

@@ -146,8 +146,10 @@ def bench_scan(copy_bw, sweep):
     bnames = ("CHUNK", "BWD_ORDER", "BWD_BD", "BWD_WARPS", "BWD_VEC", "BWD_SPLIT")
     bcfgs = [tuple(getattr(scan_tri, n) for n in bnames)]
     if sweep:  # checkpoint intervals below 8 store too many states (B*T/chunk*D*N*4 bytes) to be useful
-        bcfgs += [(8, 0, 8, 2, 8, 1), (8, 0, 8, 2, 8, 4), (8, 0, 8, 2, 8, 16), (8, 0, 8, 2, 8, 64),
-                  (8, 0, 16, 4, 8, 16), (8, 0, 16, 2, 8, 16), (8, 0, 32, 4, 8, 16), (16, 0, 8, 2, 8, 16)]
+        # one warp per program keeps the time axis inside each thread (no cross-warp scans)
+        bcfgs += [(8, 0, 8, 1, 8, 1), (8, 0, 16, 1, 8, 1), (8, 0, 16, 2, 8, 1), (8, 0, 4, 1, 4, 1),
+                  (16, 0, 8, 1, 8, 1), (16, 0, 4, 1, 4, 1), (4, 0, 8, 1, 8, 1), (8, 0, 32, 1, 8, 1),
+                  (8, 0, 8, 2, 8, 16)]
     bdefault = bcfgs[0]
     fwd_default = (scan_tri.FWD_BT,)
     bres = {}
