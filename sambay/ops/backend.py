@@ -6,6 +6,8 @@
   * `reference`: the reference everywhere;
   * `triton`: Triton everywhere, also on CPU tensors (only meaningful with `TRITON_INTERPRET=1`; this is how
     CI runs the kernels).
+`SAMBAY_REFERENCE_OPS` (comma-separated op names, e.g. `selective_scan,causal_conv1d`) forces the reference
+for just those ops, to bisect a fault or a numerical difference to one kernel.
 The choice is logged once per op, never swapped silently.
 """
 
@@ -28,6 +30,10 @@ def kernel_mode() -> str:
     return mode
 
 
+def _reference_ops() -> set[str]:
+    return {name.strip() for name in os.environ.get("SAMBAY_REFERENCE_OPS", "").split(",") if name.strip()}
+
+
 _TRITON = importlib.util.find_spec("triton") is not None  # decided once at import: traceable by torch.compile
 _logged: set[tuple[str, str]] = set()
 
@@ -45,7 +51,7 @@ def _log_choice(op: str, backend: str) -> None:
 def use_triton(op: str, *tensors: torch.Tensor | None) -> bool:
     """True when `op` should run its Triton implementation for these tensors."""
     mode = kernel_mode()
-    if mode == "reference":
+    if mode == "reference" or op in _reference_ops():
         choice = False
     elif mode == "triton":
         if not triton_available():

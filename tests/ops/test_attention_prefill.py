@@ -133,3 +133,14 @@ def test_sdpa_causal_gqa_and_split_v_plumbing_on_cpu(gqa_native, split_v):
     go = torch.randn_like(out)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), go), torch.autograd.grad(ref, (q, k, v), go)):
         assert rel(a, b) < 1e-5
+
+
+def test_sdpa_backend_falls_back_to_math_when_the_chosen_and_fallback_backends_refuse(monkeypatch):
+    # on the CPU, cuDNN and EFFICIENT refuse every input: the same refusals tiny heads get on some GPUs
+    from sambay.ops.attention import prefill as P
+
+    monkeypatch.setattr(P, "SDPA_INFER", {"dv_eq": ("cudnn", True, False), "dv_ne": ("cudnn", True, False)})
+    monkeypatch.setattr(P, "FALLBACK", ("efficient", True, False))
+    q, k, v = _inputs(2, 11, 4, 2, 8, 8)
+    out = prefill_attention(q, k, v, backend="sdpa")
+    assert rel(out, masked_attention(q, k, v, dense_mask(11, None, None, "cpu"))) < 1e-5

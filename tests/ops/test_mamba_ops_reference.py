@@ -139,3 +139,14 @@ def test_public_ops_use_reference_on_cpu_when_kernels_set_to_reference(monkeypat
     assert torch.equal(y, scan_ref.selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"]))
     w = torch.randn(3, 4)
     assert torch.equal(causal_conv1d(x["u"], w), conv_ref.causal_conv1d(x["u"], w))
+
+
+def test_reference_ops_env_forces_the_reference_for_the_named_ops_only(monkeypatch):
+    from sambay.ops.backend import use_triton
+
+    monkeypatch.setenv("SAMBAY_KERNELS", "triton")  # Triton everywhere, except what the list names
+    monkeypatch.setenv("SAMBAY_REFERENCE_OPS", " selective_scan, causal_conv1d_update")
+    t = torch.zeros(1)
+    assert not use_triton("selective_scan", t)
+    assert not use_triton("causal_conv1d_update", t)
+    assert use_triton("causal_conv1d", t)

@@ -41,7 +41,7 @@ from sambay.ops.backend import kernel_mode, use_triton
 # repeated heads. With dv = 2*hs FLASH refuses (it needs dv == hs) and cuDNN takes it directly (fwd 1.69 ms,
 # fwd+bwd 8.74 ms; splitting V was no faster). Each entry: (sdpa backend, GQA native (True) or by
 # repeating K/V heads (False), split V into hs-wide pieces when dv != hs). If the chosen backend refuses
-# the inputs in the forward, `FALLBACK` runs instead.
+# the inputs in the forward, `FALLBACK` runs instead, and the math backend if that refuses too.
 SDPA_TRAIN: dict[str, tuple[str, bool, bool]] = {"dv_eq": ("cudnn", True, False), "dv_ne": ("cudnn", True, False)}
 SDPA_INFER: dict[str, tuple[str, bool, bool]] = {"dv_eq": ("cudnn", True, False), "dv_ne": ("cudnn", True, False)}
 FALLBACK: tuple[str, bool, bool] = ("flash", True, True)
@@ -117,7 +117,11 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, wind
             return sdpa_causal(q, k, v, scale, name, gqa_native, split_v)
         except RuntimeError as e:  # the backend refused these inputs ("No available kernel")
             _warn_fallback(name, e)
+        try:
             return sdpa_causal(q, k, v, scale, *FALLBACK)
+        except RuntimeError as e:  # e.g. tiny or odd head sizes: the math backend takes anything
+            _warn_fallback(FALLBACK[0], e)
+            return sdpa_causal(q, k, v, scale, "math", False, False)
     if backend == "flex":
         return _flex(q, k, v, window, document_ids, scale)
     return _varlen(q, k, v, window, document_ids, scale)
@@ -127,7 +131,7 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, wind
 def _warn_fallback_once(name: str, msg: str) -> None:
     import logging
 
-    logging.getLogger("sambay.ops").warning("sdpa backend %s refused the inputs (%s); using %s", name, msg, FALLBACK)
+    logging.getLogger("sambay.ops").warning("sdpa backend %s refused the inputs (%s); trying the fallback", name, msg)
 
 
 def _warn_fallback(name: str, err: Exception) -> None:
