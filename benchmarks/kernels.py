@@ -142,14 +142,13 @@ def bench_scan(copy_bw, sweep):
 
     y, hT, hs = fwd(True)
     dy = torch.randn_like(y)
-    # backward variants: (checkpoint interval = backward chunk, order, BD, warps, VEC, dB/dC partial buffers)
-    bnames = ("CHUNK", "BWD_ORDER", "BWD_BD", "BWD_WARPS", "BWD_VEC", "BWD_SPLIT")
+    # backward variants: (checkpoint interval = backward chunk, order, BD, warps, VEC)
+    bnames = ("CHUNK", "BWD_ORDER", "BWD_BD", "BWD_WARPS", "BWD_VEC")
     bcfgs = [tuple(getattr(scan_tri, n) for n in bnames)]
     if sweep:  # checkpoint intervals below 8 store too many states (B*T/chunk*D*N*4 bytes) to be useful
         # one warp per program keeps the time axis inside each thread (no cross-warp scans)
-        bcfgs += [(8, 0, 8, 1, 8, 1), (8, 0, 16, 1, 8, 1), (8, 0, 16, 2, 8, 1), (8, 0, 4, 1, 4, 1),
-                  (16, 0, 8, 1, 8, 1), (16, 0, 4, 1, 4, 1), (4, 0, 8, 1, 8, 1), (8, 0, 32, 1, 8, 1),
-                  (8, 0, 8, 2, 8, 16)]
+        bcfgs += [(8, 0, 8, 1, 8), (8, 0, 16, 1, 8), (8, 0, 16, 2, 8), (8, 0, 4, 1, 4),
+                  (16, 0, 8, 1, 8), (16, 0, 4, 1, 4), (4, 0, 8, 1, 8), (8, 0, 32, 1, 8)]
     bdefault = bcfgs[0]
     fwd_default = (scan_tri.FWD_BT,)
     bres = {}
@@ -170,8 +169,8 @@ def bench_scan(copy_bw, sweep):
         err = (max(rel_err(g, gd) for g, gd in zip(grads[:5], grads_default[:5]))
                if grads_default is not None else float("nan"))
         bres[cfg] = t
-        say(f"   bwd variant chunk={cfg[0]:2d} order={cfg[1]} BD={cfg[2]:3d} warps={cfg[3]} vec={cfg[4]} "
-            f"split={cfg[5]:2d}: {t:.3f} ms  (grads vs default: {err:.1e})  "
+        say(f"   bwd variant chunk={cfg[0]:2d} order={cfg[1]} BD={cfg[2]:3d} warps={cfg[3]} vec={cfg[4]}: "
+            f"{t:.3f} ms  (grads vs default: {err:.1e})  "
             f"{bwd_bytes / t / 1e6:.0f} GB/s = {bwd_bytes / t / 1e6 / copy_bw:.1%} of copy bw")
     if sweep and bres:
         best = min(bres, key=bres.get)
