@@ -62,6 +62,40 @@ def ceilings():
     return copy_bw, tflops
 
 
+def sweep_variants(kind, names, configs, make, outputs, nbytes, copy_bw):
+    """Time each configuration of the scan kernels' module constants `names` (the first is the default).
+
+    `make()` runs after the constants are set and returns the function to time; `outputs(result)` picks the
+    tensors checked against the default configuration's. Reports every variant (failures included, e.g. out
+    of resources) and the best, then restores the default. Returns {config: ms}.
+    """
+    default, ref, results = configs[0], None, {}
+    try:
+        for cfg in configs:
+            for n, v in zip(names, cfg):
+                setattr(scan_tri, n, v)
+            label = " ".join(f"{n.split('_', 1)[-1].lower()}={int(v)}" for n, v in zip(names, cfg))
+            try:
+                fn = make()
+                got = outputs(fn())
+                t = ms(fn)
+            except Exception as e:
+                say(f"   {kind} variant {label}: FAILED {type(e).__name__}: {e}"[:300])
+                continue
+            ref = got if cfg == default else ref
+            err = max(rel_err(g, r) for g, r in zip(got, ref)) if ref is not None else float("nan")
+            results[cfg] = t
+            say(f"   {kind} variant {label}: {t:.3f} ms  (outputs vs default: {err:.1e})  "
+                f"{nbytes / t / 1e6:.0f} GB/s = {nbytes / t / 1e6 / copy_bw:.1%} of copy bw")
+    finally:
+        for n, v in zip(names, default):
+            setattr(scan_tri, n, v)
+    if len(configs) > 1 and results:
+        best = min(results, key=results.get)
+        say(f"   best {kind} variant: {best} {results[best]:.3f} ms")
+    return results
+
+
 def rel_err(x, ref):
     """max |x - ref| / max |ref|, in fp32."""
     x, ref = x.float(), ref.float()
@@ -102,9 +136,8 @@ def bench_scan(copy_bw, sweep):
     def fwd(save=False):
         return scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, save)
 
-    results = {}
-    # forward variants: (forward chunk BT, tile order, channels per program BD, warps, channel contiguity VEC,
-    # prefetch distance in chunks, B/C upcast to fp32 first)
+    # forward variants: (forward chunk BT, tile order, channels per program BD (0: adaptive), warps, channel
+    # contiguity VEC, prefetch distance in chunks, B/C upcast to fp32 first)
     names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST", "FWD_BC_FP32")
     configs = [tuple(getattr(scan_tri, n) for n in names)]
     if sweep:
@@ -112,28 +145,7 @@ def bench_scan(copy_bw, sweep):
         configs += [(1, 1, 128, 4, 1, 1, False), (1, 0, 32, 1, 1, 1, False), (1, 0, 64, 2, 1, 1, False),
                     (1, 0, 64, 4, 1, 1, False), (1, 0, 128, 4, 1, 1, False), (1, 0, 128, 8, 1, 1, False),
                     (1, 0, 256, 8, 1, 1, False), (1, 0, 64, 2, 1, 2, False), (1, 0, 128, 4, 1, 2, False)]
-    default = configs[0]
-    y_default = None
-    for cfg in configs:
-        for n, v in zip(names, cfg):
-            setattr(scan_tri, n, v)
-        try:
-            y_cfg = fwd(False)[0]
-            t = ms(lambda: fwd(False))
-        except Exception as e:  # a variant that fails to compile (e.g. out of resources) is reported
-            say(f"   fwd variant {cfg}: FAILED {type(e).__name__}: {e}"[:300])
-            continue
-        y_default = y_cfg if cfg == default else y_default
-        err = rel_err(y_cfg, y_default) if y_default is not None else float("nan")
-        results[cfg] = t
-        say(f"   fwd variant BT={cfg[0]:2d} order={cfg[1]} BD={cfg[2]:3d} warps={cfg[3]} vec={cfg[4]} dist={cfg[5]} "
-            f"bc_fp32={int(cfg[6])}: {t:.3f} ms  (y vs default: {err:.1e})  "
-            f"{fwd_bytes / t / 1e6:.0f} GB/s = {fwd_bytes / t / 1e6 / copy_bw:.1%} of copy bw")
-    if sweep and results:
-        best = min(results, key=results.get)
-        say(f"   best fwd variant: {best} {results[best]:.3f} ms")
-    for n, v in zip(names, default):
-        setattr(scan_tri, n, v)
+    sweep_variants("fwd", names, configs, lambda: (lambda: fwd(False)), lambda r: r[:1], fwd_bytes, copy_bw)
     t_inf = ms(lambda: fwd(False))
     t_train = ms(lambda: fwd(True))
     say(f"   scan fwd (inference, default cfg): {t_inf:.3f} ms, {fwd_bytes / t_inf / 1e6:.0f} GB/s = "
@@ -149,35 +161,17 @@ def bench_scan(copy_bw, sweep):
         # one warp per program keeps the time axis inside each thread (no cross-warp scans)
         bcfgs += [(8, 0, 8, 1, 8), (8, 0, 16, 1, 8), (8, 0, 16, 2, 8), (8, 0, 4, 1, 4),
                   (16, 0, 8, 1, 8), (16, 0, 4, 1, 4), (4, 0, 8, 1, 8), (8, 0, 32, 1, 8)]
-    bdefault = bcfgs[0]
-    fwd_default = (scan_tri.FWD_BT,)
-    bres = {}
-    grads_default = None
-    for cfg in bcfgs:
-        for n, v in zip(bnames, cfg):
-            setattr(scan_tri, n, v)
-        scan_tri.FWD_BT = min(fwd_default[0], cfg[0])  # the forward chunk must divide the checkpoint interval
-        try:
-            _, _, hs_c = fwd(True)
-            grads = scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs_c, True)
-            t = ms(lambda: scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs_c, True))
-        except Exception as e:
-            say(f"   bwd variant {cfg}: FAILED {type(e).__name__}: {e}"[:300])
-            continue
-        grads_default = grads if cfg == bdefault else grads_default
-        # du, ddelta, dA, dB, dC against the default configuration's
-        err = (max(rel_err(g, gd) for g, gd in zip(grads[:5], grads_default[:5]))
-               if grads_default is not None else float("nan"))
-        bres[cfg] = t
-        say(f"   bwd variant chunk={cfg[0]:2d} order={cfg[1]} BD={cfg[2]:3d} warps={cfg[3]} vec={cfg[4]}: "
-            f"{t:.3f} ms  (grads vs default: {err:.1e})  "
-            f"{bwd_bytes / t / 1e6:.0f} GB/s = {bwd_bytes / t / 1e6 / copy_bw:.1%} of copy bw")
-    if sweep and bres:
-        best = min(bres, key=bres.get)
-        say(f"   best bwd variant: {best} {bres[best]:.3f} ms")
-    for n, v in zip(bnames, bdefault):
-        setattr(scan_tri, n, v)
-    scan_tri.FWD_BT = fwd_default[0]
+    fwd_bt = scan_tri.FWD_BT
+
+    def bwd_variant():
+        scan_tri.FWD_BT = min(fwd_bt, scan_tri.CHUNK)  # the forward chunk must divide the checkpoint interval
+        _, _, hs_c = fwd(True)  # states at this variant's checkpoint interval (not timed)
+        return lambda: scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs_c, True)
+
+    try:  # outputs compared: du, ddelta, dA, dB, dC
+        sweep_variants("bwd", bnames, bcfgs, bwd_variant, lambda r: r[:5], bwd_bytes, copy_bw)
+    finally:
+        scan_tri.FWD_BT = fwd_bt
 
     def fwd_bwd():
         y, hT, hs = fwd(True)
