@@ -4,8 +4,6 @@
 #   run(command="bash benchmarks/gpu_session.sh kernels_train", kind="nvidia-h100-x1", timeout_s=590)
 #   run(command="bash benchmarks/gpu_session.sh generate", timeout_s=590)
 #   run(command="bash benchmarks/gpu_session.sh multi_gpu", kind="nvidia-h200-x2", timeout_s=590)
-# (2026-11-23: the FSDP2 2-GPU run of multi_gpu fails with an illegal memory access in the first backward;
-#  see benchmarks/results/train-h100-2026-11-23.txt.)
 # Results land in $OUT; copy them to benchmarks/results/ with the device name, date and command.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -28,15 +26,30 @@ case "${1:-}" in
       SAMBAY_KERNELS=$kernels train "sambay-d16-$kernels" --preset sambay --depth 16 --steps 1 --warmup 1 \
         --micro-batch 2 --batch-tokens 32768
     done ;;
+  decode)  # #6 batch-64 point: decode kernels' GPU tests, attention decode sweep, per-kernel profile, bench
+    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_attention_gpu.py \
+      tests/engine/test_engine_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu-tests-decode.txt"
+    timeout 150 python benchmarks/attention.py --skip-prefill --sweep --out "$OUT/attention-decode.txt" | tail -40
+    timeout 60 python benchmarks/profile_decode.py --batch 64 --context 32768 --top 12 2>&1 \
+      | grep -v Warning | tee "$OUT/profile-decode.txt" | tail -18
+    timeout 200 python -m sambay bench generate --preset phi4-mini-flash --baseline samba-yoco --prompt-len 2000 \
+      --gen-len 32000 --batch 64 --points 4 --steps 5 --json "$OUT/generate-b64.json" 2>&1 \
+      | tee "$OUT/generate-b64.txt" | tail -30 ;;
   generate)  # #6: 2K + 32K with all baselines, HF generate, and one 32K-token prompt's prefill
     timeout 570 python -m sambay bench generate --preset phi4-mini-flash --baseline phi4-mini \
         --baseline samba-yoco --baseline hf --prompt-len 2000 --gen-len 32000 --fill --points 4 --steps 5 \
         --long-prompt 32768 --json "$OUT/generate.json" 2>&1 | tee "$OUT/generate.txt" | tail -60 ;;
-  multi_gpu)  # every GPU-marked test; #7 FSDP2 over NCCL on 2 GPUs against 1 GPU, same per-GPU micro-batch
-    timeout 240 python -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt"
+  multi_gpu)  # #7 FSDP2 over NCCL: tiny smoke runs of both families, then d8 on 2 GPUs against 1 GPU
+    for arch in sambay transformer++; do
+      timeout 120 python -m torch.distributed.run --nproc_per_node 2 benchmarks/train_throughput.py --tiny \
+        --preset "$arch" --micro-batch 2 --steps 3 --warmup 1 --seq-len 512 --parallel fsdp --dtype bf16 2>&1 \
+        | grep -E "Error|error:|tokens_per_s|last_loss" | sed "s/^/[$arch tiny fsdp x2] /"
+    done
     train "sambay-d8-1gpu" --preset sambay --depth 8 --micro-batch 4 --parallel fsdp
-    timeout 150 torchrun --nproc_per_node 2 benchmarks/train_throughput.py --preset sambay --depth 8 \
-      --micro-batch 4 --parallel fsdp --steps 10 --warmup 3 --seq-len 4096 --dtype bf16 --json 2>&1 \
+    timeout 150 python -m torch.distributed.run --nproc_per_node 2 benchmarks/train_throughput.py --preset sambay \
+      --depth 8 --micro-batch 4 --parallel fsdp --steps 10 --warmup 3 --seq-len 4096 --dtype bf16 --json 2>&1 \
       | grep -v '^USDT' | tee "$OUT/train-sambay-d8-2gpu.txt" | tail -24 ;;
-  *) echo "usage: gpu_session.sh kernels_train|generate|multi_gpu" >&2; exit 2 ;;
+  gpu_tests)  # every GPU-marked test
+    timeout 400 python -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt" ;;
+  *) echo "usage: gpu_session.sh kernels_train|decode|generate|multi_gpu|gpu_tests" >&2; exit 2 ;;
 esac

@@ -21,7 +21,7 @@ from sambay.model.attention import CrossAttention, SelfAttention
 from sambay.model.context import masked_core
 from sambay.model.mamba import Mamba
 from sambay.model.norm import swiglu
-from sambay.ops.attention.decode import decode_attention
+from sambay.ops.attention.decode import decode_attention, decode_diff_attention
 from sambay.ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from sambay.ops.selective_scan import selective_scan
 from sambay.ops.selective_state_update import selective_state_update
@@ -193,15 +193,13 @@ def decode_attend(attn, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     """q (B, 1, H, hs) over the first lens[b] entries of cache row slots[b] -> projected output (B, 1, d).
 
     Reads the pooled cache in place (split-K kernel on CUDA), never gathering a copy. Differential attention
-    reads each key half once for both value halves ([v_2g ‖ v_2g+1] via `v_hi`).
+    runs both softmaxes in one pass, so each K/V element is read once.
     """
     q = q[:, 0]
     if attn.diff is None:
         o = decode_attention(q, k_cache, v_cache, lens, slots)  # (B, H, hs)
     else:
-        v_lo, v_hi = v_cache[:, 0::2], v_cache[:, 1::2]
-        o1 = decode_attention(q[:, 0::2], k_cache[:, 0::2], v_lo, lens, slots, v_hi=v_hi)  # (B, H/2, 2hs)
-        o2 = decode_attention(q[:, 1::2], k_cache[:, 1::2], v_lo, lens, slots, v_hi=v_hi)
+        o1, o2 = decode_diff_attention(q, k_cache, v_cache, lens, slots)  # 2 x (B, H/2, 2hs)
         o = attn.diff.combine(o1, o2)
     return attn.out_proj(o.flatten(1))[:, None]
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import nn
 
 from sambay.config import ModelConfig
@@ -27,6 +28,11 @@ class CausalLMOutput:
     logits: torch.Tensor | None  # (B, T, V)
     loss: torch.Tensor | None = None  # scalar, mean over non-ignored targets (fp32)
     hidden_states: list[torch.Tensor] | None = None  # residual entering each layer, then the final norm output
+
+
+# A pytree node, so that hooks which look for tensors in a module's output find the loss inside: FSDP2 in
+# torch < 2.13 flattens outputs with pytree and would otherwise never run the root's pre-backward hook.
+pytree.register_dataclass(CausalLMOutput)
 
 
 class CausalLM(nn.Module):

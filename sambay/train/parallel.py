@@ -102,7 +102,11 @@ def parallelize(model: nn.Module, mode: str, *, device: torch.device, activation
         for i, block in enumerate(model.layers):
             # the last block is resharded by the root right away; keeping it gathered saves one all-gather
             fully_shard(block, reshard_after_forward=reshard_after_forward and i < n - 1)
-        fully_shard(model, reshard_after_forward=reshard_after_forward)
+        # The root never reshards after forward: its parameters (embedding, final norm, tied head) are the
+        # first ones backward needs, and the loss is computed inside its forward. (Passing True overrides
+        # FSDP2's own root heuristic; torch 2.11's FSDP2 then never re-gathered the root before backward,
+        # which read freed storage: the illegal memory access seen over NCCL.)
+        fully_shard(model, reshard_after_forward=False)
         return Parallelized(model, model, mode)
     if mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -46,3 +46,33 @@ def test_fsdp2_matches_ddp_and_resumes(ddp_run, tmp_path):
     model = from_pretrained(tmp_path / "checkpoints" / "step-00000016")
     x = torch.randint(0, 64, (1, 16))
     assert torch.isfinite(model(x).logits).all()
+
+
+def test_fsdp2_root_stays_gathered_until_backward_and_its_loss_is_hookable(tmp_path):
+    """The NCCL illegal-memory-access bug: the root (embedding, final norm, tied head) was resharded after
+    forward and, with torch 2.11's FSDP2 (which does not look inside dataclass outputs), never re-gathered
+    before backward read it. The root must keep its parameters gathered, and the loss inside
+    `CausalLMOutput` must be visible to pytree-based output hooks."""
+    import torch.distributed as dist
+    import torch.utils._pytree as pytree
+    from torch.distributed.tensor import DTensor
+
+    from sambay.config import tiny
+    from sambay.model import CausalLM
+    from sambay.train.parallel import parallelize
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = CausalLM(tiny("sambay"))
+        parallelize(model, "fsdp", device=torch.device("cpu"))
+        ids = torch.randint(0, model.config.vocab_size, (1, 16))
+        out = model(ids, targets=ids, return_logits=False)
+        leaves = pytree.tree_leaves(out)
+        assert any(t is out.loss for t in leaves)
+        assert not isinstance(model.final_norm.weight, DTensor)  # root: still the gathered tensor
+        assert isinstance(model.layers[0].norm1.weight, DTensor)  # an inner block: resharded
+        out.loss.backward()
+        assert isinstance(model.final_norm.weight, DTensor) and model.final_norm.weight.grad is not None
+    finally:
+        dist.destroy_process_group()

@@ -24,7 +24,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 __all__ = ["attention", "masked_attention"]
 
 
-from sambay.ops.attention.decode import decode_attention  # noqa: E402
+from sambay.ops.attention.decode import decode_attention, decode_diff_attention  # noqa: E402
 from sambay.ops.attention.prefill import prefill_attention  # noqa: E402
 
-__all__ += ["decode_attention", "prefill_attention"]
+__all__ += ["decode_attention", "decode_diff_attention", "prefill_attention"]

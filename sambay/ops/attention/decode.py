@@ -1,6 +1,7 @@
 """Decode attention: ONE query token per sequence over a KV cache (full cache, shared KV, or SWA ring).
 
-    decode_attention(q, k_cache, v_cache, cache_lens, slot_idx=None, v_hi=None, scale=None) -> (B, H, dv·(1|2))
+    decode_attention(q, k_cache, v_cache, cache_lens, slot_idx=None, scale=None) -> (B, H, dv)
+    decode_diff_attention(q, k_cache, v_cache, cache_lens, slot_idx=None, scale=None) -> 2 x (B, H/2, 2·dv)
 
 CUDA tensors run the split-K Triton kernel (`decode_triton`), everything else the PyTorch reference
 (`decode_reference`); `sambay.ops.backend.use_triton` makes the choice (SAMBAY_KERNELS).
@@ -16,8 +17,7 @@ from . import decode_reference
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
-                     slot_idx: torch.Tensor | None = None, v_hi: torch.Tensor | None = None,
-                     scale: float | None = None) -> torch.Tensor:
+                     slot_idx: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
     """softmax(scale · q kᵀ) v over the first cache_lens[b] keys of cache row slot_idx[b], GQA.
 
     Args:
@@ -29,18 +29,33 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             `window` slots pass min(len, window)). Must be >= 1 for live rows.
         slot_idx: (B,) int32/int64 cache row of each sequence, or None (row b). A negative slot marks a
             padded batch row: nothing is read and its output is 0.
-        v_hi: optional second value cache shaped like v_cache (differential attention: v = cache[:, 0::2],
-            v_hi = cache[:, 1::2]); its output is concatenated after v's, reusing the same probabilities.
         scale: default 1/sqrt(hs).
     Returns:
-        (B, H, dv) or (B, H, 2·dv) with v_hi, contiguous, in q's dtype. Softmax and accumulation in fp32.
+        (B, H, dv), contiguous, in q's dtype. Softmax and accumulation in fp32.
     CUDA-graph safe on the Triton path (no host sync; launch shapes depend on shapes only).
     """
-    if use_triton("decode_attention", q, k_cache, v_cache, cache_lens, slot_idx, v_hi):
+    if use_triton("decode_attention", q, k_cache, v_cache, cache_lens, slot_idx):
         from .decode_triton import decode_attention as impl
     else:
         impl = decode_reference.decode_attention
-    return impl(q, k_cache, v_cache, cache_lens, slot_idx, v_hi, scale)
+    return impl(q, k_cache, v_cache, cache_lens, slot_idx, scale)
 
 
-__all__ = ["decode_attention"]
+def decode_diff_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
+                          slot_idx: torch.Tensor | None = None,
+                          scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differential attention's two softmaxes (striped heads), each K/V element read once for both.
+
+    With H query heads and G KV heads (both even): differential head j (of H/2) computes
+        o1_j = softmax(scale · q_2j k_{2g}ᵀ) [v_2g ‖ v_2g+1],  o2_j = softmax(scale · q_2j+1 k_{2g+1}ᵀ) [v_2g ‖ v_2g+1]
+    with g = j // (H / G), over the same valid keys as `decode_attention` (same arguments and layouts).
+    Returns (o1, o2), each (B, H/2, 2·dv) in q's dtype; `DiffAttention.combine` turns them into the output.
+    """
+    if use_triton("decode_attention", q, k_cache, v_cache, cache_lens, slot_idx):
+        from .decode_triton import decode_diff_attention as impl
+    else:
+        impl = decode_reference.decode_diff_attention
+    return impl(q, k_cache, v_cache, cache_lens, slot_idx, scale)
+
+
+__all__ = ["decode_attention", "decode_diff_attention"]

@@ -11,8 +11,9 @@ With n_splits == 1 kernel 1 writes the output directly and kernel 2 is skipped.
 
 Launch shapes depend only on the call's shapes (n_splits from B, G, N and the SM count), nothing is read
 back to the host, and the workspace is allocated per call: safe to capture in a CUDA graph.
-Optional `v_hi` (differential attention): a second value cache read with the same probabilities, its
-output concatenated after v's.
+Differential attention (`decode_diff_attention`, DIFF): grid (B, G/2, n_splits); each program reads the
+K/V heads 2g and 2g+1 once and runs both softmaxes of its differential heads over the value pair
+[v_2g ‖ v_2g+1]. Two calls of the plain kernel (one per softmax) would each read all of V: 1.5x the bytes.
 """
 
 from __future__ import annotations
@@ -65,18 +66,68 @@ def default_splits(batch: int, n_kv: int, n_max: int, device: torch.device) -> i
 
 
 @triton.jit
+def _scores(q, kt, nmask, scale_log2, DOT_F32: tl.constexpr):
+    """q [QB, HSP] · kt [BLOCK_N, HSP]ᵀ -> log2-scaled scores [QB, BLOCK_N], -inf past the valid keys."""
+    if DOT_F32:
+        s = tl.dot(q, tl.trans(kt.to(tl.float32)), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(kt))
+    return tl.where(nmask[None, :], s * scale_log2, float("-inf"))
+
+
+@triton.jit
+def _online_softmax(s, m_i, l_i):
+    """One online-softmax step: (probabilities, rescale factor for the old accumulator, new max, new sum)."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=1)
+
+
+@triton.jit
+def _pv(p, vt, DOT_F32: tl.constexpr):
+    if DOT_F32:
+        return tl.dot(p, vt.to(tl.float32), input_precision="ieee")
+    return tl.dot(p.to(vt.dtype), vt)
+
+
+@triton.jit
+def _write(out_rows, rmask, m_i, l_i, acc, acc_hi, b64, sp, n_rows, po_ptr, plse_ptr, out_ptr, s_ob, s_oh,
+           e, emask, DV: tl.constexpr, DVT: tl.constexpr, N_SPLITS: tl.constexpr, DIFF: tl.constexpr,
+           DIRECT: tl.constexpr):
+    """Normalise one softmax's accumulators and store them as the output (one split) or as a partial
+    (normalised output + log2-sum-exp; a split without keys writes the neutral lse = -inf, out = 0)."""
+    has = l_i > 0.0
+    inv = tl.where(has, 1.0 / tl.where(has, l_i, 1.0), 0.0)
+    omask = rmask[:, None] & emask[None, :]
+    if DIRECT:
+        optr = out_ptr + b64 * s_ob + out_rows[:, None] * s_oh + e[None, :]
+    else:
+        prow = (b64 * n_rows + out_rows) * N_SPLITS + sp  # (b, row, split)
+        tl.store(plse_ptr + prow, tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf")),
+                 mask=rmask)
+        optr = po_ptr + prow[:, None] * DVT + e[None, :]
+    tl.store(optr, (acc * inv[:, None]).to(optr.dtype.element_ty), mask=omask)
+    if DIFF:
+        tl.store(optr + DV, (acc_hi * inv[:, None]).to(optr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
 def _decode_split_kernel(
-    q_ptr, k_ptr, v_ptr, vh_ptr, lens_ptr, slot_ptr, po_ptr, plse_ptr, out_ptr,
+    q_ptr, k_ptr, v_ptr, lens_ptr, slot_ptr, po_ptr, plse_ptr, out_ptr,
     scale_log2,
     s_qb, s_qh,
     s_ks, s_kg, s_kn,
     s_vs, s_vg, s_vn,
-    s_hs, s_hg, s_hn,
     s_ob, s_oh,
     HPG: tl.constexpr, QB: tl.constexpr, HS: tl.constexpr, HSP: tl.constexpr, DV: tl.constexpr,
     DVP: tl.constexpr, DVT: tl.constexpr, BLOCK_N: tl.constexpr, N_SPLITS: tl.constexpr, HAS_SLOT: tl.constexpr,
-    HAS_VHI: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr,
+    DIFF: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr,
 ):
+    """Program (b, g, split). Plain: KV head g, query heads g·HPG + r, output rows = query heads.
+    DIFF (differential attention, striped): KV heads 2g and 2g+1 are read ONCE for both softmaxes;
+    differential head j = g·HPG + r has softmax 1 = (query 2j, keys 2g) and softmax 2 = (query 2j+1,
+    keys 2g+1), both over the value pair [v_2g ‖ v_2g+1]; outputs go to rows j and H/2 + j."""
     b = tl.program_id(0)
     g = tl.program_id(1)
     sp = tl.program_id(2)
@@ -95,67 +146,58 @@ def _decode_split_kernel(
 
     rows = tl.arange(0, QB)
     rmask = rows < HPG
-    heads = g * HPG + rows
+    heads = g * HPG + rows  # plain: query heads; DIFF: differential heads
     d = tl.arange(0, HSP)
     dmask = d < HS
     e = tl.arange(0, DVP)
     emask = e < DV
-    q = tl.load(q_ptr + b64 * s_qb + heads[:, None] * s_qh + d[None, :],
-                mask=rmask[:, None] & dmask[None, :], other=0.0)
+    qmask = rmask[:, None] & dmask[None, :]
+    if DIFF:
+        kv = 2 * g64
+        q1 = tl.load(q_ptr + b64 * s_qb + (2 * heads)[:, None] * s_qh + d[None, :], mask=qmask, other=0.0)
+        q2 = tl.load(q_ptr + b64 * s_qb + (2 * heads + 1)[:, None] * s_qh + d[None, :], mask=qmask, other=0.0)
+        n_rows = 2 * HPG * tl.num_programs(1)
+    else:
+        kv = g64
+        q1 = tl.load(q_ptr + b64 * s_qb + heads[:, None] * s_qh + d[None, :], mask=qmask, other=0.0)
+        q2 = q1
+        n_rows = HPG * tl.num_programs(1)
     if DOT_F32:
-        q = q.to(tl.float32)
-    k_base = k_ptr + slot * s_ks + g64 * s_kg
-    v_base = v_ptr + slot * s_vs + g64 * s_vg
-    h_base = vh_ptr + slot * s_hs + g64 * s_hg
+        q1 = q1.to(tl.float32)
+        q2 = q2.to(tl.float32)
+    k_base = k_ptr + slot * s_ks + kv * s_kg
+    v_base = v_ptr + slot * s_vs + kv * s_vg
 
-    m_i = tl.full([QB], float("-inf"), tl.float32)
-    l_i = tl.zeros([QB], tl.float32)
-    acc = tl.zeros([QB, DVP], tl.float32)
-    acc2 = tl.zeros([QB, DVP], tl.float32)
+    m1 = tl.full([QB], float("-inf"), tl.float32)
+    l1 = tl.zeros([QB], tl.float32)
+    a1 = tl.zeros([QB, DVP], tl.float32)
+    a1_hi = tl.zeros([QB, DVP], tl.float32)
+    m2 = tl.full([QB], float("-inf"), tl.float32)
+    l2 = tl.zeros([QB], tl.float32)
+    a2 = tl.zeros([QB, DVP], tl.float32)
+    a2_hi = tl.zeros([QB, DVP], tl.float32)
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         nmask = n < end
-        kt = tl.load(k_base + n[:, None] * s_kn + d[None, :], mask=nmask[:, None] & dmask[None, :], other=0.0)
-        if DOT_F32:
-            s = tl.dot(q, tl.trans(kt.to(tl.float32)), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(kt))
-        s = tl.where(nmask[None, :], s * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        vt = tl.load(v_base + n[:, None] * s_vn + e[None, :], mask=nmask[:, None] & emask[None, :], other=0.0)
-        if DOT_F32:
-            acc = acc * alpha[:, None] + tl.dot(p, vt.to(tl.float32), input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-        if HAS_VHI:
-            ht = tl.load(h_base + n[:, None] * s_hn + e[None, :], mask=nmask[:, None] & emask[None, :], other=0.0)
-            if DOT_F32:
-                acc2 = acc2 * alpha[:, None] + tl.dot(p, ht.to(tl.float32), input_precision="ieee")
-            else:
-                acc2 = acc2 * alpha[:, None] + tl.dot(p.to(ht.dtype), ht)
-        m_i = m_new
+        kmask = nmask[:, None] & dmask[None, :]
+        vmask = nmask[:, None] & emask[None, :]
+        kt = tl.load(k_base + n[:, None] * s_kn + d[None, :], mask=kmask, other=0.0)
+        vt = tl.load(v_base + n[:, None] * s_vn + e[None, :], mask=vmask, other=0.0)
+        p, alpha, m1, l1 = _online_softmax(_scores(q1, kt, nmask, scale_log2, DOT_F32), m1, l1)
+        a1 = a1 * alpha[:, None] + _pv(p, vt, DOT_F32)
+        if DIFF:
+            kt2 = tl.load(k_base + s_kg + n[:, None] * s_kn + d[None, :], mask=kmask, other=0.0)
+            vt_hi = tl.load(v_base + s_vg + n[:, None] * s_vn + e[None, :], mask=vmask, other=0.0)
+            a1_hi = a1_hi * alpha[:, None] + _pv(p, vt_hi, DOT_F32)
+            p2, alpha2, m2, l2 = _online_softmax(_scores(q2, kt2, nmask, scale_log2, DOT_F32), m2, l2)
+            a2 = a2 * alpha2[:, None] + _pv(p2, vt, DOT_F32)
+            a2_hi = a2_hi * alpha2[:, None] + _pv(p2, vt_hi, DOT_F32)
 
-    has = l_i > 0.0
-    inv = tl.where(has, 1.0 / tl.where(has, l_i, 1.0), 0.0)
-    o1 = acc * inv[:, None]
-    o2 = acc2 * inv[:, None]
-    omask = rmask[:, None] & emask[None, :]
-    if DIRECT:
-        optr = out_ptr + b64 * s_ob + heads[:, None] * s_oh + e[None, :]
-        tl.store(optr, o1.to(out_ptr.dtype.element_ty), mask=omask)
-        if HAS_VHI:
-            tl.store(optr + DV, o2.to(out_ptr.dtype.element_ty), mask=omask)
-    else:
-        prow = (b64 * (HPG * tl.num_programs(1)) + heads) * N_SPLITS + sp  # (b, h, split) row index
-        tl.store(plse_ptr + prow, tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf")),
-                 mask=rmask)
-        pptr = po_ptr + prow[:, None] * DVT + e[None, :]
-        tl.store(pptr, o1, mask=omask)
-        if HAS_VHI:
-            tl.store(pptr + DV, o2, mask=omask)
+    _write(heads, rmask, m1, l1, a1, a1_hi, b64, sp, n_rows, po_ptr, plse_ptr, out_ptr, s_ob, s_oh, e, emask,
+           DV, DVT, N_SPLITS, DIFF, DIRECT)
+    if DIFF:
+        _write(heads + HPG * tl.num_programs(1), rmask, m2, l2, a2, a2_hi, b64, sp, n_rows, po_ptr, plse_ptr,
+               out_ptr, s_ob, s_oh, e, emask, DV, DVT, N_SPLITS, DIFF, DIRECT)
 
 
 @triton.jit
@@ -184,31 +226,27 @@ def _p2(x: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(x))
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
-                     slot_idx: torch.Tensor | None = None, v_hi: torch.Tensor | None = None,
-                     scale: float | None = None, *, n_splits: int | None = None, block_n: int | None = None,
-                     num_warps: int | None = None, num_stages: int | None = None) -> torch.Tensor:
-    """Triton implementation of `sambay.ops.attention.decode.decode_attention` (contract there).
-
-    Tuning knobs (keyword-only, for benchmarks): n_splits, block_n, num_warps, num_stages.
-    """
+def _check(q, k_cache, v_cache, cache_lens, slot_idx):
     batch, n_head, hs = q.shape
-    n_slots, n_kv, n_max, hs_k = k_cache.shape
-    dv = v_cache.shape[-1]
-    if hs_k != hs or v_cache.shape[:3] != k_cache.shape[:3] or n_head % n_kv:
+    if k_cache.shape[-1] != hs or v_cache.shape[:3] != k_cache.shape[:3] or n_head % k_cache.shape[1]:
         raise ValueError(f"shapes: q {tuple(q.shape)} k_cache {tuple(k_cache.shape)} v_cache {tuple(v_cache.shape)}")
-    if v_hi is not None and v_hi.shape != v_cache.shape:
-        raise ValueError(f"v_hi shape {tuple(v_hi.shape)} != v_cache shape {tuple(v_cache.shape)}")
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("v_hi", v_hi)):
-        if t is not None and t.stride(-1) != 1:
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.stride(-1) != 1:
             raise ValueError(f"{name} needs a unit stride on its last dim (got strides {t.stride()})")
     if cache_lens.shape != (batch,) or (slot_idx is not None and slot_idx.shape != (batch,)):
         raise ValueError("cache_lens and slot_idx must be (B,)")
-    hpg = n_head // n_kv
-    dvt = dv * (2 if v_hi is not None else 1)
+
+
+def _launch(q, k_cache, v_cache, cache_lens, slot_idx, scale, diff, n_splits, block_n, num_warps, num_stages):
+    """Run the split kernel (+ merge) -> (B, H, dv) plain, or (B, H, 2·dv) = [o1 rows; o2 rows] for DIFF."""
+    batch, n_head, hs = q.shape
+    n_kv, n_max, dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[-1]
+    groups = n_kv // 2 if diff else n_kv  # programs along axis 1: KV heads, or KV head pairs
+    hpg = n_head // n_kv  # plain: query heads per KV head; DIFF: differential heads per KV pair
+    dvt = 2 * dv if diff else dv
     scale = hs ** -0.5 if scale is None else float(scale)
     if n_splits is None:
-        n_splits = default_splits(batch, n_kv, n_max, q.device)
+        n_splits = default_splits(batch, groups, n_max, q.device)
     block_n = BLOCK_N_DEFAULT if block_n is None else block_n
     num_warps = NUM_WARPS_DEFAULT if num_warps is None else num_warps
     num_stages = NUM_STAGES_DEFAULT if num_stages is None else num_stages
@@ -221,18 +259,16 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     else:
         part_o = _empty(batch, n_head, n_splits, dvt, device=q.device, dtype=torch.float32)
         part_lse = _empty(batch, n_head, n_splits, device=q.device, dtype=torch.float32)
-    vh = v_hi if v_hi is not None else v_cache
     slot = slot_idx if slot_idx is not None else cache_lens  # unused pointer when HAS_SLOT is False
-    _decode_split_kernel[(batch, n_kv, n_splits)](
-        q, k_cache, v_cache, vh, cache_lens, slot, part_o, part_lse, out,
+    _decode_split_kernel[(batch, groups, n_splits)](
+        q, k_cache, v_cache, cache_lens, slot, part_o, part_lse, out,
         scale * 1.4426950408889634,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        vh.stride(0), vh.stride(1), vh.stride(2),
         out.stride(0), out.stride(1),
         HPG=hpg, QB=_p2(hpg), HS=hs, HSP=_p2(hs), DV=dv, DVP=_p2(dv), DVT=dvt, BLOCK_N=block_n, N_SPLITS=n_splits,
-        HAS_SLOT=slot_idx is not None, HAS_VHI=v_hi is not None, DIRECT=direct, DOT_F32=dot_f32,
+        HAS_SLOT=slot_idx is not None, DIFF=diff, DIRECT=direct, DOT_F32=dot_f32,
         num_warps=num_warps, num_stages=num_stages,
     )
     if not direct:
@@ -242,3 +278,31 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             num_warps=1 if dvt <= 128 else 2,
         )
     return out
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
+                     slot_idx: torch.Tensor | None = None, scale: float | None = None, *,
+                     n_splits: int | None = None, block_n: int | None = None, num_warps: int | None = None,
+                     num_stages: int | None = None) -> torch.Tensor:
+    """Triton implementation of `sambay.ops.attention.decode.decode_attention` (contract there).
+
+    Tuning knobs (keyword-only, for benchmarks): n_splits, block_n, num_warps, num_stages.
+    """
+    _check(q, k_cache, v_cache, cache_lens, slot_idx)
+    return _launch(q, k_cache, v_cache, cache_lens, slot_idx, scale, False, n_splits, block_n, num_warps,
+                   num_stages)
+
+
+def decode_diff_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
+                          slot_idx: torch.Tensor | None = None, scale: float | None = None, *,
+                          n_splits: int | None = None, block_n: int | None = None, num_warps: int | None = None,
+                          num_stages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton implementation of `sambay.ops.attention.decode.decode_diff_attention` (contract there): every
+    K and V element is read once for both softmaxes. Same tuning knobs as `decode_attention`."""
+    _check(q, k_cache, v_cache, cache_lens, slot_idx)
+    n_head, n_kv = q.shape[1], k_cache.shape[1]
+    if n_head % 2 or n_kv % 2:
+        raise ValueError(f"differential attention pairs heads: n_head {n_head} and n_kv {n_kv} must be even")
+    out = _launch(q, k_cache, v_cache, cache_lens, slot_idx, scale, True, n_splits, block_n, num_warps,
+                  num_stages)
+    return out[:, : n_head // 2], out[:, n_head // 2:]
