@@ -26,6 +26,13 @@ case "${1:-}" in
       SAMBAY_KERNELS=$kernels train "sambay-d16-$kernels" --preset sambay --depth 16 --steps 1 --warmup 1 \
         --micro-batch 2 --batch-tokens 32768
     done ;;
+  scan_train)  # #5/#7 after time-segmented scan forward: GPU scan tests, scan sweep, compiled d8 both families
+    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py 2>&1 | tail -4 \
+      | tee "$OUT/gpu-tests-scan.txt"
+    timeout 200 python benchmarks/kernels.py --sweep --only scan --out "$OUT/kernels-scan.txt" 2>&1 | tail -45
+    for arch in sambay transformer++; do
+      train "$arch-d8-compile" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 14
+    done ;;
   decode)  # #6 batch-64 point: decode kernels' GPU tests, attention decode sweep, per-kernel profile, bench
     timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_attention_gpu.py \
       tests/engine/test_engine_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu-tests-decode.txt"
@@ -51,5 +58,5 @@ case "${1:-}" in
       | grep -v '^USDT' | tee "$OUT/train-sambay-d8-2gpu.txt" | tail -24 ;;
   gpu_tests)  # every GPU-marked test
     timeout 400 python -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt" ;;
-  *) echo "usage: gpu_session.sh kernels_train|decode|generate|multi_gpu|gpu_tests" >&2; exit 2 ;;
+  *) echo "usage: gpu_session.sh kernels_train|scan_train|decode|generate|multi_gpu|gpu_tests" >&2; exit 2 ;;
 esac

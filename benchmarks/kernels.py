@@ -137,14 +137,12 @@ def bench_scan(copy_bw, sweep):
         return scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, save)
 
     # forward variants: (forward chunk BT, tile order, channels per program BD (0: adaptive), warps, channel
-    # contiguity VEC, prefetch distance in chunks, B/C upcast to fp32 first)
-    names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST", "FWD_BC_FP32")
+    # contiguity VEC, prefetch distance in chunks, B/C upcast to fp32 first, time segments (0: automatic))
+    names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST", "FWD_BC_FP32", "FWD_SEGMENTS")
     configs = [tuple(getattr(scan_tri, n) for n in names)]
     if sweep:
-        # order 0 at BT=1 spreads each channel's states over a few lanes: more threads in flight
-        configs += [(1, 1, 128, 4, 1, 1, False), (1, 0, 32, 1, 1, 1, False), (1, 0, 64, 2, 1, 1, False),
-                    (1, 0, 64, 4, 1, 1, False), (1, 0, 128, 4, 1, 1, False), (1, 0, 128, 8, 1, 1, False),
-                    (1, 0, 256, 8, 1, 1, False), (1, 0, 64, 2, 1, 2, False), (1, 0, 128, 4, 1, 2, False)]
+        configs += [(1, 1, 0, 8, 1, 1, False, 1), (1, 1, 0, 8, 1, 1, False, 2), (1, 1, 128, 4, 1, 1, False, 1),
+                    (1, 1, 64, 2, 1, 1, False, 1)]
     sweep_variants("fwd", names, configs, lambda: (lambda: fwd(False)), lambda r: r[:1], fwd_bytes, copy_bw)
     t_inf = ms(lambda: fwd(False))
     t_train = ms(lambda: fwd(True))
@@ -159,8 +157,8 @@ def bench_scan(copy_bw, sweep):
     bcfgs = [tuple(getattr(scan_tri, n) for n in bnames)]
     if sweep:  # checkpoint intervals below 8 store too many states (B*T/chunk*D*N*4 bytes) to be useful
         # one warp per program keeps the time axis inside each thread (no cross-warp scans)
-        bcfgs += [(8, 0, 8, 1, 8), (8, 0, 16, 1, 8), (8, 0, 16, 2, 8), (8, 0, 4, 1, 4),
-                  (16, 0, 8, 1, 8), (16, 0, 4, 1, 4), (4, 0, 8, 1, 8), (8, 0, 32, 1, 8)]
+        bcfgs += [(8, 0, 8, 2, 8), (8, 0, 8, 1, 8), (8, 0, 2, 1, 2), (8, 0, 4, 1, 2), (8, 0, 4, 2, 4),
+                  (4, 0, 4, 1, 4), (4, 0, 2, 1, 2), (16, 0, 4, 1, 4)]
     fwd_bt = scan_tri.FWD_BT
 
     def bwd_variant():
@@ -204,6 +202,16 @@ def bench_scan(copy_bw, sweep):
     tb = ms(lambda: scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs, True))
     say(f"   training shape B={Bt} T={T} D={Dt}: fwd (saving states) {tf:.3f} ms = {fb / tf / 1e6 / copy_bw:.1%} "
         f"of copy bw; bwd {tb:.3f} ms = {bb / tb / 1e6 / copy_bw:.1%}")
+    if sweep:
+        seg_default = scan_tri.FWD_SEGMENTS
+        try:
+            for segs in (1, 2, 4, 8, 16):
+                scan_tri.FWD_SEGMENTS = segs
+                y2 = scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, True)[0]
+                t = ms(lambda: scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, True))
+                say(f"   training shape fwd, {segs:2d} time segments: {t:.3f} ms (y vs default: {rel_err(y2, y):.1e})")
+        finally:
+            scan_tri.FWD_SEGMENTS = seg_default
     u = delta = z = y = dy = hs = None
 
     # the sequential PyTorch reference at a smaller size, and the kernel at the same size

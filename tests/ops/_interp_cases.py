@@ -54,20 +54,23 @@ def docs(batch, seqlen, cuts):
     return seq
 
 
-# forward (BT, order, BD, warps, vec, prefetch distance) x backward (checkpoint chunk, order, BD, warps, vec);
-# BD = 0 is the forward's adaptive block (one channel per thread)
+# forward (BT, order, BD, warps, vec, prefetch distance, time segments) x backward (checkpoint chunk, order,
+# BD, warps, vec); BD = 0 is the forward's adaptive block (one channel per thread). Segmented forwards cut
+# T = 37 into 16-token segments, so document resets and the initial state cross segment boundaries.
 SCAN_CONFIGS = {
-    "t16-o0-dist1": ((16, 0, 16, 4, 8, 1), (16, 0, 16, 4, 8)),
-    "t1-o1-dist2": ((1, 1, 32, 1, 1, 2), (2, 1, 32, 1, 1)),
-    "t1-o1-auto/c8-o0-1warp": ((1, 1, 0, 8, 1, 1), (8, 0, 8, 1, 8)),
-    "t2-o1-dist2/c8-o0": ((2, 1, 16, 1, 1, 2), (8, 0, 8, 2, 8)),
+    "t16-o0-dist1": ((16, 0, 16, 4, 8, 1, 1), (16, 0, 16, 4, 8)),
+    "t1-o1-dist2": ((1, 1, 32, 1, 1, 2, 1), (2, 1, 32, 1, 1)),
+    "t1-o1-auto/c8-o0-1warp": ((1, 1, 0, 8, 1, 1, 1), (8, 0, 8, 1, 8)),
+    "t2-o1-dist2/c8-o0": ((2, 1, 16, 1, 1, 2, 1), (8, 0, 8, 2, 8)),
+    "t1-o1-auto-3segments": ((1, 1, 0, 8, 1, 1, 3), (8, 0, 8, 2, 8)),
+    "t2-o1-dist2-2segments": ((2, 1, 16, 1, 1, 2, 2), (8, 0, 8, 2, 8)),
 }
 
 
 @pytest.fixture(params=list(SCAN_CONFIGS))
 def scan_config(request):
     fwd, bwd = SCAN_CONFIGS[request.param]
-    names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST",
+    names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST", "FWD_SEGMENTS",
              "CHUNK", "BWD_ORDER", "BWD_BD", "BWD_WARPS", "BWD_VEC")
     saved = {n: getattr(scan_tri, n) for n in names}
     for n, v in zip(names, fwd + bwd):

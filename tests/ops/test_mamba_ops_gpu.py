@@ -53,15 +53,16 @@ def _docs(batch, seqlen, cuts):
 # benchmark sweeps, so whichever becomes the default has been checked on the GPU
 SCAN_CONFIGS = {
     "default": (None, None),
-    "t16-o0-dist1": ((16, 0, 16, 4, 8, 1), (16, 0, 16, 4, 8)),
-    "t2-o1-dist2": ((2, 1, 64, 2, 1, 2), (8, 0, 8, 2, 8)),
+    "t16-o0-dist1": ((16, 0, 16, 4, 8, 1, 1), (16, 0, 16, 4, 8)),
+    "t2-o1-dist2": ((2, 1, 64, 2, 1, 2, 1), (8, 0, 8, 2, 8)),
+    "auto-4segments": ((1, 1, 0, 8, 1, 1, 4), (8, 0, 8, 2, 8)),
 }
 
 
 @pytest.fixture(params=list(SCAN_CONFIGS))
 def scan_config(request):
     fwd, bwd = SCAN_CONFIGS[request.param]
-    names_f = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST")
+    names_f = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST", "FWD_SEGMENTS")
     names_b = ("CHUNK", "BWD_ORDER", "BWD_BD", "BWD_WARPS", "BWD_VEC")
     saved = {n: getattr(scan_tri, n) for n in names_f + names_b}
     if fwd is not None:

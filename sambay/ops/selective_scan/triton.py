@@ -39,8 +39,8 @@ LOG2E = 1.4426950408889634
 # states saved at the forward's chunk starts. Chosen on an H100 (see benchmarks/results); overridable for
 # tuning, but the fake (meta) kernels read the same value.
 # Defaults from the H100 sweeps in benchmarks/results/kernels-h100-2026-11-23.txt (B=8, T=4096, D=4096, N=16):
-# forward: one token per step, (state, time, channel) tiles, one channel per thread (2.39 ms); backward:
-# 8-token checkpoints, (time, channel, state) tiles (26.9 ms). Checkpoint intervals below 8 were faster in
+# forward: one token per step, (state, time, channel) tiles, one channel per thread (2.27 ms); backward:
+# 8-token checkpoints, (time, channel, state) tiles. Checkpoint intervals below 8 were faster in
 # the backward but store B*T/CHUNK*D*N*4 bytes of states (4.3 GB at CHUNK=2), so they are not used.
 CHUNK = 8  # checkpoint interval = backward chunk length
 FWD_BT, FWD_ORDER, FWD_BD, FWD_WARPS, FWD_VEC, FWD_DIST = 1, 1, 0, 8, 1, 1  # FWD_BT must divide CHUNK
@@ -51,7 +51,17 @@ FWD_BT, FWD_ORDER, FWD_BD, FWD_WARPS, FWD_VEC, FWD_DIST = 1, 1, 0, 8, 1, 1  # FW
 # Optionally upcast B and C (B*T*N, small) to fp32 before the forward, so threads that each read the whole
 # B/C row skip the per-thread conversions. Measured slower on the H100 (2.48 vs 2.39 ms), so off.
 FWD_BC_FP32 = False
-BWD_ORDER, BWD_BD, BWD_WARPS, BWD_VEC = 0, 8, 2, 8
+# Time segments. One program walks its whole sequence at a fixed latency per token, so with few (batch,
+# channel) sequences (training shapes: B=4, D=1984 gives ~2 warps per SM) the forward is latency-bound. Cutting
+# the sequence into S segments multiplies the parallelism by S for about twice the arithmetic (pass 1 finds each
+# segment's final state from zero, pass 3 reruns it from the true entering state). FWD_SEGMENTS = 0: automatic,
+# only when the grid has fewer than FWD_SEG_BELOW warps per SM. H100 (kernels-h100-2026-11-23.txt, run 6): at
+# B=4, D=1984 (1.9 warps/SM) 1 / 4 / 8 / 16 segments took 2.15 / 1.13 / 0.77 / 0.76 ms; at B=8, D=4096 (7.8
+# warps/SM) 1 / 2 / 4 / 8 took 2.27 / 3.13 / 2.92 / 2.83 ms, so that shape stays one pass.
+FWD_SEGMENTS, FWD_SEG_BELOW, FWD_SEG_WARPS_PER_SM, FWD_MIN_SEG_LEN, FWD_MAX_SEGMENTS = 0, 4, 16, 256, 16
+# H100, B=8 T=4096 D=4096 (run 6): (BD, warps, VEC) = (8, 2, 8) 26.4 ms, (8, 1, 8) 24.9 ms, (4, 1, 4) 19.5 ms;
+# a 4-token checkpoint interval with (8, 1, 8) took 16.7 ms but doubles the saved states.
+BWD_ORDER, BWD_BD, BWD_WARPS, BWD_VEC = 0, 4, 1, 4
 # dB and dC sum over channels with fp32 atomics from every channel block of a batch row. Spreading those over
 # up to 64 partial buffers measured no faster on the H100 (27.1 -> 27.3..28.5 ms): contention is not the limit.
 
@@ -170,8 +180,8 @@ def _chunk_decay(dt, A2, tmask, reset):
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, h0_ptr, seq_ptr,
-    y_ptr, hT_ptr, hs_ptr,
-    T, DIM, NSTATE, NCHUNK,
+    y_ptr, hT_ptr, hs_ptr, P_ptr,
+    T, DIM, NSTATE, NCHUNK, SEG_LEN,
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_y_b, s_y_t,
     s_seq_b, s_seq_t,
     BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, VEC: tl.constexpr, R: tl.constexpr,
@@ -179,10 +189,17 @@ def _scan_fwd_kernel(
     AX_T: tl.constexpr, AX_D: tl.constexpr, AX_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_HT: tl.constexpr, STORE_HS: tl.constexpr,
+    LOCAL: tl.constexpr,
 ):
+    """Program (b, channel block, segment): tokens [seg·SEG_LEN, +SEG_LEN) from the state h0[b, seg].
+    LOCAL (pass 1 of a segmented forward): start from zero, write no outputs, only the segment's final
+    state and its total decay P = prod_t a_t (hT / P at [b, seg])."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)
     pid_b64 = pid_b.to(tl.int64)
+    seg_off = (pid_b64 * tl.num_programs(2) + pid_s) * DIM * NSTATE  # [b, seg] of (B, S, D, N) states
+    t0 = pid_s * SEG_LEN
     d3 = _at(tl.max_contiguous(pid_d * BD + tl.arange(0, BD), VEC), AX_D)
     n3 = _at(tl.arange(0, NP), AX_N)
     rows = _at(tl.arange(0, BT), AX_T)
@@ -197,23 +214,25 @@ def _scan_fwd_kernel(
         dtb = 0.0
     if HAS_D:
         Dv = tl.load(D_ptr + d3, mask=dmask, other=0.0).to(tl.float32)
-    state_off = pid_b64 * DIM * NSTATE + dn
     if HAS_H0:
-        h = tl.load(h0_ptr + state_off, mask=dnmask, other=0.0).to(tl.float32)
+        h = tl.load(h0_ptr + seg_off + dn, mask=dnmask, other=0.0).to(tl.float32)
     else:
         h = tl.zeros_like(A2)
+    if LOCAL:
+        decay = tl.zeros_like(A2) + 1.0
     nu, nx, nB, nC, nz, nr = _load_raw(
-        pid_b64, rows, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+        pid_b64, t0 + rows, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
         s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
     )
     if DIST == 2:
         # a second prefetched chunk: with short chunks one chunk of compute hides too little latency
         mu, mx, mB, mC, mz, mr = _load_raw(
-            pid_b64, rows + BT, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+            pid_b64, t0 + rows + BT, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
             s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
         )
-    NCKPT = (NCHUNK + R - 1) // R
-    for c in range(0, NCHUNK):
+    NCKPT = (NCHUNK + R - 1) // R  # checkpoints per sequence (NCHUNK: forward chunks of the whole sequence)
+    c0 = t0 // BT  # SEG_LEN is a multiple of the checkpoint interval: segments start on a checkpoint
+    for c in range(c0, tl.minimum(c0 + SEG_LEN // BT, NCHUNK)):
         if STORE_HS:
             # checkpoint the state at every backward-chunk start (every R forward chunks)
             if c % R == 0:
@@ -241,21 +260,53 @@ def _scan_fwd_kernel(
         else:
             acum, hh = tl.associative_scan((a, b), AX_T, _fwd_combine)
             hh = hh + acum * h
-        y = tl.sum(hh * Cv, axis=AX_N, keep_dims=True)
-        if HAS_D:
-            y = y + u * Dv
-        m2 = tmask & dmask
-        if HAS_Z:
-            zf = zz.to(tl.float32)
-            y = y * zf * tl.sigmoid(zf)
-        tl.store(y_ptr + pid_b64 * s_y_b + t * s_y_t + d3, y.to(y_ptr.dtype.element_ty), mask=m2)
+        if LOCAL:
+            if BT == 1:
+                decay = decay * a
+            else:
+                decay = decay * tl.reduce(a, AX_T, _mul, keep_dims=True)
+        else:
+            y = tl.sum(hh * Cv, axis=AX_N, keep_dims=True)
+            if HAS_D:
+                y = y + u * Dv
+            m2 = tmask & dmask
+            if HAS_Z:
+                zf = zz.to(tl.float32)
+                y = y * zf * tl.sigmoid(zf)
+            tl.store(y_ptr + pid_b64 * s_y_b + t * s_y_t + d3, y.to(y_ptr.dtype.element_ty), mask=m2)
         # the state after the chunk is its last row (padded rows carry it through unchanged)
         if BT == 1:
             h = hh
         else:
             h = tl.sum(tl.where(rows == BT - 1, hh, 0.0), axis=AX_T, keep_dims=True)
     if STORE_HT:
-        tl.store(hT_ptr + state_off, h, mask=dnmask)
+        tl.store(hT_ptr + seg_off + dn, h, mask=dnmask)
+    if LOCAL:
+        tl.store(P_ptr + seg_off + dn, decay, mask=dnmask)
+
+
+@triton.jit
+def _mul(a, b):
+    return a * b
+
+
+@triton.jit
+def _seg_carry_kernel(hloc_ptr, P_ptr, h0_ptr, init_ptr, hT_ptr, N_SEG, SIZE, BLOCK: tl.constexpr,
+                      HAS_H0: tl.constexpr):
+    """Pass 2 of the segmented forward, over flat (D·N) blocks of one batch row: the true state entering
+    each segment, init[s] = P[s-1] * init[s-1] + hloc[s-1] (init[0] = h0), and the final state."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    i = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = i < SIZE
+    if HAS_H0:
+        h = tl.load(h0_ptr + pid_b * SIZE + i, mask=m, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK], tl.float32)
+    for seg in range(0, N_SEG):
+        off = (pid_b * N_SEG + seg) * SIZE + i
+        tl.store(init_ptr + off, h, mask=m)
+        h = tl.load(P_ptr + off, mask=m, other=0.0) * h + tl.load(hloc_ptr + off, mask=m, other=0.0)
+    tl.store(hT_ptr + pid_b * SIZE + i, h, mask=m)
 
 
 @triton.jit
@@ -405,6 +456,19 @@ def _fwd_block(batch: int, dim: int, device: torch.device) -> tuple[int, int]:
     return 32 * warps * FWD_VEC, warps
 
 
+def _fwd_segments(batch: int, warps_per_row: int, seqlen: int, device: torch.device) -> int:
+    """How many time segments the forward runs in parallel: FWD_SEGMENTS when set; else 1 (one pass) unless
+    the grid has fewer than FWD_SEG_BELOW warps per SM, then a power of two that brings it to about
+    FWD_SEG_WARPS_PER_SM (each segment at least FWD_MIN_SEG_LEN tokens)."""
+    if FWD_SEGMENTS:
+        return max(1, min(FWD_SEGMENTS, triton.cdiv(seqlen, CHUNK)))
+    sms, warps = _sm_count(device), batch * warps_per_row
+    if warps >= FWD_SEG_BELOW * sms:
+        return 1
+    want = triton.next_power_of_2(triton.cdiv(FWD_SEG_WARPS_PER_SM * sms, warps))
+    return max(1, min(want, seqlen // FWD_MIN_SEG_LEN, FWD_MAX_SEGMENTS))
+
+
 def num_chunks(seqlen: int) -> int:
     return (seqlen + CHUNK - 1) // CHUNK
 
@@ -437,26 +501,49 @@ def scan_fwd(
     h0 = None if initial_state is None else initial_state.float().contiguous()
     dummy = hT
     block, warps = _fwd_block(batch, dim, u.device)
-    grid = (batch, triton.cdiv(dim, block))
-    _scan_fwd_kernel[grid](
-        u, delta, A, B, C,
-        dummy if D is None else D.contiguous(),
-        dummy if z is None else z,
-        dummy if delta_bias is None else delta_bias.contiguous(),
-        dummy if h0 is None else h0,
-        dummy if seq_idx is None else seq_idx,
-        y, hT, hs if save_states else dummy,
-        seqlen, dim, nstate, nchunk,
-        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
-        C.stride(0), C.stride(1),
-        0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
-        y.stride(0), y.stride(1),
-        0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
-        BT=FWD_BT, BD=block, NP=_np2(nstate), VEC=FWD_VEC, R=CHUNK // FWD_BT, DIST=FWD_DIST, **_axes(FWD_ORDER),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_H0=h0 is not None,
-        HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_HT=True, STORE_HS=save_states,
-        num_warps=warps,
+    n_seg = _fwd_segments(batch, triton.cdiv(dim, block) * warps, seqlen, u.device)
+    seg_len = triton.cdiv(triton.cdiv(seqlen, n_seg), CHUNK) * CHUNK  # segments start on checkpoints
+    n_seg = triton.cdiv(seqlen, seg_len)
+
+    def launch(h_in, h_out, P, local, z=z, D=D, y=y):
+        _scan_fwd_kernel[(batch, triton.cdiv(dim, block), n_seg)](
+            u, delta, A, B, C,
+            dummy if D is None else D.contiguous(),
+            dummy if z is None else z,
+            dummy if delta_bias is None else delta_bias.contiguous(),
+            dummy if h_in is None else h_in,
+            dummy if seq_idx is None else seq_idx,
+            y, dummy if h_out is None else h_out, hs if save_states and not local else dummy,
+            dummy if P is None else P,
+            seqlen, dim, nstate, nchunk, seg_len,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
+            C.stride(0), C.stride(1),
+            0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
+            y.stride(0), y.stride(1),
+            0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
+            BT=FWD_BT, BD=block, NP=_np2(nstate), VEC=FWD_VEC, R=CHUNK // FWD_BT, DIST=FWD_DIST,
+            **_axes(FWD_ORDER),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_H0=h_in is not None,
+            HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_HT=h_out is not None,
+            STORE_HS=save_states and not local, LOCAL=local,
+            num_warps=warps,
+        )
+
+    if n_seg == 1:
+        launch(h0, hT, None, False)
+        return y, hT, hs
+    # Segmented: (1) each segment's final state from zero and its total decay, in parallel; (2) a short
+    # sequential pass over segments gives the true state entering each; (3) every segment again from it.
+    seg_shape = (batch, n_seg, dim, nstate)
+    hloc = _empty(*seg_shape, device=u.device, dtype=torch.float32)
+    P = _empty(*seg_shape, device=u.device, dtype=torch.float32)
+    launch(None, hloc, P, True, z=None, D=None)
+    init = _empty(*seg_shape, device=u.device, dtype=torch.float32)
+    block_c = 1024
+    _seg_carry_kernel[(batch, triton.cdiv(dim * nstate, block_c))](
+        hloc, P, dummy if h0 is None else h0, init, hT, n_seg, dim * nstate, BLOCK=block_c, HAS_H0=h0 is not None,
     )
+    launch(init, None, None, False)
     return y, hT, hs
 
 
