@@ -9,7 +9,9 @@ Forward: one program per (batch row, block of BD channels) walks the sequence in
 chunk it loads [BT, BD] tiles of u, delta (and z) and [BT, N] tiles of B, C, builds the per-step decay
 a = exp(dt*A) and input b = dt*B*u as [BT, BD, N] fp32 tiles, runs `tl.associative_scan` over time,
 adds the carried state, reads out y = C.h + D*u (times silu(z)) and stores y. Only the state at each chunk
-start is written (fp32, B*T/BT*D*N*4 bytes), and only when a backward pass will need it.
+start is written (fp32, B*T/BT*D*N*4 bytes), and only when a backward pass will need it. When the grid is
+too thin to hide the per-token latency, the sequence is cut into time segments run in parallel (a local pass,
+a carry pass over segments, then the real pass from each segment's true entering state; see FWD_SEGMENTS).
 
 Backward walks the chunks in reverse: it reloads the chunk-start state, recomputes the chunk's h with the
 same scan, then runs a reverse scan for g_t = dL/dh_t = C_t*dy_t + a_{t+1} g_{t+1}, carrying
