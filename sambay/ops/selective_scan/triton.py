@@ -507,7 +507,7 @@ def scan_fwd(
     seg_len = triton.cdiv(triton.cdiv(seqlen, n_seg), CHUNK) * CHUNK  # segments start on checkpoints
     n_seg = triton.cdiv(seqlen, seg_len)
 
-    def launch(h_in, h_out, P, local, z=z, D=D, y=y):
+    def launch(h_in, h_out, P, local, z=z, D=D):
         _scan_fwd_kernel[(batch, triton.cdiv(dim, block), n_seg)](
             u, delta, A, B, C,
             dummy if D is None else D.contiguous(),
