@@ -33,6 +33,16 @@ case "${1:-}" in
     for arch in sambay transformer++; do
       train "$arch-d8-compile" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 14
     done ;;
+  scan_bwd)  # #5/#7: step backward kernel: GPU scan tests + the compiled-block graph-break test, scan sweep
+    timeout 200 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py \
+      "tests/ops/test_attention_gpu.py::test_forward_context_prebuilds_exactly_the_flex_masks_and_compiled_blocks_do_not_break" \
+      2>&1 | tail -6 | tee "$OUT/gpu-tests-scan.txt"
+    timeout 330 python benchmarks/kernels.py --sweep --only scan --out "$OUT/kernels-scan.txt" 2>&1 \
+      | grep -E "bwd|fwd\+bwd|shape|result" ;;
+  train_d8)  # #7: compiled d8 SambaY vs Transformer++ (one process each, same call), with a profile
+    for arch in sambay transformer++; do
+      train "$arch-d8-compile" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 14
+    done ;;
   decode)  # #6 batch-64 point: decode kernels' GPU tests, attention decode sweep, per-kernel profile, bench
     timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_attention_gpu.py \
       tests/engine/test_engine_gpu.py 2>&1 | tail -5 | tee "$OUT/gpu-tests-decode.txt"
@@ -58,5 +68,6 @@ case "${1:-}" in
       | grep -v '^USDT' | tee "$OUT/train-sambay-d8-2gpu.txt" | tail -24 ;;
   gpu_tests)  # every GPU-marked test
     timeout 400 python -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt" ;;
-  *) echo "usage: gpu_session.sh kernels_train|scan_train|decode|generate|multi_gpu|gpu_tests" >&2; exit 2 ;;
+  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|train_d8|decode|generate|multi_gpu|gpu_tests" >&2
+     exit 2 ;;
 esac

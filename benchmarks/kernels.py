@@ -74,11 +74,15 @@ def sweep_variants(kind, names, configs, make, outputs, nbytes, copy_bw):
         for cfg in configs:
             for n, v in zip(names, cfg):
                 setattr(scan_tri, n, v)
-            label = " ".join(f"{n.split('_', 1)[-1].lower()}={int(v)}" for n, v in zip(names, cfg))
+            label = " ".join(f"{n.split('_', 1)[-1].lower()}={v if isinstance(v, str) else int(v)}"
+                             for n, v in zip(names, cfg))
             try:
                 fn = make()
+                scan_tri.LAUNCHED.clear()
                 got = outputs(fn())
                 t = ms(fn)
+                regs = " ".join(f"{k} {getattr(v, 'n_regs', '?')} regs/{getattr(v, 'n_spills', '?')} spills"
+                                for k, v in scan_tri.LAUNCHED.items())
             except Exception as e:
                 say(f"   {kind} variant {label}: FAILED {type(e).__name__}: {e}"[:300])
                 continue
@@ -86,7 +90,7 @@ def sweep_variants(kind, names, configs, make, outputs, nbytes, copy_bw):
             err = max(rel_err(g, r) for g, r in zip(got, ref)) if ref is not None else float("nan")
             results[cfg] = t
             say(f"   {kind} variant {label}: {t:.3f} ms  (outputs vs default: {err:.1e})  "
-                f"{nbytes / t / 1e6:.0f} GB/s = {nbytes / t / 1e6 / copy_bw:.1%} of copy bw")
+                f"{nbytes / t / 1e6:.0f} GB/s = {nbytes / t / 1e6 / copy_bw:.1%} of copy bw  [{regs}]")
     finally:
         for n, v in zip(names, default):
             setattr(scan_tri, n, v)
@@ -152,13 +156,11 @@ def bench_scan(copy_bw, sweep):
 
     y, hT, hs = fwd(True)
     dy = torch.randn_like(y)
-    # backward variants: (checkpoint interval = backward chunk, order, BD, warps, VEC)
-    bnames = ("CHUNK", "BWD_ORDER", "BWD_BD", "BWD_WARPS", "BWD_VEC")
+    # backward variants: (checkpoint interval = backward chunk, max warps per program, time segments (0: auto))
+    bnames = ("CHUNK", "BWD_WARPS", "BWD_SEGMENTS")
     bcfgs = [tuple(getattr(scan_tri, n) for n in bnames)]
-    if sweep:  # checkpoint intervals below 8 store too many states (B*T/chunk*D*N*4 bytes) to be useful
-        # one warp per program keeps the time axis inside each thread (no cross-warp scans)
-        bcfgs += [(8, 0, 8, 2, 8), (8, 0, 8, 1, 8), (8, 0, 2, 1, 2), (8, 0, 4, 1, 2), (8, 0, 4, 2, 4),
-                  (4, 0, 4, 1, 4), (4, 0, 2, 1, 2), (16, 0, 4, 1, 4)]
+    if sweep:  # intervals below 8 store too many states (B*T/chunk*D*N*4 bytes) to be useful
+        bcfgs += [(8, 2, 0), (16, 1, 0), (8, 1, 2)]
     fwd_bt = scan_tri.FWD_BT
 
     def bwd_variant():
@@ -205,13 +207,18 @@ def bench_scan(copy_bw, sweep):
     if sweep:
         seg_default = scan_tri.FWD_SEGMENTS
         try:
-            for segs in (1, 2, 4, 8, 16):
+            for segs in (1, 4, 16):
                 scan_tri.FWD_SEGMENTS = segs
                 y2 = scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, True)[0]
                 t = ms(lambda: scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, True))
                 say(f"   training shape fwd, {segs:2d} time segments: {t:.3f} ms (y vs default: {rel_err(y2, y):.1e})")
         finally:
             scan_tri.FWD_SEGMENTS = seg_default
+        tcfgs = [tuple(getattr(scan_tri, n) for n in bnames)]
+        tcfgs += [(8, 1, segs) for segs in (1, 4, 8)]
+        sweep_variants("training-shape bwd", bnames, tcfgs,
+                       lambda: (lambda: scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs, True)),
+                       lambda r: r[:5], bb, copy_bw)
     u = delta = z = y = dy = hs = None
 
     # the sequential PyTorch reference at a smaller size, and the kernel at the same size

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from sambay.train import distributed as D  # noqa: E402
 from sambay.train.config import TrainConfig  # noqa: E402
 from sambay.train.metrics import known_peak_flops, measure_matmul_peak  # noqa: E402
-from sambay.train.trainer import Trainer  # noqa: E402
+from sambay.train.trainer import Trainer, materialize  # noqa: E402
 
 
 def main() -> int:
@@ -73,8 +73,9 @@ def main() -> int:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
-        for _ in range(args.steps):
-            rec = trainer.train_step()
+        for _ in range(args.steps):  # queued back to back, as `Trainer.fit` runs them
+            rec = trainer.launch_step()
+        rec = materialize(rec)
         sync()
         elapsed = time.perf_counter() - t0
         tokens_per_s = args.steps * trainer.plan.batch_tokens / elapsed  # global

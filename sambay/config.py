@@ -81,6 +81,12 @@ class ModelConfig:
         return "full_kv" in self.layer_plan
 
     @property
+    def attention_windows(self) -> set[int | None]:
+        """Key windows of the plan's attention layers (None: full causal; cross-attention is full)."""
+        return {self.window if kind == "swa" else None for kind in self.layer_plan
+                if kind in ("swa", "full", "full_kv", "cross")}
+
+    @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.rotary_fraction) if self.positional == "rope" else 0
 

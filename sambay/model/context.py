@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from sambay.ops.attention import attention
-from sambay.ops.attention.prefill import prefill_attention
+from sambay.ops.attention.prefill import flex_block_masks, prefill_attention
 
 # core(q (B, Tq, H, hs), k (B, Tk, G, hs), v (B, Tk, G, dv)) -> (B, Tq, H, dv): masked softmax attention
 AttentionCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -30,7 +30,7 @@ class ForwardContext:
     container arguments that hold grad-requiring tensors, which would hand later blocks a copy.
     """
 
-    __slots__ = ("positions", "document_ids", "memory", "shared_kv", "_masks")
+    __slots__ = ("positions", "document_ids", "memory", "shared_kv", "block_masks", "_masks")
 
     def __init__(self, positions: torch.Tensor, document_ids: torch.Tensor | None = None,
                  memory: torch.Tensor | None = None,
@@ -39,15 +39,22 @@ class ForwardContext:
         self.document_ids = document_ids  # (B, T) int; tokens attend / carry state only within a document
         self.memory = memory  # (B, T, d_inner) GMU memory from the mamba_memory layer
         self.shared_kv = shared_kv  # (B, T, G, hs) each, from the full_kv layer
+        self.block_masks: dict = {}  # window -> flex BlockMask, prebuilt by `for_tokens` (CUDA only)
         self._masks: dict = {}
 
     @classmethod
-    def for_tokens(cls, input_ids: torch.Tensor, document_ids: torch.Tensor | None = None) -> ForwardContext:
+    def for_tokens(cls, input_ids: torch.Tensor, document_ids: torch.Tensor | None = None,
+                   windows=()) -> ForwardContext:
+        """Context for a (B, T) batch. `windows`: the attention windows the layers will ask for; on CUDA
+        their flex block masks are built here, eagerly, so compiled blocks receive them as inputs."""
         batch, seqlen = input_ids.shape
         positions = torch.arange(seqlen, device=input_ids.device).expand(batch, seqlen)
         if document_ids is not None and document_ids.shape != input_ids.shape:
             raise ValueError(f"document_ids shape {tuple(document_ids.shape)} != input_ids shape {tuple(input_ids.shape)}")
-        return cls(positions=positions, document_ids=document_ids)
+        ctx = cls(positions=positions, document_ids=document_ids)
+        if input_ids.is_cuda:
+            ctx.block_masks = flex_block_masks(positions, windows, document_ids)
+        return ctx
 
     def attention_core(self, window: int | None) -> AttentionCore:
         """Causal attention over this batch (`window` keys including the query, or all; within documents).
@@ -56,7 +63,9 @@ class ForwardContext:
         dense mask below, built once per window and shared by every layer.
         """
         if self.positions.is_cuda:
-            return lambda q, k, v: prefill_attention(q, k, v, window=window, document_ids=self.document_ids)
+            block_mask = self.block_masks.get(window)
+            return lambda q, k, v: prefill_attention(q, k, v, window=window, document_ids=self.document_ids,
+                                                     block_mask=block_mask)
         return masked_core(self.attention_mask(window))
 
     def attention_mask(self, window: int | None) -> torch.Tensor:

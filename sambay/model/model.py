@@ -91,7 +91,7 @@ class CausalLM(nn.Module):
             if document_ids is not None or input_ids.shape[0] != 1:
                 raise ValueError("cu_seqlens describes one packed row: use it with batch size 1 and no document_ids")
             document_ids = document_ids_from_cu_seqlens(cu_seqlens, input_ids.shape[1])
-        ctx = ForwardContext.for_tokens(input_ids, document_ids)
+        ctx = ForwardContext.for_tokens(input_ids, document_ids, windows=self.config.attention_windows)
         x = self.embed(input_ids).float()  # the residual stream is kept in fp32
         hidden = [] if output_hidden_states else None
         for block in self.layers:  # self-decoder, then cross-decoder (reads ctx.memory / ctx.shared_kv)

@@ -13,6 +13,7 @@ Schedules (ARCHITECTURE.md §13.6, step = optimizer step counted from 0):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -81,13 +82,23 @@ def group_grad_norms(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor
 
 
 def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> tuple[torch.Tensor, dict]:
-    """Clip to a global norm over all groups; returns (total norm before clipping, per-group norms)."""
+    """Clip to a global norm over all groups; returns (total norm before clipping, per-group norms), all
+    0-dim device tensors. Nothing here waits for the device: the scale min(1, max_norm / norm) is applied as
+    a tensor, so a step's kernels are queued back to back (a host sync here idled the GPU every step)."""
     norms = group_grad_norms(optimizer)
     total = torch.stack([n.float() for n in norms.values()]).square().sum().sqrt()
     if max_norm > 0:
-        # a python scalar (not a tensor) so the same code scales plain tensors and FSDP2 DTensor shards
-        coef = min(1.0, max_norm / (float(total) + 1e-6))
-        if coef < 1.0:
-            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        with _plain_tensors_as_replicated(grads):
             torch._foreach_mul_(grads, coef)
     return total, norms
+
+
+def _plain_tensors_as_replicated(grads: list[torch.Tensor]):
+    """FSDP2 gradients are DTensor shards: let the (plain, replicated) scale multiply them."""
+    if any(type(g).__name__ == "DTensor" for g in grads):
+        from torch.distributed.tensor.experimental import implicit_replication
+
+        return implicit_replication()
+    return contextlib.nullcontext()

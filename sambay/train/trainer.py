@@ -126,7 +126,14 @@ class Trainer:
             return self.par.wrapped(x, targets=y, document_ids=docs, return_logits=False).loss
 
     def train_step(self) -> dict:
-        """One optimizer step over `grad_accum` micro-batches. Returns the step's record."""
+        """One optimizer step over `grad_accum` micro-batches. Returns the step's record (floats; waits for
+        the device to finish the step)."""
+        return materialize(self.launch_step())
+
+    def launch_step(self) -> dict:
+        """Queue one optimizer step without waiting for the device: the record's loss and gradient norms
+        are 0-dim device tensors until `materialize`d. `fit` reads each record one step late, so the host
+        is already queueing the next step while the device runs this one."""
         plan = self.plan
         factor = self.schedule.apply(self.optimizer, plan.lr, self.step)
         loss_sum = torch.zeros((), device=self.dist.device)
@@ -144,12 +151,12 @@ class Trainer:
         self.tokens += plan.batch_tokens
         self.throughput.add(plan.batch_tokens)
         loss = D.all_reduce_mean(loss_sum / plan.grad_accum)
-        record = {"step": self.step, "tokens": self.tokens, "loss": loss.item(), "lr_factor": factor,
-                  "grad_norm": total_norm.item()}
+        record = {"step": self.step, "tokens": self.tokens, "loss": loss.detach(), "lr_factor": factor,
+                  "grad_norm": total_norm.detach()}
         for g in self.optimizer.param_groups:
             record[f"lr_{g['name']}"] = g["lr"]
         for name, n in norms.items():
-            record[f"grad_norm_{name}"] = n.item()
+            record[f"grad_norm_{name}"] = n.detach()
         return record
 
     # ------------------------------------------------------------------ validation
@@ -186,35 +193,49 @@ class Trainer:
                         f"(accum {plan.grad_accum}, world {plan.world_size}, {plan.parallel}, {plan.dtype}); "
                         f"lr {plan.lr:.3g} x {plan.lr_multipliers}")
         last_eval = {}
+        pending = None  # the previous step's record, read while the device runs the current step
         try:
             while self.step < stop:
-                record = self.train_step()
-                self.history.append(record)
+                launched = self.launch_step()
+                if pending is not None:
+                    self._report(materialize(pending), log, stop)
+                pending = launched
                 done = self.step == stop
-                if self.step % cfg.log_every == 0 or done:
-                    record.update(self.throughput.tick())
-                    log.log(record)
-                log.progress_update(self.step, record["loss"], record)
-                paused = False
-                if self.val_sets and (self.step % cfg.eval_every == 0 or done):
+                evaluate = bool(self.val_sets) and (self.step % cfg.eval_every == 0 or done)
+                checkpoint = self.step % cfg.ckpt_every == 0 or done
+                if evaluate or checkpoint:  # this step's line comes before the eval / save lines
+                    self._report(materialize(pending), log, stop)
+                    pending = None
+                if evaluate:
                     last_eval = self.evaluate()
                     log.log({"step": self.step, "tokens": self.tokens, **last_eval})
                     log.message(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-                    paused = True
-                if self.step % cfg.ckpt_every == 0 or done:
+                if checkpoint:
                     path = self.save()
                     if path is not None:
                         log.message(f"saved {path}")
-                    paused = True
-                if paused:
+                if evaluate or checkpoint:
                     self.throughput.restart()  # evaluation / saving time is not training throughput
         finally:
             log.close()
         return {"step": self.step, "tokens": self.tokens,
                 "loss": self.history[-1]["loss"] if self.history else None, **last_eval}
 
+    def _report(self, record: dict, log: MetricsLogger, stop: int) -> None:
+        """Keep and log one finished step's record (throughput and MFU on the log_every steps)."""
+        self.history.append(record)
+        if record["step"] % self.cfg.log_every == 0 or record["step"] == stop:
+            record.update(self.throughput.tick())
+            log.log(record)
+        log.progress_update(record["step"], record["loss"], record)
+
     def close(self) -> None:
         D.shutdown()
+
+
+def materialize(record: dict) -> dict:
+    """A step record with its device tensors turned into Python floats (waits for the device)."""
+    return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in record.items()}
 
 
 def train(cfg: TrainConfig) -> dict | None:

@@ -54,26 +54,27 @@ def docs(batch, seqlen, cuts):
     return seq
 
 
-# forward (BT, order, BD, warps, vec, prefetch distance, time segments) x backward (checkpoint chunk, order,
-# BD, warps, vec); BD = 0 is the forward's adaptive block (one channel per thread). Segmented forwards cut
-# T = 37 into 16-token segments, so document resets and the initial state cross segment boundaries.
+# Kernel configurations (module constants of scan_tri; the rest keep their defaults). FWD_BD = 0 is the
+# forward's adaptive block (one channel per thread). Segmented passes cut T = 37 into 16-token (CHUNK 8) or
+# 8-token (CHUNK 4) segments, so document resets, the initial state and the final-state gradient cross
+# segment boundaries.
 SCAN_CONFIGS = {
-    "t16-o0-dist1": ((16, 0, 16, 4, 8, 1, 1), (16, 0, 16, 4, 8)),
-    "t1-o1-dist2": ((1, 1, 32, 1, 1, 2, 1), (2, 1, 32, 1, 1)),
-    "t1-o1-auto/c8-o0-1warp": ((1, 1, 0, 8, 1, 1, 1), (8, 0, 8, 1, 8)),
-    "t2-o1-dist2/c8-o0": ((2, 1, 16, 1, 1, 2, 1), (8, 0, 8, 2, 8)),
-    "t1-o1-auto-3segments": ((1, 1, 0, 8, 1, 1, 3), (8, 0, 8, 2, 8)),
-    "t2-o1-dist2-2segments": ((2, 1, 16, 1, 1, 2, 2), (8, 0, 8, 2, 8)),
+    "fwd-t16-o0/c16": dict(FWD_BT=16, FWD_ORDER=0, FWD_BD=16, FWD_WARPS=4, FWD_VEC=8, FWD_DIST=1, FWD_SEGMENTS=1,
+                           CHUNK=16, BWD_SEGMENTS=1),
+    "fwd-t1-o1-dist2/c2": dict(FWD_BT=1, FWD_ORDER=1, FWD_BD=32, FWD_WARPS=1, FWD_VEC=1, FWD_DIST=2,
+                               FWD_SEGMENTS=1, CHUNK=2, BWD_SEGMENTS=1),
+    "fwd-t2-o1-dist2-2segments": dict(FWD_BT=2, FWD_ORDER=1, FWD_BD=16, FWD_WARPS=1, FWD_VEC=1, FWD_DIST=2,
+                                      FWD_SEGMENTS=2, BWD_SEGMENTS=1),
+    "3segments-both": dict(FWD_SEGMENTS=3, BWD_SEGMENTS=3),
+    "bwd-c4-5segments": dict(CHUNK=4, BWD_SEGMENTS=5),
 }
 
 
 @pytest.fixture(params=list(SCAN_CONFIGS))
 def scan_config(request):
-    fwd, bwd = SCAN_CONFIGS[request.param]
-    names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST", "FWD_SEGMENTS",
-             "CHUNK", "BWD_ORDER", "BWD_BD", "BWD_WARPS", "BWD_VEC")
-    saved = {n: getattr(scan_tri, n) for n in names}
-    for n, v in zip(names, fwd + bwd):
+    settings = SCAN_CONFIGS[request.param]
+    saved = {n: getattr(scan_tri, n) for n in settings}
+    for n, v in settings.items():
         setattr(scan_tri, n, v)
     yield request.param
     for n, v in saved.items():

@@ -181,3 +181,33 @@ def test_sdpa_backends_full_causal(name, gqa_native, dvm, split_v):
     assert rel(out, ref) < 1e-2
     for nm, a, b in zip("qkv", grads, ref_grads):
         assert rel(a, b) < 2e-2, nm
+
+
+def test_forward_context_prebuilds_exactly_the_flex_masks_and_compiled_blocks_do_not_break():
+    # The model's eager forward builds every flex BlockMask once; the compiled blocks then take them as
+    # inputs. Building them inside a compiled block split its graph (one break per sliding-window layer).
+    import torch._dynamo
+
+    from sambay import CausalLM
+    from sambay.config import tiny
+    from sambay.model.context import ForwardContext
+    from sambay.train.parallel import apply_compile
+
+    B, T = 2, 256
+    ids = torch.zeros(B, T, dtype=torch.long, device=DEV)
+    doc = torch.zeros(B, T, dtype=torch.long, device=DEV)
+    doc[:, 100:] = 1
+    assert set(ForwardContext.for_tokens(ids, windows={32, None}).block_masks) == {32}  # full causal: SDPA
+    assert set(ForwardContext.for_tokens(ids, doc, windows={32, None}).block_masks) == {32, None}
+    assert ForwardContext.for_tokens(ids, windows={T, None}).block_masks == {}  # window >= T is full causal
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = CausalLM(tiny("sambay", depth=8, d_model=128, window=32)).to(DEV)
+    apply_compile(model)
+    tokens = torch.randint(0, model.config.vocab_size, (B, T), device=DEV)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        for docs in (None, doc):
+            model(tokens, targets=tokens, document_ids=docs).loss.backward()
+    breaks = dict(torch._dynamo.utils.counters["graph_break"])
+    assert not breaks, breaks

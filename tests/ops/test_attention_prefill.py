@@ -90,6 +90,31 @@ def test_flex_backend_block_mask_semantics_on_cpu(window, with_docs):
         assert rel(out2, masked_attention(q, k, v, dense_mask(T, window, doc, "cpu"))) < 1e-5
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_uses_a_prebuilt_block_mask_and_rejects_one_for_another_length():
+    from sambay.ops.attention.prefill import block_mask_for
+
+    B, T = 2, 160
+    q, k, v = _inputs(B, T, 4, 2, 16, 16)
+    doc = _docs(B, T, [[40], [90]])
+    bm = block_mask_for(B, T, 24, doc, q.device)
+    with torch.no_grad():
+        out = prefill_attention(q, k, v, window=24, document_ids=doc, backend="flex", block_mask=bm)
+        with pytest.raises(ValueError, match="lengths"):
+            prefill_attention(q[:, :128], k[:, :128], v[:, :128], window=24, backend="flex", block_mask=bm)
+    assert rel(out, masked_attention(q, k, v, dense_mask(T, 24, doc, "cpu"))) < 1e-5
+
+
+def test_cpu_forward_context_builds_no_block_masks():
+    # CPU attention takes the dense path, so the model's context has no flex masks to prebuild
+    from sambay.model.context import ForwardContext
+    from sambay.ops.attention.prefill import flex_block_masks
+
+    ids = torch.zeros(2, 64, dtype=torch.long)
+    assert flex_block_masks(ids, {16, None}, None) == {}
+    assert ForwardContext.for_tokens(ids, windows={16, None}).block_masks == {}
+
+
 def test_sdpa_backend_requires_plain_causal():
     q, k, v = _inputs(1, 8, 2, 2, 4, 4)
     with pytest.raises(ValueError):

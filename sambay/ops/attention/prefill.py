@@ -74,7 +74,7 @@ def dense_mask(seqlen: int, window: int | None, document_ids: torch.Tensor | Non
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int | None = None,
                       document_ids: torch.Tensor | None = None, scale: float | None = None,
-                      backend: str | None = None) -> torch.Tensor:
+                      backend: str | None = None, block_mask=None) -> torch.Tensor:
     """Causal (optionally sliding-window, optionally document-masked) attention with GQA.
 
     Args:
@@ -85,6 +85,9 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, wind
             "varlen" backend each document must be one contiguous run.
         scale: softmax scale, default 1/sqrt(hs).
         backend: None (auto) or one of "dense", "sdpa", "flex", "varlen".
+        block_mask: the flex backend's BlockMask for exactly these (B, T, window, document_ids), from
+            `flex_block_masks` (built once per forward, outside compiled code: building it inside a compiled
+            region breaks the graph); built or looked up here when None. Other backends ignore it.
     Returns:
         (B, T, H, dv) in q's dtype (a transposed view of a (B, H, T, dv) buffer on the fused paths).
     """
@@ -102,7 +105,7 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, wind
         window = None
     scale = hs ** -0.5 if scale is None else float(scale)
     if backend is None:
-        backend = _auto_backend(q, k, v, window, document_ids)
+        backend = _auto_backend(q, window, document_ids)
     if backend not in _BACKENDS:
         raise ValueError(f"backend {backend!r} not in {_BACKENDS}")
     if backend == "sdpa" and (window is not None or document_ids is not None):
@@ -123,7 +126,11 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, wind
             _warn_fallback(FALLBACK[0], e)
             return sdpa_causal(q, k, v, scale, "math", False, False)
     if backend == "flex":
-        return _flex(q, k, v, window, document_ids, scale)
+        if block_mask is None:
+            block_mask = block_mask_for(batch, seqlen, window, document_ids, q.device)
+        elif tuple(block_mask.seq_lengths) != (seqlen, seqlen):
+            raise ValueError(f"block_mask was built for lengths {tuple(block_mask.seq_lengths)}, not {seqlen}")
+        return _flex(q, k, v, block_mask, scale)
     return _varlen(q, k, v, window, document_ids, scale)
 
 
@@ -138,8 +145,9 @@ def _warn_fallback(name: str, err: Exception) -> None:
     _warn_fallback_once(name, str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
 
 
-def _auto_backend(q, k, v, window, document_ids) -> str:
-    if kernel_mode() == "reference" or not q.is_cuda or not use_triton("prefill_attention", q, k, v):
+def _auto_backend(x: torch.Tensor, window, document_ids) -> str:
+    """The backend `prefill_attention` picks for inputs on x's device (window already clipped to T)."""
+    if kernel_mode() == "reference" or not x.is_cuda or not use_triton("prefill_attention", x):
         return "dense"
     if window is None and document_ids is None:
         return "sdpa"
@@ -246,10 +254,26 @@ def block_mask_for(batch: int, seqlen: int, window: int | None, document_ids: to
     return bm
 
 
-def _flex(q, k, v, window, document_ids, scale):
+def flex_block_masks(x: torch.Tensor, windows, document_ids: torch.Tensor | None) -> dict:
+    """{window: BlockMask} for each of `windows` that `prefill_attention` would run on the flex backend
+    for (B, T) = x.shape[:2] on x's device with these document ids; windows on other backends are absent.
+
+    Call it where code runs eagerly (the model's forward, before its compiled blocks) and pass each mask as
+    `prefill_attention(..., block_mask=)`: the masks are then built (or fetched from the cache) once per
+    forward, and the compiled blocks take them as plain inputs instead of breaking their graphs.
+    """
+    batch, seqlen = x.shape[:2]
+    masks = {}
+    for window in windows:
+        clipped = None if window is None or window >= seqlen else window
+        if _auto_backend(x, clipped, document_ids) == "flex":
+            masks[window] = block_mask_for(batch, seqlen, clipped, document_ids, x.device)
+    return masks
+
+
+def _flex(q, k, v, bm, scale):
     from torch.nn.attention.flex_attention import flex_attention
 
-    bm = block_mask_for(q.shape[0], q.shape[1], window, document_ids, q.device)
     fn = _compiled_flex() if q.is_cuda else flex_attention
     qt, kt = q.transpose(1, 2), k.transpose(1, 2)
     kw = {} if FLEX_KERNEL_OPTIONS is None or not q.is_cuda else {"kernel_options": dict(FLEX_KERNEL_OPTIONS)}
@@ -328,5 +352,5 @@ def causal_flops(batch: int, seqlen: int, n_head: int, hs: int, dv: int, window:
     return 2.0 * (hs + dv) * n_head * sum(pairs(n) for n in docs)
 
 
-__all__ = ["prefill_attention", "dense_mask", "sdpa_causal", "block_mask_for", "varlen_available",
+__all__ = ["prefill_attention", "dense_mask", "sdpa_causal", "block_mask_for", "flex_block_masks", "varlen_available",
            "cu_seqlens_from_documents", "causal_flops", "SDPA_TRAIN", "SDPA_INFER", "WINDOW_BACKEND"]

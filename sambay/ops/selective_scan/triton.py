@@ -13,14 +13,13 @@ start is written (fp32, B*T/BT*D*N*4 bytes), and only when a backward pass will 
 too thin to hide the per-token latency, the sequence is cut into time segments run in parallel (a local pass,
 a carry pass over segments, then the real pass from each segment's true entering state; see FWD_SEGMENTS).
 
-Backward walks the chunks in reverse: it reloads the chunk-start state, recomputes the chunk's h with the
-same scan, then runs a reverse scan for g_t = dL/dh_t = C_t*dy_t + a_{t+1} g_{t+1}, carrying
-a_{t0} g_{t0} into the previous chunk. Since a_{t+1} sits one row below, the reverse scan works on
-triples (F, M, V): a range [t..e] means g_t = V + M * (a_{e+1} g_{e+1}), and F = a_t is what the range
-contributes when it becomes the later half of a combine. a_t h_{t-1} is recovered as h_t - b_t, so no
-shifted tiles are needed. Per-(batch, channel) partials (dA, dD, d delta_bias) are stored per program and
-summed in torch; dB and dC (summed over channels) use fp32 atomics, which makes them non-deterministic
-in the last bits.
+Backward: one channel per thread, token by token (`_scan_bwd_kernel`). Per checkpoint chunk, in reverse,
+a program reruns the forward from the saved chunk-start state, keeping each h_t in a small per-program
+scratch tile (each thread reads back only what it wrote), then walks the chunk backwards with
+g_t = dL/dh_t = C_t*dy_t + a_{t+1} g_{t+1}, carrying a_t g_t into the token before. a_t h_{t-1} is recovered
+as h_t - b_t. Sums over states stay inside a thread; the sums over channels (dB, dC) are reduced per program
+and stored as partials, like dA, dD and d delta_bias, which torch sums (no atomics: deterministic). Thin
+grids use time segments as the forward does (the carry of g runs from the last segment to the first).
 
 Document resets (`seq_idx` changes between t-1 and t) set a_t = 0, which both cuts the forward carry and
 stops the gradient. Rows past T in the last chunk get a = 1, b = 0 so the state passes through unchanged.
@@ -42,8 +41,7 @@ LOG2E = 1.4426950408889634
 # tuning, but the fake (meta) kernels read the same value.
 # Defaults from the H100 sweeps in benchmarks/results/kernels-h100-2026-11-23.txt (B=8, T=4096, D=4096, N=16):
 # forward: one token per step, (state, time, channel) tiles, one channel per thread (2.27 ms); backward:
-# 8-token checkpoints, (time, channel, state) tiles. Checkpoint intervals below 8 were faster in
-# the backward but store B*T/CHUNK*D*N*4 bytes of states (4.3 GB at CHUNK=2), so they are not used.
+# 8-token checkpoints (16: 11.3 vs 10.2 ms; the saved states are B*T/CHUNK*D*N*4 bytes).
 CHUNK = 8  # checkpoint interval = backward chunk length
 FWD_BT, FWD_ORDER, FWD_BD, FWD_WARPS, FWD_VEC, FWD_DIST = 1, 1, 0, 8, 1, 1  # FWD_BT must divide CHUNK
 # FWD_BD = 0: one channel per thread, FWD_WARPS warps per program, fewer when that would leave SMs idle. Each
@@ -61,12 +59,19 @@ FWD_BC_FP32 = False
 # B=4, D=1984 (1.9 warps/SM) 1 / 4 / 8 / 16 segments took 2.15 / 1.13 / 0.77 / 0.76 ms; at B=8, D=4096 (7.8
 # warps/SM) 1 / 2 / 4 / 8 took 2.27 / 3.13 / 2.92 / 2.83 ms, so that shape stays one pass.
 FWD_SEGMENTS, FWD_SEG_BELOW, FWD_SEG_WARPS_PER_SM, FWD_MIN_SEG_LEN, FWD_MAX_SEGMENTS = 0, 4, 16, 256, 16
-# H100, B=8 T=4096 D=4096 (run 6): (BD, warps, VEC) = (8, 2, 8) 26.4 ms, (8, 1, 8) 24.9 ms, (4, 1, 4) 19.5 ms;
-# a 4-token checkpoint interval with (8, 1, 8) took 16.7 ms but doubles the saved states.
-BWD_ORDER, BWD_BD, BWD_WARPS, BWD_VEC = 0, 4, 1, 4
-# dB and dC sum over channels with fp32 atomics from every channel block of a batch row. Spreading those over
-# up to 64 partial buffers measured no faster on the H100 (27.1 -> 27.3..28.5 ms): contention is not the limit.
+# Backward: one channel per thread, up to BWD_WARPS warps per program (fewer while the grid is smaller than
+# the SM count), BWD_SEGMENTS time segments (0: the forward's automatic rule). H100, B=8 T=4096 D=4096
+# (kernels-h100-2026-11-23.txt, runs 7-10): 10.2 ms, against 19.5 ms for the earlier (time, channel, state)
+# tile kernel with associative scans (removed); 2 warps 13.4 ms, 16 or 8 channels per warp (states spread
+# over lanes) 18.4 / 30.0 ms; capping registers at 168 / 128 (255 used) spilled and took 14.4-17.9 ms; not
+# prefetching B and C 10.6 ms; reducing dB / dC once per chunk through a scratch tile instead of per token
+# 17.6 ms. Training shape B=4 D=1984: 3.1 ms (16 segments) vs 5.0 ms for the tile kernel.
+BWD_WARPS, BWD_SEGMENTS = 1, 0
 
+
+# The compiled kernels of the latest launches (name -> triton CompiledKernel; `n_regs`, `n_spills`), for
+# the benchmark's report.
+LAUNCHED: dict = {}
 
 # Debug switch for tests: fill every kernel-written output buffer with NaN first, so an element the kernel
 # fails to write shows up instead of passing on whatever memory held.
@@ -96,14 +101,6 @@ def _fwd_combine(a1, b1, a2, b2):
 
 
 @triton.jit
-def _bwd_combine(f1, m1, v1, f2, m2, v2):
-    # reverse scan: (f1, m1, v1) is the *later* range R, (f2, m2, v2) the earlier range L.
-    # g_t = V_L + M_L * a_{k+1} * g_{k+1} = V_L + M_L * F_R * (V_R + M_R * p)
-    k = m2 * f1
-    return f2, k * m1, v2 + k * v1
-
-
-@triton.jit
 def _at(x, AX: tl.constexpr):
     """Place a 1-D vector on axis AX of a 3-D tile (size 1 on the other axes)."""
     if AX == 0:
@@ -116,6 +113,24 @@ def _at(x, AX: tl.constexpr):
 
 
 @triton.jit
+def _load_row(ptr, pid_b64, t, off, mask, s_b, s_t):
+    """One token's row of a (B, T, ...) tensor at offsets `off` (masked elements read 0)."""
+    return tl.load(ptr + pid_b64 * s_b + t * s_t + off, mask=mask, other=0.0)
+
+
+@triton.jit
+def _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ: tl.constexpr):
+    """True where token t starts a new document (its state must not see token t-1)."""
+    if HAS_SEQ:
+        cur = tl.load(seq_ptr + pid_b64 * s_seq_b + t * s_seq_t, mask=tmask, other=0)
+        prv = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(t - 1, 0) * s_seq_t, mask=tmask, other=0)
+        reset = (cur != prv) & (t > 0)
+    else:
+        reset = t < 0
+    return reset
+
+
+@triton.jit
 def _load_raw(
     pid_b64, t, d3, dmask, n3, nmask, T,
     u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
@@ -125,7 +140,7 @@ def _load_raw(
     """Issue one chunk's loads (kept in the input dtype until used, so prefetching costs fewer registers).
 
     Returns u, delta, B, C, z (u again when absent) and the reset flags (False when no seq_idx).
-    Rows outside [0, T) read nothing: the backward prefetches the chunk before the first one (t < 0)."""
+    Rows outside [0, T) read nothing."""
     tmask = (t >= 0) & (t < T)
     m2 = tmask & dmask
     mn = tmask & nmask
@@ -137,27 +152,26 @@ def _load_raw(
         zz = tl.load(z_ptr + pid_b64 * s_z_b + t * s_z_t + d3, mask=m2, other=0.0)
     else:
         zz = u
-    if HAS_SEQ:
-        cur = tl.load(seq_ptr + pid_b64 * s_seq_b + t * s_seq_t, mask=tmask, other=0)
-        prv = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(t - 1, 0) * s_seq_t, mask=tmask, other=0)
-        reset = (cur != prv) & (t > 0)
-    else:
-        reset = t < 0
-    return u, xr, Bv, Cv, zz, reset
+    return u, xr, Bv, Cv, zz, _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ)
 
 
 @triton.jit
-def _prep(u, xr, Bv, Cv, dtb, SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr):
-    """Cast a chunk to fp32 and apply delta_bias + softplus."""
-    u = u.to(tl.float32)
-    xr = xr.to(tl.float32)
+def _time_step(xr, dtb, SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr):
+    """fp32 delta -> (delta + delta_bias, the time step dt = softplus of it, or itself)."""
     if HAS_DTB:
         xr = xr + dtb
     if SOFTPLUS:
         dt = _softplus(xr)
     else:
         dt = xr
-    return u, xr, dt, Bv.to(tl.float32), Cv.to(tl.float32)
+    return xr, dt
+
+
+@triton.jit
+def _prep(u, xr, Bv, Cv, dtb, SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr):
+    """Cast a chunk to fp32 and apply delta_bias + softplus."""
+    xr, dt = _time_step(xr.to(tl.float32), dtb, SOFTPLUS, HAS_DTB)
+    return u.to(tl.float32), xr, dt, Bv.to(tl.float32), Cv.to(tl.float32)
 
 
 @triton.jit
@@ -169,7 +183,7 @@ def _chunk_decay(dt, A2, tmask, reset):
     return a
 
 
-# The kernels work on 3-D tiles whose axis order is a compile-time choice: ORDER 0 = (time, channel,
+# The forward works on 3-D tiles whose axis order is a compile-time choice: ORDER 0 = (time, channel,
 # state), ORDER 1 = (state, time, channel). Triton spreads lanes over the last axis first, so ORDER 1 with
 # BD = VEC * 32 * num_warps keeps each channel's whole [N, BT] block inside one thread: the time scan and
 # the sum over states then need no shuffles. VEC is a contiguity hint along channels (how many adjacent
@@ -313,120 +327,164 @@ def _seg_carry_kernel(hloc_ptr, P_ptr, h0_ptr, init_ptr, hT_ptr, N_SEG, SIZE, BL
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, seq_ptr, hs_ptr,
-    dy_ptr, dhT_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, ddtb_ptr, dh0_ptr,
-    T, DIM, NSTATE, NCHUNK,
-    s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t,
-    s_dy_b, s_dy_t, s_seq_b, s_seq_t,
-    BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, VEC: tl.constexpr,
-    AX_T: tl.constexpr, AX_D: tl.constexpr, AX_N: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_DHT: tl.constexpr,
-    HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_DH0: tl.constexpr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, seq_ptr, hs_ptr, dy_ptr, cin_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dBp_ptr, dCp_ptr, dA_ptr, dD_ptr, ddtb_ptr, cout_ptr, P_ptr, scr_ptr,
+    T, DIM, NSTATE, NCHUNK, SEG_LEN,
+    s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_dy_b, s_dy_t, s_seq_b, s_seq_t,
+    L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, VEC: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_CIN: tl.constexpr,
+    HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_COUT: tl.constexpr, LOCAL: tl.constexpr,
 ):
+    """Backward, one channel per thread, token by token. Program (b, channel block, segment) walks the
+    segment's checkpoint chunks in reverse; per chunk it (1) reruns the forward from the saved chunk-start
+    state, writing each h_t to a per-program scratch tile (L x N x BD fp32, cache-resident: each thread
+    reads back only what it wrote), then (2) walks the chunk backwards with g_t = C_t dy_t + a_{t+1} g_{t+1}.
+    Every per-channel sum over states stays inside a thread; the sums over channels (dB, dC) are reduced
+    per program and stored as per-program partials (summed in torch: no atomics, deterministic).
+
+    Segments (`tl.num_programs(2)` > 1) run in parallel like the forward's: LOCAL (pass 1) only runs the
+    g recurrence from zero and stores the segment's outgoing carry and total decay; the carry pass then
+    gives each segment its true incoming carry `cin`, and the full pass runs from it. Per-segment arrays
+    are indexed in reverse segment order, so the forward's carry kernel serves unchanged."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    n_pd = tl.num_programs(1)
+    n_seg = tl.num_programs(2)
     pid_b64 = pid_b.to(tl.int64)
-    d3 = _at(tl.max_contiguous(pid_d * BD + tl.arange(0, BD), VEC), AX_D)
-    n3 = _at(tl.arange(0, NP), AX_N)
-    rows = _at(tl.arange(0, BT), AX_T)
+    seg_off = (pid_b64 * n_seg + (n_seg - 1 - pid_s)) * DIM * NSTATE
+    dl = tl.arange(0, BD)
+    d3 = _at(tl.max_contiguous(pid_d * BD + dl, VEC), 2)
+    n3 = _at(tl.arange(0, NP), 0)
     dmask = d3 < DIM
     nmask = n3 < NSTATE
     dn = d3 * NSTATE + n3
     dnmask = dmask & nmask
-    A = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32)
-    A2 = A * 1.4426950408889634
+    A2 = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32) * 1.4426950408889634  # A·log2(e)
     if HAS_DTB:
         dtb = tl.load(dtb_ptr + d3, mask=dmask, other=0.0).to(tl.float32)
     else:
         dtb = 0.0
     if HAS_D:
         Dv = tl.load(D_ptr + d3, mask=dmask, other=0.0).to(tl.float32)
-    state_off = pid_b64 * DIM * NSTATE + dn
-    # carry = a_{e+1} g_{e+1}: what the later part of the sequence sends into h_e. After the last token it
-    # is the final-state gradient (padded rows pass it through with a = 1).
-    if HAS_DHT:
-        carry = tl.load(dhT_ptr + state_off, mask=dnmask, other=0.0).to(tl.float32)
+    # carry = a_{t+1} g_{t+1}: what the later tokens send into h_t (dhT, or the next segment's, at the end)
+    if HAS_CIN:
+        carry = tl.load(cin_ptr + seg_off + dn, mask=dnmask, other=0.0)
     else:
-        carry = tl.zeros_like(A)
-    dA_acc = tl.zeros_like(A)
-    dD_acc = tl.sum(tl.zeros_like(A), axis=AX_N, keep_dims=True)
-    ddtb_acc = tl.sum(tl.zeros_like(A), axis=AX_N, keep_dims=True)
-    # prefetch the last chunk
-    t_last = (NCHUNK - 1) * BT + rows
-    nu, nx, nB, nC, nz, nr = _load_raw(
-        pid_b64, t_last, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
-        s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
-    )
-    ndy = tl.load(dy_ptr + pid_b64 * s_dy_b + t_last * s_dy_t + d3, mask=(t_last < T) & dmask, other=0.0)
-    nh0 = tl.load(hs_ptr + (pid_b64 * NCHUNK + NCHUNK - 1) * DIM * NSTATE + dn, mask=dnmask, other=0.0)
-    for cc in range(0, NCHUNK):
-        c = NCHUNK - 1 - cc
-        t = c * BT + rows
+        carry = tl.zeros_like(A2)
+    if LOCAL:
+        decay = tl.zeros_like(A2) + 1.0
+    else:
+        dA_acc = tl.zeros_like(A2)
+        dD_acc = tl.sum(tl.zeros_like(A2), axis=0, keep_dims=True)
+        ddtb_acc = tl.sum(tl.zeros_like(A2), axis=0, keep_dims=True)
+    prog = (pid_b64 * n_pd + pid_d) * n_seg + pid_s
+    scr_h = scr_ptr + prog * (L * NP * BD)  # this program's (L, NP, BD) scratch tile of states
+    cell = _at(dl, 2) + n3 * BD  # this thread's column of an (NP, BD) slab
+    c_first = pid_s * (SEG_LEN // L)
+    c_end = tl.minimum(c_first + SEG_LEN // L, NCHUNK)
+    for cc in range(0, c_end - c_first):
+        c = c_end - 1 - cc
+        if not LOCAL:
+            # (1) forward recompute of the chunk from its checkpoint, every h_t into the scratch tile
+            h = tl.load(hs_ptr + (pid_b64 * NCHUNK + c) * DIM * NSTATE + dn, mask=dnmask, other=0.0)
+            t = c * L
+            nu = _load_row(u_ptr, pid_b64, t, d3, dmask & (t < T), s_u_b, s_u_t)
+            nx = _load_row(dt_ptr, pid_b64, t, d3, dmask & (t < T), s_dt_b, s_dt_t)
+            nB = _load_row(B_ptr, pid_b64, t, n3, nmask & (t < T), s_B_b, s_B_t)
+            for i in range(0, L):
+                t = c * L + i
+                tmask = t < T
+                u, xr, Bv = nu.to(tl.float32), nx.to(tl.float32), nB.to(tl.float32)
+                reset = _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ)
+                nmk = (i + 1 < L) & (t + 1 < T)
+                nu = _load_row(u_ptr, pid_b64, t + 1, d3, dmask & nmk, s_u_b, s_u_t)
+                nx = _load_row(dt_ptr, pid_b64, t + 1, d3, dmask & nmk, s_dt_b, s_dt_t)
+                nB = _load_row(B_ptr, pid_b64, t + 1, n3, nmask & nmk, s_B_b, s_B_t)
+                xr, dt = _time_step(xr, dtb, SOFTPLUS, HAS_DTB)
+                a = _chunk_decay(dt, A2, tmask, reset)
+                h = a * h + (dt * u) * Bv
+                tl.store(scr_h + i * NP * BD + cell, h)
+        # (2) the chunk backwards
+        t = c * L + L - 1
         tmask = t < T
-        m2 = tmask & dmask
-        mn = tmask & nmask
-        u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB)
-        zz = nz
-        reset = nr
-        dy = ndy.to(tl.float32)
-        h0 = nh0
-        # prefetch the previous chunk (for c == 0 this reads nothing: t < 0 is masked)
-        tp = t - BT
-        nu, nx, nB, nC, nz, nr = _load_raw(
-            pid_b64, tp, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
-            s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
-        )
-        ndy = tl.load(dy_ptr + pid_b64 * s_dy_b + tp * s_dy_t + d3, mask=(tp >= 0) & dmask, other=0.0)
-        nh0 = tl.load(hs_ptr + (pid_b64 * NCHUNK + c - 1) * DIM * NSTATE + dn, mask=dnmask & (c > 0), other=0.0)
-        a = _chunk_decay(dt, A2, tmask, reset)
-        b = (dt * u) * Bv
-        acum, hh = tl.associative_scan((a, b), AX_T, _fwd_combine)
-        hh = hh + acum * h0
-        out_off = (pid_b64 * T + t) * DIM + d3
+        nu = _load_row(u_ptr, pid_b64, t, d3, dmask & tmask, s_u_b, s_u_t)
+        nx = _load_row(dt_ptr, pid_b64, t, d3, dmask & tmask, s_dt_b, s_dt_t)
+        nB = _load_row(B_ptr, pid_b64, t, n3, nmask & tmask, s_B_b, s_B_t)
+        nC = _load_row(C_ptr, pid_b64, t, n3, nmask & tmask, s_C_b, s_C_t)
+        ndy = _load_row(dy_ptr, pid_b64, t, d3, dmask & tmask, s_dy_b, s_dy_t)
         if HAS_Z:
-            zf = zz.to(tl.float32)
-            y = tl.sum(hh * Cv, axis=AX_N, keep_dims=True)
-            if HAS_D:
-                y = y + u * Dv
-            sg = tl.sigmoid(zf)
-            dz = dy * y * sg * (1.0 + zf * (1.0 - sg))
-            tl.store(dz_ptr + out_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
-            dy = dy * zf * sg
+            nz = _load_row(z_ptr, pid_b64, t, d3, dmask & tmask, s_z_b, s_z_t)
+        for j in range(0, L):
+            i = L - 1 - j
+            t = c * L + i
+            tmask = t < T
+            m2 = dmask & tmask
+            u, xr, dy = nu.to(tl.float32), nx.to(tl.float32), ndy.to(tl.float32)
+            Bv, Cv = nB.to(tl.float32), nC.to(tl.float32)
+            if HAS_Z:
+                zf = nz.to(tl.float32)
+            reset = _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ)
+            pmk = (i > 0) & (t - 1 < T)  # prefetch the token before (same chunk, not padding)
+            nu = _load_row(u_ptr, pid_b64, t - 1, d3, dmask & pmk, s_u_b, s_u_t)
+            nx = _load_row(dt_ptr, pid_b64, t - 1, d3, dmask & pmk, s_dt_b, s_dt_t)
+            nB = _load_row(B_ptr, pid_b64, t - 1, n3, nmask & pmk, s_B_b, s_B_t)
+            nC = _load_row(C_ptr, pid_b64, t - 1, n3, nmask & pmk, s_C_b, s_C_t)
+            ndy = _load_row(dy_ptr, pid_b64, t - 1, d3, dmask & pmk, s_dy_b, s_dy_t)
+            if HAS_Z:
+                nz = _load_row(z_ptr, pid_b64, t - 1, d3, dmask & pmk, s_z_b, s_z_t)
+            xr, dt = _time_step(xr, dtb, SOFTPLUS, HAS_DTB)
+            a = _chunk_decay(dt, A2, tmask, reset)
+            if LOCAL:
+                if HAS_Z:
+                    dy = dy * zf * tl.sigmoid(zf)
+                carry = a * (Cv * dy + carry)
+                decay = decay * a
+            else:
+                h = tl.load(scr_h + i * NP * BD + cell)
+                out_off = (pid_b64 * T + t) * DIM + d3
+                if HAS_Z:
+                    y = tl.sum(h * Cv, axis=0, keep_dims=True)
+                    if HAS_D:
+                        y = y + u * Dv
+                    sg = tl.sigmoid(zf)
+                    dz = dy * y * sg * (1.0 + zf * (1.0 - sg))
+                    tl.store(dz_ptr + out_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
+                    dy = dy * zf * sg
+                g = Cv * dy + carry
+                carry = a * g
+                g = tl.where(tmask, g, 0.0)  # padded rows carry dhT but own no inputs
+                dtu = dt * u
+                ah = h - dtu * Bv  # a_t h_{t-1}
+                gB = tl.sum(g * Bv, axis=0, keep_dims=True)
+                gah = g * ah
+                du = gB * dt
+                if HAS_D:
+                    du += dy * Dv
+                    dD_acc += dy * u
+                ddt = gB * u + tl.sum(gah * A2, axis=0, keep_dims=True) * 0.6931471805599453  # A = A2·ln 2
+                dA_acc += gah * dt
+                if SOFTPLUS:
+                    ddt = tl.where(xr > 20.0, ddt, ddt * tl.sigmoid(xr))
+                ddt = tl.where(m2, ddt, 0.0)
+                ddtb_acc += ddt
+                tl.store(du_ptr + out_off, du.to(du_ptr.dtype.element_ty), mask=m2)
+                tl.store(ddt_ptr + out_off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
+                part = ((pid_b64 * n_pd + pid_d) * T + t) * NSTATE + n3  # [b, channel block, t] partials
+                tl.store(dBp_ptr + part, tl.sum(g * dtu, axis=2, keep_dims=True), mask=nmask & tmask)
+                tl.store(dCp_ptr + part, tl.sum(h * dy, axis=2, keep_dims=True), mask=nmask & tmask)
+    if LOCAL:
+        tl.store(cout_ptr + seg_off + dn, carry, mask=dnmask)
+        tl.store(P_ptr + seg_off + dn, decay, mask=dnmask)
+    else:
+        if STORE_COUT:
+            tl.store(cout_ptr + seg_off + dn, carry, mask=dnmask)
+        tl.store(dA_ptr + seg_off + dn, dA_acc, mask=dnmask)
+        seg_d = (pid_b64 * n_seg + pid_s) * DIM + d3
         if HAS_D:
-            dD_acc += tl.sum(dy * u, axis=AX_T, keep_dims=True)
-        # reverse scan for g_t, then add what the later chunks send in
-        ones = tl.zeros_like(a) + 1.0
-        cdy = dy * Cv
-        _, gm, gv = tl.associative_scan((a, ones, cdy), AX_T, _bwd_combine, reverse=True)
-        g = gv + gm * carry
-        carry = tl.sum(tl.where(rows == 0, a * g, 0.0), axis=AX_T, keep_dims=True)
-        g = tl.where(tmask, g, 0.0)  # padded rows carry dhT but own no inputs
-        ah = hh - b  # a_t * h_{t-1}
-        gB = tl.sum(g * Bv, axis=AX_N, keep_dims=True)
-        du = gB * dt
-        if HAS_D:
-            du += dy * Dv
-        ddt = gB * u + tl.sum(g * ah * A, axis=AX_N, keep_dims=True)
-        dA_acc += tl.sum(g * ah * dt, axis=AX_T, keep_dims=True)
-        if SOFTPLUS:
-            ddt = tl.where(xr > 20.0, ddt, ddt * tl.sigmoid(xr))
-        ddt = tl.where(m2, ddt, 0.0)
-        ddtb_acc += tl.sum(ddt, axis=AX_T, keep_dims=True)
-        tl.store(du_ptr + out_off, du.to(du_ptr.dtype.element_ty), mask=m2)
-        tl.store(ddt_ptr + out_off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
-        dBc = tl.sum(g * (dt * u), axis=AX_D, keep_dims=True)
-        dCc = tl.sum(hh * dy, axis=AX_D, keep_dims=True)
-        bc_off = (pid_b64 * T + t) * NSTATE + n3
-        tl.atomic_add(dB_ptr + bc_off, dBc, mask=mn)
-        tl.atomic_add(dC_ptr + bc_off, dCc, mask=mn)
-    tl.store(dA_ptr + state_off, dA_acc, mask=dnmask)
-    if HAS_D:
-        tl.store(dD_ptr + pid_b64 * DIM + d3, dD_acc, mask=dmask)
-    if HAS_DTB:
-        tl.store(ddtb_ptr + pid_b64 * DIM + d3, ddtb_acc, mask=dmask)
-    if STORE_DH0:
-        tl.store(dh0_ptr + state_off, carry, mask=dnmask)
+            tl.store(dD_ptr + seg_d, dD_acc, mask=dmask)
+        if HAS_DTB:
+            tl.store(ddtb_ptr + seg_d, ddtb_acc, mask=dmask)
 
 
 def _axes(order: int) -> dict:
@@ -447,28 +505,51 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _thread_per_channel_block(batch: int, dim: int, device: torch.device, max_warps: int,
+                              vec: int = 1) -> tuple[int, int]:
+    """(channels per program, warps) with one channel per thread (`vec` adjacent ones): up to `max_warps`
+    warps, halved while the grid would have fewer programs than the device has SMs."""
+    warps = max_warps
+    while warps > 1 and batch * triton.cdiv(dim, 32 * warps * vec) < _sm_count(device):
+        warps //= 2
+    return 32 * warps * vec, warps
+
+
 def _fwd_block(batch: int, dim: int, device: torch.device) -> tuple[int, int]:
-    """(channels per program, warps) for the forward: FWD_BD/FWD_WARPS when set, else one channel per thread
-    with up to FWD_WARPS warps, halved while the grid would have fewer programs than the device has SMs."""
+    """(channels per program, warps) for the forward: FWD_BD/FWD_WARPS when set, else one per thread."""
     if FWD_BD:
         return FWD_BD, FWD_WARPS
-    warps = FWD_WARPS
-    while warps > 1 and batch * triton.cdiv(dim, 32 * warps * FWD_VEC) < _sm_count(device):
-        warps //= 2
-    return 32 * warps * FWD_VEC, warps
+    return _thread_per_channel_block(batch, dim, device, FWD_WARPS, FWD_VEC)
 
 
-def _fwd_segments(batch: int, warps_per_row: int, seqlen: int, device: torch.device) -> int:
-    """How many time segments the forward runs in parallel: FWD_SEGMENTS when set; else 1 (one pass) unless
-    the grid has fewer than FWD_SEG_BELOW warps per SM, then a power of two that brings it to about
+def _time_segments(forced: int, batch: int, warps_per_row: int, seqlen: int, device: torch.device) -> int:
+    """How many time segments a pass runs in parallel: `forced` when set; else 1 (one pass) unless the grid
+    has fewer than FWD_SEG_BELOW warps per SM, then a power of two that brings it to about
     FWD_SEG_WARPS_PER_SM (each segment at least FWD_MIN_SEG_LEN tokens)."""
-    if FWD_SEGMENTS:
-        return max(1, min(FWD_SEGMENTS, triton.cdiv(seqlen, CHUNK)))
+    if forced:
+        return max(1, min(forced, triton.cdiv(seqlen, CHUNK)))
     sms, warps = _sm_count(device), batch * warps_per_row
     if warps >= FWD_SEG_BELOW * sms:
         return 1
     want = triton.next_power_of_2(triton.cdiv(FWD_SEG_WARPS_PER_SM * sms, warps))
     return max(1, min(want, seqlen // FWD_MIN_SEG_LEN, FWD_MAX_SEGMENTS))
+
+
+def _segment_layout(n_seg: int, seqlen: int) -> tuple[int, int]:
+    """(segment length, segment count): segments start on checkpoints, the last one may be short."""
+    seg_len = triton.cdiv(triton.cdiv(seqlen, n_seg), CHUNK) * CHUNK
+    return seg_len, triton.cdiv(seqlen, seg_len)
+
+
+def _carry_across_segments(local, P, start, into, final):
+    """Pass 2 of a segmented pass: into[s] = state entering segment s, from `start` (B, D, N) or zeros;
+    final = state after the last segment. local / P / into: (B, S, D, N) fp32."""
+    batch, n_seg, dim, nstate = local.shape
+    block = 1024
+    _seg_carry_kernel[(batch, triton.cdiv(dim * nstate, block))](
+        local, P, final if start is None else start, into, final, n_seg, dim * nstate, BLOCK=block,
+        HAS_H0=start is not None,
+    )
 
 
 def num_chunks(seqlen: int) -> int:
@@ -503,12 +584,11 @@ def scan_fwd(
     h0 = None if initial_state is None else initial_state.float().contiguous()
     dummy = hT
     block, warps = _fwd_block(batch, dim, u.device)
-    n_seg = _fwd_segments(batch, triton.cdiv(dim, block) * warps, seqlen, u.device)
-    seg_len = triton.cdiv(triton.cdiv(seqlen, n_seg), CHUNK) * CHUNK  # segments start on checkpoints
-    n_seg = triton.cdiv(seqlen, seg_len)
+    n_seg = _time_segments(FWD_SEGMENTS, batch, triton.cdiv(dim, block) * warps, seqlen, u.device)
+    seg_len, n_seg = _segment_layout(n_seg, seqlen)
 
     def launch(h_in, h_out, P, local, z=z, D=D):
-        _scan_fwd_kernel[(batch, triton.cdiv(dim, block), n_seg)](
+        LAUNCHED["fwd_local" if local else "fwd"] = _scan_fwd_kernel[(batch, triton.cdiv(dim, block), n_seg)](
             u, delta, A, B, C,
             dummy if D is None else D.contiguous(),
             dummy if z is None else z,
@@ -541,10 +621,7 @@ def scan_fwd(
     P = _empty(*seg_shape, device=u.device, dtype=torch.float32)
     launch(None, hloc, P, True, z=None, D=None)
     init = _empty(*seg_shape, device=u.device, dtype=torch.float32)
-    block_c = 1024
-    _seg_carry_kernel[(batch, triton.cdiv(dim * nstate, block_c))](
-        hloc, P, dummy if h0 is None else h0, init, hT, n_seg, dim * nstate, BLOCK=block_c, HAS_H0=h0 is not None,
-    )
+    _carry_across_segments(hloc, P, h0, init, hT)
     launch(init, None, None, False)
     return y, hT, hs
 
@@ -554,48 +631,67 @@ def scan_bwd(
     want_dh0=False,
 ):
     """Launch the backward kernel; returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0), with None
-    for inputs that were not given (dh0 only when `want_dh0`)."""
+    for inputs that were not given (dh0 only when `want_dh0`). `states`: the forward's chunk-start states."""
     u, delta, z, B, C, dy = (_unit_last(t) for t in (u, delta, z, B, C, dy))
     batch, seqlen, dim = u.shape
-    nstate = A.shape[1]
+    nstate, nprow = A.shape[1], _np2(A.shape[1])
     A = A.contiguous()
-    nchunk = num_chunks(seqlen)
-    dev = u.device
+    dev, f32 = u.device, torch.float32
+    block, warps = _thread_per_channel_block(batch, dim, dev, BWD_WARPS)
+    n_pd = triton.cdiv(dim, block)
+    seg_len, n_seg = _segment_layout(
+        _time_segments(BWD_SEGMENTS, batch, n_pd * warps, seqlen, dev), seqlen)
     du = _empty(batch, seqlen, dim, device=dev, dtype=u.dtype)
     ddt = _empty(batch, seqlen, dim, device=dev, dtype=delta.dtype)
     dz = None if z is None else _empty(batch, seqlen, dim, device=dev, dtype=z.dtype)
-    dB = torch.zeros(batch, seqlen, nstate, device=dev, dtype=torch.float32)
-    dC = torch.zeros(batch, seqlen, nstate, device=dev, dtype=torch.float32)
-    dA = _empty(batch, dim, nstate, device=dev, dtype=torch.float32)
-    dD = None if D is None else _empty(batch, dim, device=dev, dtype=torch.float32)
-    ddtb = None if delta_bias is None else _empty(batch, dim, device=dev, dtype=torch.float32)
-    dh0 = _empty(batch, dim, nstate, device=dev, dtype=torch.float32) if want_dh0 else None
+    dBp = _empty(batch, n_pd, seqlen, nstate, device=dev, dtype=f32)  # per channel block, summed below
+    dCp = _empty(batch, n_pd, seqlen, nstate, device=dev, dtype=f32)
+    dA = _empty(batch, n_seg, dim, nstate, device=dev, dtype=f32)
+    dD = None if D is None else _empty(batch, n_seg, dim, device=dev, dtype=f32)
+    ddtb = None if delta_bias is None else _empty(batch, n_seg, dim, device=dev, dtype=f32)
+    scratch = torch.empty(batch * n_pd * n_seg * CHUNK * nprow * block, device=dev, dtype=f32)
+    dhT = None if dhT is None else dhT.float().contiguous()
     dummy = dA
-    grid = (batch, triton.cdiv(dim, BWD_BD))
-    _scan_bwd_kernel[grid](
-        u, delta, A, B, C,
-        dummy if D is None else D.contiguous(),
-        dummy if z is None else z,
-        dummy if delta_bias is None else delta_bias.contiguous(),
-        dummy if seq_idx is None else seq_idx,
-        states, dy,
-        dummy if dhT is None else dhT.float().contiguous(),
-        du, ddt, dummy if dz is None else dz, dB, dC, dA,
-        dummy if dD is None else dD, dummy if ddtb is None else ddtb, dummy if dh0 is None else dh0,
-        seqlen, dim, nstate, nchunk,
-        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
-        C.stride(0), C.stride(1),
-        0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
-        dy.stride(0), dy.stride(1),
-        0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
-        BT=CHUNK, BD=BWD_BD, NP=_np2(nstate), VEC=BWD_VEC, **_axes(BWD_ORDER),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_DHT=dhT is not None,
-        HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_DH0=want_dh0,
-        num_warps=BWD_WARPS,
-    )
+
+    def launch(cin, cout, P, local):
+        LAUNCHED["bwd_local" if local else "bwd"] = _scan_bwd_kernel[(batch, n_pd, n_seg)](
+            u, delta, A, B, C,
+            dummy if D is None else D.contiguous(),
+            dummy if z is None else z,
+            dummy if delta_bias is None else delta_bias.contiguous(),
+            dummy if seq_idx is None else seq_idx,
+            states, dy, dummy if cin is None else cin,
+            du, ddt, dummy if dz is None else dz, dBp, dCp, dA,
+            dummy if dD is None else dD, dummy if ddtb is None else ddtb,
+            dummy if cout is None else cout, dummy if P is None else P, scratch,
+            seqlen, dim, nstate, num_chunks(seqlen), seg_len,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
+            C.stride(0), C.stride(1),
+            0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
+            dy.stride(0), dy.stride(1),
+            0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
+            L=CHUNK, BD=block, NP=nprow, VEC=1,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_CIN=cin is not None,
+            HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_COUT=cout is not None, LOCAL=local,
+            num_warps=warps,
+        )
+
+    if n_seg == 1:
+        dh0 = _empty(batch, dim, nstate, device=dev, dtype=f32) if want_dh0 else None
+        launch(dhT, dh0, None, False)
+    else:
+        # (1) each segment's outgoing carry from a zero incoming one, and its total decay; (2) the true
+        # incoming carry of every segment (last to first); (3) the full backward of every segment from it
+        seg_shape = (batch, n_seg, dim, nstate)
+        local, P = _empty(*seg_shape, device=dev, dtype=f32), _empty(*seg_shape, device=dev, dtype=f32)
+        launch(None, local, P, True)
+        cin, dh0 = _empty(*seg_shape, device=dev, dtype=f32), _empty(batch, dim, nstate, device=dev, dtype=f32)
+        _carry_across_segments(local, P, dhT, cin, dh0)
+        launch(cin, None, None, False)
+        dh0 = dh0 if want_dh0 else None
     return (
-        du, ddt, dA.sum(0), dB.to(B.dtype), dC.to(C.dtype),
-        None if dD is None else dD.sum(0), dz, None if ddtb is None else ddtb.sum(0), dh0,
+        du, ddt, dA.sum((0, 1)), dBp.sum(1).to(B.dtype), dCp.sum(1).to(C.dtype),
+        None if dD is None else dD.sum((0, 1)), dz, None if ddtb is None else ddtb.sum((0, 1)), dh0,
     )
 
 
