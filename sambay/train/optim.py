@@ -97,8 +97,10 @@ def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> tuple[t
 
 def _plain_tensors_as_replicated(grads: list[torch.Tensor]):
     """FSDP2 gradients are DTensor shards: let the (plain, replicated) scale multiply them."""
-    if any(type(g).__name__ == "DTensor" for g in grads):
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
         from torch.distributed.tensor.experimental import implicit_replication
 
-        return implicit_replication()
+        if any(isinstance(g, DTensor) for g in grads):
+            return implicit_replication()
     return contextlib.nullcontext()

@@ -71,14 +71,10 @@ SCAN_CONFIGS = {
 
 
 @pytest.fixture(params=list(SCAN_CONFIGS))
-def scan_config(request):
-    settings = SCAN_CONFIGS[request.param]
-    saved = {n: getattr(scan_tri, n) for n in settings}
-    for n, v in settings.items():
-        setattr(scan_tri, n, v)
-    yield request.param
-    for n, v in saved.items():
-        setattr(scan_tri, n, v)
+def scan_config(request, monkeypatch):
+    for name, value in SCAN_CONFIGS[request.param].items():
+        monkeypatch.setattr(scan_tri, name, value)  # restored after the test
+    return request.param
 
 
 def test_scan_kernel_forward_final_state_and_every_gradient_match_float64_reference(scan_config):
