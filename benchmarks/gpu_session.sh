@@ -39,6 +39,33 @@ case "${1:-}" in
       2>&1 | tail -6 | tee "$OUT/gpu-tests-scan.txt"
     timeout 330 python benchmarks/kernels.py --sweep --only scan --out "$OUT/kernels-scan.txt" 2>&1 \
       | grep -E "bwd|fwd\+bwd|shape|result" ;;
+  scan_ab)  # #5: GPU scan tests, then the working tree's scan kernels against a base revision's, then the sweep
+    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py 2>&1 | tail -4 \
+      | tee "$OUT/gpu-tests-scan.txt"
+    timeout 150 python benchmarks/scan_ab.py --rev "base=${SCAN_BASE:-benchmarks/_base_scan.py}" --out "$OUT/scan-ab.txt"
+    timeout 250 python benchmarks/kernels.py --sweep --only scan --out "$OUT/kernels-scan.txt" 2>&1 \
+      | grep -E "variant|scan fwd|shape|result" ;;
+  scan_ncu)  # #5: warp-stall and pipe statistics of the scan kernels (base revision and working tree), then d8
+    timeout 240 ncu --clock-control none --page details --section WarpStateStats --section SchedulerStats \
+      --section ComputeWorkloadAnalysis --section Occupancy --section SpeedOfLight -k regex:_scan_ \
+      python benchmarks/scan_ab.py --once --rev "base=${SCAN_BASE:-benchmarks/_base_scan.py}" ${SCAN_REVS:-} \
+      > "$OUT/ncu-scan.txt" 2>&1; echo "ncu rc $?"; grep -c "_scan_" "$OUT/ncu-scan.txt"
+    [ -n "${SCAN_REVS:-}" ] && timeout 120 python benchmarks/scan_ab.py --rev "base=${SCAN_BASE:-benchmarks/_base_scan.py}" \
+      $SCAN_REVS --out "$OUT/scan-ab.txt" | grep -E "vs|fwd"
+    for arch in sambay transformer++; do
+      train "$arch-d8-compile" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 14
+    done ;;
+  scan_train_ab)  # #5/#7: GPU scan tests, scan A/B against a base revision, then compiled d8 both families twice
+    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py 2>&1 | tail -4 \
+      | tee "$OUT/gpu-tests-scan.txt"
+    timeout 150 python benchmarks/scan_ab.py --rev "base=${SCAN_BASE:-benchmarks/_base_scan.py}" --out "$OUT/scan-ab.txt" \
+      | grep -E "vs|fwd"
+    for round in 1 2; do
+      for arch in sambay transformer++; do
+        train "$arch-d8-compile-$round" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 14 \
+          | grep -E "tokens_per_s|mfu_vs_measured|step_s"
+      done
+    done ;;
   train_d8)  # #7: compiled d8 SambaY vs Transformer++ (one process each, same call), with a profile
     for arch in sambay transformer++; do
       train "$arch-d8-compile" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 14
@@ -68,6 +95,6 @@ case "${1:-}" in
       | grep -v '^USDT' | tee "$OUT/train-sambay-d8-2gpu.txt" | tail -24 ;;
   gpu_tests)  # every GPU-marked test
     timeout 400 python -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt" ;;
-  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|train_d8|decode|generate|multi_gpu|gpu_tests" >&2
+  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|scan_ab|scan_ncu|scan_train_ab|train_d8|decode|generate|multi_gpu|gpu_tests" >&2
      exit 2 ;;
 esac

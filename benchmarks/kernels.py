@@ -145,8 +145,7 @@ def bench_scan(copy_bw, sweep):
     names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST", "FWD_BC_FP32", "FWD_SEGMENTS")
     configs = [tuple(getattr(scan_tri, n) for n in names)]
     if sweep:
-        configs += [(1, 1, 0, 8, 1, 1, False, 1), (1, 1, 0, 8, 1, 1, False, 2), (1, 1, 128, 4, 1, 1, False, 1),
-                    (1, 1, 64, 2, 1, 1, False, 1)]
+        configs += [(1, 1, 0, 8, 1, 2, False, 0), (1, 1, 0, 2, 1, 1, False, 0), (1, 1, 0, 2, 1, 2, False, 0)]
     sweep_variants("fwd", names, configs, lambda: (lambda: fwd(False)), lambda r: r[:1], fwd_bytes, copy_bw)
     t_inf = ms(lambda: fwd(False))
     t_train = ms(lambda: fwd(True))
@@ -160,7 +159,7 @@ def bench_scan(copy_bw, sweep):
     bnames = ("CHUNK", "BWD_WARPS", "BWD_SEGMENTS")
     bcfgs = [tuple(getattr(scan_tri, n) for n in bnames)]
     if sweep:  # intervals below 8 store too many states (B*T/chunk*D*N*4 bytes) to be useful
-        bcfgs += [(8, 2, 0), (16, 1, 0), (8, 1, 2)]
+        bcfgs += [(16, 1, 0), (8, 1, 2)]
     fwd_bt = scan_tri.FWD_BT
 
     def bwd_variant():
@@ -205,17 +204,13 @@ def bench_scan(copy_bw, sweep):
     say(f"   training shape B={Bt} T={T} D={Dt}: fwd (saving states) {tf:.3f} ms = {fb / tf / 1e6 / copy_bw:.1%} "
         f"of copy bw; bwd {tb:.3f} ms = {bb / tb / 1e6 / copy_bw:.1%}")
     if sweep:
-        seg_default = scan_tri.FWD_SEGMENTS
-        try:
-            for segs in (1, 4, 16):
-                scan_tri.FWD_SEGMENTS = segs
-                y2 = scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, True)[0]
-                t = ms(lambda: scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, True))
-                say(f"   training shape fwd, {segs:2d} time segments: {t:.3f} ms (y vs default: {rel_err(y2, y):.1e})")
-        finally:
-            scan_tri.FWD_SEGMENTS = seg_default
+        fnames = ("FWD_SEGMENTS", "FWD_DIST")  # time segments (0: automatic), prefetch distance in tokens
+        fcfgs = [tuple(getattr(scan_tri, n) for n in fnames)] + [(1, 1), (4, 1), (0, 2), (8, 2)]
+        sweep_variants("training-shape fwd", fnames, fcfgs,
+                       lambda: (lambda: scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, True)),
+                       lambda r: r[:1], fb, copy_bw)
         tcfgs = [tuple(getattr(scan_tri, n) for n in bnames)]
-        tcfgs += [(8, 1, segs) for segs in (1, 4, 8)]
+        tcfgs += [(8, 1, segs) for segs in (4, 8)]
         sweep_variants("training-shape bwd", bnames, tcfgs,
                        lambda: (lambda: scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs, True)),
                        lambda r: r[:5], bb, copy_bw)

@@ -67,6 +67,8 @@ SCAN_CONFIGS = {
                                       FWD_SEGMENTS=2, BWD_SEGMENTS=1),
     "3segments-both": dict(FWD_SEGMENTS=3, BWD_SEGMENTS=3),
     "bwd-c4-5segments": dict(CHUNK=4, BWD_SEGMENTS=5),
+    # two-warp programs: dB / dC summed with tl.sum across warps instead of the one-warp reduce-scatter
+    "bwd-2warps-sum": dict(BWD_WARPS=2),
 }
 
 

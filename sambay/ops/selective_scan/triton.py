@@ -17,9 +17,10 @@ Backward: one channel per thread, token by token (`_scan_bwd_kernel`). Per check
 a program reruns the forward from the saved chunk-start state, keeping each h_t in a small per-program
 scratch tile (each thread reads back only what it wrote), then walks the chunk backwards with
 g_t = dL/dh_t = C_t*dy_t + a_{t+1} g_{t+1}, carrying a_t g_t into the token before. a_t h_{t-1} is recovered
-as h_t - b_t. Sums over states stay inside a thread; the sums over channels (dB, dC) are reduced per program
-and stored as partials, like dA, dD and d delta_bias, which torch sums (no atomics: deterministic). Thin
-grids use time segments as the forward does (the carry of g runs from the last segment to the first).
+as h_t - b_t. Sums over states stay inside a thread; the sums over channels (dB, dC) are one butterfly
+reduce-scatter per token across the warp (`_warp_reduce_scatter`) and stored as per-program partials, like
+dA, dD and d delta_bias, which torch sums (no atomics: deterministic). Thin grids use time segments as the
+forward does (the carry of g runs from the last segment to the first).
 
 Document resets (`seq_idx` changes between t-1 and t) set a_t = 0, which both cuts the forward carry and
 stops the gradient. Rows past T in the last chunk get a = 1, b = 0 so the state passes through unchanged.
@@ -60,12 +61,12 @@ FWD_BC_FP32 = False
 # warps/SM) 1 / 2 / 4 / 8 took 2.27 / 3.13 / 2.92 / 2.83 ms, so that shape stays one pass.
 FWD_SEGMENTS, FWD_SEG_BELOW, FWD_SEG_WARPS_PER_SM, FWD_MIN_SEG_LEN, FWD_MAX_SEGMENTS = 0, 4, 16, 256, 16
 # Backward: one channel per thread, up to BWD_WARPS warps per program (fewer while the grid is smaller than
-# the SM count), BWD_SEGMENTS time segments (0: the forward's automatic rule). H100, B=8 T=4096 D=4096
-# (kernels-h100-2026-11-23.txt, runs 7-10): 10.2 ms, against 19.5 ms for the earlier (time, channel, state)
-# tile kernel with associative scans (removed); 2 warps 13.4 ms, 16 or 8 channels per warp (states spread
-# over lanes) 18.4 / 30.0 ms; capping registers at 168 / 128 (255 used) spilled and took 14.4-17.9 ms; not
-# prefetching B and C 10.6 ms; reducing dB / dC once per chunk through a scratch tile instead of per token
-# 17.6 ms. Training shape B=4 D=1984: 3.1 ms (16 segments) vs 5.0 ms for the tile kernel.
+# the SM count; one warp is what the dB / dC reduce-scatter needs, more fall back to tl.sum), BWD_SEGMENTS
+# time segments (0: the forward's automatic rule). H100, B=8 T=4096 D=4096 (kernels-h100-2026-11-23.txt,
+# runs 7-12): 6.9 ms; 10.2 ms before the reduce-scatter and the unaligned scratch tile, 19.5 ms for the
+# earlier (time, channel, state) tile kernel (removed); 2 warps 11.1 ms; 16-token checkpoints 8.4 ms; B and C
+# upcast to fp32 first 7.9 ms; capping registers spilled; reducing dB / dC once per chunk through a scratch
+# tile was slower. Training shape B=4 D=1984: 2.1 ms (3.2 ms before, 5.0 ms for the tile kernel).
 BWD_WARPS, BWD_SEGMENTS = 1, 0
 
 
@@ -175,11 +176,19 @@ def _prep(u, xr, Bv, Cv, dtb, SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr):
 
 
 @triton.jit
-def _chunk_decay(dt, A2, tmask, reset):
-    """Full-tile a_t = exp(dt*A) with document resets (a = 0) and padded rows (a = 1)."""
-    a = tl.exp2(dt * A2)
-    a = tl.where(reset, 0.0, a)
-    a = tl.where(tmask, a, 1.0)
+def _chunk_decay(dt, A2, tmask, reset, FOLD_MASKS: tl.constexpr = False):
+    """Full-tile a_t = exp(dt*A) with document resets (a = 0) and padded rows (a = 1).
+
+    FOLD_MASKS applies the masks to the per-channel dt and as a per-token offset (exp2(-inf) = 0) instead of
+    selecting on every state: fewer instructions, which the backward gains from (7.18 vs 7.43 ms at
+    B=8, T=4096, D=4096 on an H100) but the forward loses from (2.46 vs 2.27 ms): its loop is bound by the
+    latency of the next token's loads, and the shorter loop hides less of it (benchmarks/scan_ab.py)."""
+    if FOLD_MASKS:
+        a = tl.exp2(tl.where(tmask, dt, 0.0) * A2 + tl.where(reset, float("-inf"), 0.0))
+    else:
+        a = tl.exp2(dt * A2)
+        a = tl.where(reset, 0.0, a)
+        a = tl.where(tmask, a, 1.0)
     return a
 
 
@@ -307,6 +316,34 @@ def _mul(a, b):
 
 
 @triton.jit
+def _warp_reduce_scatter(x, lane, K: tl.constexpr, LOG2_K: tl.constexpr):
+    """Sum a [K, 32] tile (rows in registers, one lane per column; K a power of two <= 32) over its 32
+    columns, leaving row k(l) = sum_i bit_(4-i)(l) << i in lane l (each row in 32 / K lanes; see
+    `_scatter_row`). A butterfly reduce-scatter: each round a lane keeps half of its rows and adds the
+    partner's copy of them, so 16 rows cost 8+4+2+1 (+1) shuffles instead of 16 x 5 for whole-row sums.
+    `tl.gather` along the lane axis is one `shfl` on the GPU and also runs in the interpreter."""
+    for k in tl.static_range(LOG2_K):
+        lo, hi = tl.split(tl.permute(tl.reshape(x, [K >> (k + 1), 2, 32]), [0, 2, 1]))
+        upper = (lane & (16 >> k)) != 0
+        keep = tl.where(upper, hi, lo)
+        send = tl.where(upper, lo, hi)
+        x = keep + tl.gather(send, tl.broadcast_to(lane ^ (16 >> k), [K >> (k + 1), 32]), axis=1)
+    for k in tl.static_range(LOG2_K, 5):  # rows already split over all lanes that differ in lower bits
+        x = x + tl.gather(x, tl.broadcast_to(lane ^ (16 >> k), [1, 32]), axis=1)
+    return x
+
+
+@triton.jit
+def _scatter_row(lane, LOG2_K: tl.constexpr):
+    """The row of a `_warp_reduce_scatter` result held by each lane, and whether that lane is the one that
+    stores it (the lowest of the 32 / K lanes holding it)."""
+    row = tl.zeros_like(lane)
+    for k in tl.static_range(LOG2_K):
+        row += ((lane >> (4 - k)) & 1) << k
+    return row, (lane & ((32 >> LOG2_K) - 1)) == 0
+
+
+@triton.jit
 def _seg_carry_kernel(hloc_ptr, P_ptr, h0_ptr, init_ptr, hT_ptr, N_SEG, SIZE, BLOCK: tl.constexpr,
                       HAS_H0: tl.constexpr):
     """Pass 2 of the segmented forward, over flat (D·N) blocks of one batch row: the true state entering
@@ -331,7 +368,8 @@ def _scan_bwd_kernel(
     du_ptr, ddt_ptr, dz_ptr, dBp_ptr, dCp_ptr, dA_ptr, dD_ptr, ddtb_ptr, cout_ptr, P_ptr, scr_ptr,
     T, DIM, NSTATE, NCHUNK, SEG_LEN,
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_dy_b, s_dy_t, s_seq_b, s_seq_t,
-    L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, VEC: tl.constexpr,
+    L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, LOG2_NP: tl.constexpr, VEC: tl.constexpr,
+    SCATTER: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_CIN: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_COUT: tl.constexpr, LOCAL: tl.constexpr,
 ):
@@ -379,7 +417,11 @@ def _scan_bwd_kernel(
         dD_acc = tl.sum(tl.zeros_like(A2), axis=0, keep_dims=True)
         ddtb_acc = tl.sum(tl.zeros_like(A2), axis=0, keep_dims=True)
     prog = (pid_b64 * n_pd + pid_d) * n_seg + pid_s
-    scr_h = scr_ptr + prog * (L * NP * BD)  # this program's (L, NP, BD) scratch tile of states
+    # this program's (L, NP, BD) scratch tile of states. The +1 leaves it unaligned on purpose: an aligned
+    # tile lets Triton vectorise its accesses along channels and lay the whole loop out as 4 states x 8
+    # channels per lane group (shuffles for every sum over states, shared-memory layout changes per token);
+    # unaligned, the layout is the intended one channel per thread.
+    scr_h = scr_ptr + prog * (L * NP * BD) + 1
     cell = _at(dl, 2) + n3 * BD  # this thread's column of an (NP, BD) slab
     c_first = pid_s * (SEG_LEN // L)
     c_end = tl.minimum(c_first + SEG_LEN // L, NCHUNK)
@@ -402,7 +444,7 @@ def _scan_bwd_kernel(
                 nx = _load_row(dt_ptr, pid_b64, t + 1, d3, dmask & nmk, s_dt_b, s_dt_t)
                 nB = _load_row(B_ptr, pid_b64, t + 1, n3, nmask & nmk, s_B_b, s_B_t)
                 xr, dt = _time_step(xr, dtb, SOFTPLUS, HAS_DTB)
-                a = _chunk_decay(dt, A2, tmask, reset)
+                a = _chunk_decay(dt, A2, tmask, reset, FOLD_MASKS=True)
                 h = a * h + (dt * u) * Bv
                 tl.store(scr_h + i * NP * BD + cell, h)
         # (2) the chunk backwards
@@ -415,6 +457,8 @@ def _scan_bwd_kernel(
         ndy = _load_row(dy_ptr, pid_b64, t, d3, dmask & tmask, s_dy_b, s_dy_t)
         if HAS_Z:
             nz = _load_row(z_ptr, pid_b64, t, d3, dmask & tmask, s_z_b, s_z_t)
+        if not LOCAL:
+            nh = tl.load(scr_h + (L - 1) * NP * BD + cell)  # h_t of the chunk's last token, then one ahead
         for j in range(0, L):
             i = L - 1 - j
             t = c * L + i
@@ -434,14 +478,15 @@ def _scan_bwd_kernel(
             if HAS_Z:
                 nz = _load_row(z_ptr, pid_b64, t - 1, d3, dmask & pmk, s_z_b, s_z_t)
             xr, dt = _time_step(xr, dtb, SOFTPLUS, HAS_DTB)
-            a = _chunk_decay(dt, A2, tmask, reset)
+            a = _chunk_decay(dt, A2, tmask, reset, FOLD_MASKS=True)
             if LOCAL:
                 if HAS_Z:
                     dy = dy * zf * tl.sigmoid(zf)
                 carry = a * (Cv * dy + carry)
                 decay = decay * a
             else:
-                h = tl.load(scr_h + i * NP * BD + cell)
+                h = nh
+                nh = tl.load(scr_h + tl.maximum(i - 1, 0) * NP * BD + cell)
                 out_off = (pid_b64 * T + t) * DIM + d3
                 if HAS_Z:
                     y = tl.sum(h * Cv, axis=0, keep_dims=True)
@@ -470,9 +515,19 @@ def _scan_bwd_kernel(
                 ddtb_acc += ddt
                 tl.store(du_ptr + out_off, du.to(du_ptr.dtype.element_ty), mask=m2)
                 tl.store(ddt_ptr + out_off, ddt.to(ddt_ptr.dtype.element_ty), mask=m2)
-                part = ((pid_b64 * n_pd + pid_d) * T + t) * NSTATE + n3  # [b, channel block, t] partials
-                tl.store(dBp_ptr + part, tl.sum(g * dtu, axis=2, keep_dims=True), mask=nmask & tmask)
-                tl.store(dCp_ptr + part, tl.sum(h * dy, axis=2, keep_dims=True), mask=nmask & tmask)
+                row = ((pid_b64 * n_pd + pid_d) * T + t) * NSTATE  # [b, channel block, t] partials
+                if SCATTER:
+                    # rows 2n / 2n+1 of one [2N, 32] tile are dB[n] / dC[n]: one reduce-scatter for both
+                    both = tl.join(tl.reshape(g * dtu, [NP, BD]), tl.reshape(h * dy, [NP, BD]))
+                    both = tl.reshape(tl.permute(both, [0, 2, 1]), [2 * NP, BD])
+                    lane = tl.arange(0, BD)[None, :]
+                    sums = _warp_reduce_scatter(both, lane, 2 * NP, LOG2_NP + 1)
+                    k, owner = _scatter_row(lane, LOG2_NP + 1)
+                    dst = tl.where((k & 1) == 0, dBp_ptr, dCp_ptr) + row + (k >> 1)
+                    tl.store(dst, sums, mask=owner & ((k >> 1) < NSTATE) & tmask)
+                else:
+                    tl.store(dBp_ptr + row + n3, tl.sum(g * dtu, axis=2, keep_dims=True), mask=nmask & tmask)
+                    tl.store(dCp_ptr + row + n3, tl.sum(h * dy, axis=2, keep_dims=True), mask=nmask & tmask)
     if LOCAL:
         tl.store(cout_ptr + seg_off + dn, carry, mask=dnmask)
         tl.store(P_ptr + seg_off + dn, decay, mask=dnmask)
@@ -649,7 +704,7 @@ def scan_bwd(
     dA = _empty(batch, n_seg, dim, nstate, device=dev, dtype=f32)
     dD = None if D is None else _empty(batch, n_seg, dim, device=dev, dtype=f32)
     ddtb = None if delta_bias is None else _empty(batch, n_seg, dim, device=dev, dtype=f32)
-    scratch = torch.empty(batch * n_pd * n_seg * CHUNK * nprow * block, device=dev, dtype=f32)
+    scratch = torch.empty(batch * n_pd * n_seg * CHUNK * nprow * block + 1, device=dev, dtype=f32)
     dhT = None if dhT is None else dhT.float().contiguous()
     dummy = dA
 
@@ -670,7 +725,8 @@ def scan_bwd(
             0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
             dy.stride(0), dy.stride(1),
             0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
-            L=CHUNK, BD=block, NP=nprow, VEC=1,
+            L=CHUNK, BD=block, NP=nprow, LOG2_NP=nprow.bit_length() - 1, VEC=1,
+            SCATTER=block == 32 and 2 * nprow <= 32,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_CIN=cin is not None,
             HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_COUT=cout is not None, LOCAL=local,
             num_warps=warps,
