@@ -16,6 +16,18 @@ train() {  # name, then train_throughput.py arguments
   timeout 150 python benchmarks/train_throughput.py --steps 10 --warmup 3 --seq-len 4096 --dtype bf16 --json "$@" \
     2>&1 | grep -v '^USDT' | tee "$OUT/train-$name.txt" | tail -32
 }
+scan_gpu_tests() {
+  timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py 2>&1 | tail -4 \
+    | tee "$OUT/gpu-tests-scan.txt"
+}
+# The scan A/B modes compare the working tree's kernels with a base revision's file, written beforehand with
+#   git show REV:sambay/ops/selective_scan/triton.py > benchmarks/_base_scan.py   (untracked; travels with the
+# working tree) or named by SCAN_BASE; SCAN_REVS adds more "--rev NAME=PATH" revisions.
+SCAN_BASE=${SCAN_BASE:-benchmarks/_base_scan.py}
+scan_ab() {  # extra scan_ab.py arguments
+  [ -f "$SCAN_BASE" ] || { echo "no base revision at $SCAN_BASE (see the comment above scan_ab)" >&2; return 1; }
+  timeout 150 python benchmarks/scan_ab.py --rev "base=$SCAN_BASE" ${SCAN_REVS:-} "$@"
+}
 case "${1:-}" in
   kernels_train)  # #5 scan sweep and d16 fast-vs-reference step; #7 d8 tokens/s + MFU, SambaY vs Transformer++
     timeout 200 python benchmarks/kernels.py --sweep --only scan --out "$OUT/kernels-scan.txt" 2>&1 | tail -40
@@ -27,8 +39,7 @@ case "${1:-}" in
         --micro-batch 2 --batch-tokens 32768
     done ;;
   scan_train)  # #5/#7 after time-segmented scan forward: GPU scan tests, scan sweep, compiled d8 both families
-    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py 2>&1 | tail -4 \
-      | tee "$OUT/gpu-tests-scan.txt"
+    scan_gpu_tests
     timeout 200 python benchmarks/kernels.py --sweep --only scan --out "$OUT/kernels-scan.txt" 2>&1 | tail -45
     for arch in sambay transformer++; do
       train "$arch-d8-compile" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 14
@@ -39,27 +50,24 @@ case "${1:-}" in
       2>&1 | tail -6 | tee "$OUT/gpu-tests-scan.txt"
     timeout 330 python benchmarks/kernels.py --sweep --only scan --out "$OUT/kernels-scan.txt" 2>&1 \
       | grep -E "bwd|fwd\+bwd|shape|result" ;;
-  scan_ab)  # #5: GPU scan tests, then the working tree's scan kernels against a base revision's, then the sweep
-    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py 2>&1 | tail -4 \
-      | tee "$OUT/gpu-tests-scan.txt"
-    timeout 150 python benchmarks/scan_ab.py --rev "base=${SCAN_BASE:-benchmarks/_base_scan.py}" --out "$OUT/scan-ab.txt"
+  scan_ab)  # #5: GPU scan tests, the working tree's scan kernels against a base revision's, then the sweep
+    scan_gpu_tests
+    scan_ab --out "$OUT/scan-ab.txt"
     timeout 250 python benchmarks/kernels.py --sweep --only scan --out "$OUT/kernels-scan.txt" 2>&1 \
       | grep -E "variant|scan fwd|shape|result" ;;
   scan_ncu)  # #5: warp-stall and pipe statistics of the scan kernels (base revision and working tree), then d8
+    [ -f "$SCAN_BASE" ] || { echo "no base revision at $SCAN_BASE" >&2; exit 1; }
     timeout 240 ncu --clock-control none --page details --section WarpStateStats --section SchedulerStats \
       --section ComputeWorkloadAnalysis --section Occupancy --section SpeedOfLight -k regex:_scan_ \
-      python benchmarks/scan_ab.py --once --rev "base=${SCAN_BASE:-benchmarks/_base_scan.py}" ${SCAN_REVS:-} \
-      > "$OUT/ncu-scan.txt" 2>&1; echo "ncu rc $?"; grep -c "_scan_" "$OUT/ncu-scan.txt"
-    [ -n "${SCAN_REVS:-}" ] && timeout 120 python benchmarks/scan_ab.py --rev "base=${SCAN_BASE:-benchmarks/_base_scan.py}" \
-      $SCAN_REVS --out "$OUT/scan-ab.txt" | grep -E "vs|fwd"
+      python benchmarks/scan_ab.py --once --rev "base=$SCAN_BASE" ${SCAN_REVS:-} \
+      > "$OUT/ncu-scan.txt" 2>&1; echo "ncu rc $?"
+    scan_ab --out "$OUT/scan-ab.txt" | grep -E "vs|fwd"
     for arch in sambay transformer++; do
       train "$arch-d8-compile" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 14
     done ;;
   scan_train_ab)  # #5/#7: GPU scan tests, scan A/B against a base revision, then compiled d8 both families twice
-    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py 2>&1 | tail -4 \
-      | tee "$OUT/gpu-tests-scan.txt"
-    timeout 150 python benchmarks/scan_ab.py --rev "base=${SCAN_BASE:-benchmarks/_base_scan.py}" --out "$OUT/scan-ab.txt" \
-      | grep -E "vs|fwd"
+    scan_gpu_tests
+    scan_ab --out "$OUT/scan-ab.txt" | grep -E "vs|fwd"
     for round in 1 2; do
       for arch in sambay transformer++; do
         train "$arch-d8-compile-$round" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 14 \

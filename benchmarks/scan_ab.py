@@ -6,8 +6,8 @@
 Times the forward (inference and with saved states) and the backward of each given file and of the working
 tree's `sambay/ops/selective_scan/triton.py` ("candidate") at the benchmark shape (B=8, T=4096, D=4096) and
 the SambaY d8 training shape (B=4, D=1984), interleaving them so clock drift hits all alike, and checks every
-revision's outputs against the first one's. Numbers are medians of `triton.testing.do_bench`. `--once` runs
-each kernel once without timing, for a profiler (ncu) to attach to.
+revision's outputs against the first one's. Each time is the lower of two interleaved rounds of
+`triton.testing.do_bench` medians. `--once` runs each kernel once without timing, for a profiler (ncu).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def compare(revs, Bn, T, D, N, copy_bw, once=False):
         f, ft, b = min(t["fwd"]), min(t["fwd_train"]), min(t["bwd"])
         regs = ", ".join(f"{k} {v.n_regs} regs/{v.n_spills} spills" for k, v in res[name]["mod"].LAUNCHED.items())
         say(f"   {name:10s}: fwd {f:.3f} ms ({fwd_bytes / f / 1e6 / copy_bw:.1%} of copy bw), fwd saving states "
-            f"{ft:.3f} ms, bwd {b:.3f} ms; fwd(saving)+bwd = {(ft + b) / f:.2f}x inference fwd  [{regs}]")
+            f"{ft:.3f} ms, bwd {b:.3f} ms ({bwd_bytes / b / 1e6 / copy_bw:.1%}); fwd(saving)+bwd = {(ft + b) / f:.2f}x inference fwd  [{regs}]")
 
 
 def main():
