@@ -63,7 +63,7 @@ FWD_SEGMENTS, FWD_SEG_BELOW, FWD_SEG_WARPS_PER_SM, FWD_MIN_SEG_LEN, FWD_MAX_SEGM
 # Backward: one channel per thread, up to BWD_WARPS warps per program (fewer while the grid is smaller than
 # the SM count; one warp is what the dB / dC reduce-scatter needs, more fall back to tl.sum), BWD_SEGMENTS
 # time segments (0: the forward's automatic rule). H100, B=8 T=4096 D=4096 (kernels-h100-2026-11-23.txt,
-# runs 7-12): 6.9 ms; 10.2 ms before the reduce-scatter and the unaligned scratch tile, 19.5 ms for the
+# runs 7-15): 6.7 ms; 10.2 ms before the reduce-scatter and the unaligned scratch tile, 19.5 ms for the
 # earlier (time, channel, state) tile kernel (removed); 2 warps 11.1 ms; 16-token checkpoints 8.4 ms; B and C
 # upcast to fp32 first 7.9 ms; capping registers spilled; reducing dB / dC once per chunk through a scratch
 # tile was slower. Training shape B=4 D=1984: 2.1 ms (3.2 ms before, 5.0 ms for the tile kernel).
@@ -368,8 +368,7 @@ def _scan_bwd_kernel(
     du_ptr, ddt_ptr, dz_ptr, dBp_ptr, dCp_ptr, dA_ptr, dD_ptr, ddtb_ptr, cout_ptr, P_ptr, scr_ptr,
     T, DIM, NSTATE, NCHUNK, SEG_LEN,
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_dy_b, s_dy_t, s_seq_b, s_seq_t,
-    L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, LOG2_NP: tl.constexpr, VEC: tl.constexpr,
-    SCATTER: tl.constexpr,
+    L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, LOG2_NP: tl.constexpr, SCATTER: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_CIN: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_COUT: tl.constexpr, LOCAL: tl.constexpr,
 ):
@@ -392,7 +391,7 @@ def _scan_bwd_kernel(
     pid_b64 = pid_b.to(tl.int64)
     seg_off = (pid_b64 * n_seg + (n_seg - 1 - pid_s)) * DIM * NSTATE
     dl = tl.arange(0, BD)
-    d3 = _at(tl.max_contiguous(pid_d * BD + dl, VEC), 2)
+    d3 = _at(pid_d * BD + dl, 2)
     n3 = _at(tl.arange(0, NP), 0)
     dmask = d3 < DIM
     nmask = n3 < NSTATE
@@ -725,7 +724,7 @@ def scan_bwd(
             0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
             dy.stride(0), dy.stride(1),
             0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
-            L=CHUNK, BD=block, NP=nprow, LOG2_NP=nprow.bit_length() - 1, VEC=1,
+            L=CHUNK, BD=block, NP=nprow, LOG2_NP=nprow.bit_length() - 1,
             SCATTER=block == 32 and 2 * nprow <= 32,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_CIN=cin is not None,
             HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_COUT=cout is not None, LOCAL=local,
