@@ -74,6 +74,39 @@ case "${1:-}" in
           | grep -E "tokens_per_s|mfu_vs_measured|step_s"
       done
     done ;;
+  train_ab)  # #7: compiled d8 of both families, a base revision's tree against the working tree, same call.
+    # The base tree: git archive REV sambay benchmarks | tar -x -C benchmarks/_base_tree (untracked; travels
+    # with the working tree; its train_throughput.py puts its own tree first on sys.path).
+    base=benchmarks/_base_tree/benchmarks/train_throughput.py
+    [ -f "$base" ] || { echo "no base tree at benchmarks/_base_tree (see the comment above)" >&2; exit 1; }
+    for arch in sambay transformer++; do
+      for tree in base candidate; do
+        script=benchmarks/train_throughput.py; [ "$tree" = base ] && script=$base
+        timeout 150 python "$script" --steps 10 --warmup 3 --seq-len 4096 --dtype bf16 --json --preset "$arch" \
+          --depth 8 --micro-batch 4 --compile 2>&1 | grep -v '^USDT' | tee "$OUT/train-${arch//+/p}-d8-$tree.txt" \
+          | grep -E "tokens_per_s|mfu_vs_measured|step_s" | sed "s/^/[$arch $tree] /"
+      done
+    done ;;
+  train_rounds)  # #7: compiled d8, SambaY and Transformer++ alternating for ROUNDS rounds (default 3), 20 steps each
+    for round in $(seq 1 "${ROUNDS:-3}"); do
+      for arch in sambay transformer++; do
+        timeout 150 python benchmarks/train_throughput.py --steps 20 --warmup 3 --seq-len 4096 --dtype bf16 --json \
+          --preset "$arch" --depth 8 --micro-batch 4 --compile 2>&1 | grep -v '^USDT' \
+          | tee "$OUT/train-${arch//+/p}-d8-round$round.txt" | grep -E "^\{" | sed "s/^/[$arch round $round] /"
+      done
+    done ;;
+  conv_train_ab)  # #7: GPU tests of the changed kernels, conv A/B (benchmarks/_base_conv.py), then train_ab
+    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py \
+      tests/ops/test_cross_entropy_gpu.py 2>&1 | tail -3 | tee "$OUT/gpu-tests-conv.txt"
+    timeout 100 python benchmarks/conv_ab.py --rev base=benchmarks/_base_conv.py --out "$OUT/conv-ab.txt"
+    bash "$0" train_ab ;;
+  ce_scan_train)  # #5/#7: GPU tests of the scan and the fused cross-entropy, scan A/B, compiled d8 both families
+    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py \
+      tests/ops/test_cross_entropy_gpu.py 2>&1 | tail -4 | tee "$OUT/gpu-tests-scan-ce.txt"
+    scan_ab --out "$OUT/scan-ab.txt" | grep -E "vs|fwd|##"
+    for arch in sambay transformer++; do
+      train "$arch-d8-compile" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 24
+    done ;;
   train_d8)  # #7: compiled d8 SambaY vs Transformer++ (one process each, same call), with a profile
     for arch in sambay transformer++; do
       train "$arch-d8-compile" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 14
@@ -103,6 +136,6 @@ case "${1:-}" in
       | grep -v '^USDT' | tee "$OUT/train-sambay-d8-2gpu.txt" | tail -24 ;;
   gpu_tests)  # every GPU-marked test
     timeout 400 python -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt" ;;
-  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|scan_ab|scan_ncu|scan_train_ab|train_d8|decode|generate|multi_gpu|gpu_tests" >&2
+  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|scan_ab|scan_ncu|scan_train_ab|train_ab|train_rounds|conv_train_ab|ce_scan_train|train_d8|decode|generate|multi_gpu|gpu_tests" >&2
      exit 2 ;;
 esac

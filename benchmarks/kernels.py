@@ -106,13 +106,19 @@ def rel_err(x, ref):
     return ((x - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
-def scan_inputs(Bn, T, D, N, z=True, requires_grad=False):
+def scan_inputs(Bn, T, D, N, z=True, requires_grad=False, bc_slices=False):
+    """bc_slices: B and C as column slices of one (Bn, T, D/32 + 2N) tensor, the way the model passes them
+    (x_proj's output split into dt, B, C; unaligned rows), instead of contiguous (Bn, T, N) tensors."""
     g = torch.Generator(device=DEV).manual_seed(0)
     u = torch.randn(Bn, T, D, device=DEV, dtype=BF, generator=g)
     delta = (torch.randn(Bn, T, D, device=DEV, generator=g) * 0.5 - 1).to(BF)
     A = -torch.exp(torch.rand(D, N, device=DEV, generator=g) * 2)
-    Bm = torch.randn(Bn, T, N, device=DEV, dtype=BF, generator=g)
-    Cm = torch.randn(Bn, T, N, device=DEV, dtype=BF, generator=g)
+    if bc_slices:
+        _, Bm, Cm = torch.randn(Bn, T, D // 32 + 2 * N, device=DEV, dtype=BF, generator=g).split(
+            [D // 32, N, N], dim=-1)
+    else:
+        Bm = torch.randn(Bn, T, N, device=DEV, dtype=BF, generator=g)
+        Cm = torch.randn(Bn, T, N, device=DEV, dtype=BF, generator=g)
     Dv = torch.randn(D, device=DEV, generator=g)
     zz = torch.randn(Bn, T, D, device=DEV, dtype=BF, generator=g) if z else None
     dtb = torch.randn(D, device=DEV, generator=g) * 0.5
@@ -141,11 +147,11 @@ def bench_scan(copy_bw, sweep):
         return scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, save)
 
     # forward variants: (forward chunk BT, tile order, channels per program BD (0: adaptive), warps, channel
-    # contiguity VEC, prefetch distance in chunks, B/C upcast to fp32 first, time segments (0: automatic))
-    names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST", "FWD_BC_FP32", "FWD_SEGMENTS")
+    # contiguity VEC, prefetch distance in chunks, time segments (0: automatic))
+    names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST", "FWD_SEGMENTS")
     configs = [tuple(getattr(scan_tri, n) for n in names)]
     if sweep:
-        configs += [(1, 1, 0, 8, 1, 2, False, 0), (1, 1, 0, 2, 1, 1, False, 0), (1, 1, 0, 2, 1, 2, False, 0)]
+        configs += [(1, 1, 0, 8, 1, 2, 0), (1, 1, 0, 2, 1, 1, 0), (1, 1, 0, 2, 1, 2, 0)]
     sweep_variants("fwd", names, configs, lambda: (lambda: fwd(False)), lambda r: r[:1], fwd_bytes, copy_bw)
     t_inf = ms(lambda: fwd(False))
     t_train = ms(lambda: fwd(True))

@@ -5,7 +5,7 @@
 
 Times the forward (inference and with saved states) and the backward of each given file and of the working
 tree's `sambay/ops/selective_scan/triton.py` ("candidate") at the benchmark shape (B=8, T=4096, D=4096) and
-the SambaY d8 training shape (B=4, D=1984), interleaving them so clock drift hits all alike, and checks every
+the SambaY d8 training shape (B=4, D=1984, B and C sliced out of x_proj's output as in the model), interleaving them so clock drift hits all alike, and checks every
 revision's outputs against the first one's. Each time is the lower of two interleaved rounds of
 `triton.testing.do_bench` medians. `--once` runs each kernel once without timing, for a profiler (ncu).
 """
@@ -34,10 +34,23 @@ def load_rev(name: str, path: str):
     return mod
 
 
-def compare(revs, Bn, T, D, N, copy_bw, once=False):
-    u, delta, A, Bm, Cm, Dv, z, dtb = scan_inputs(Bn, T, D, N)
+def load_revs(ap, specs, candidate):
+    """{name: module} for the --rev NAME=PATH specs, then the working tree's module as "candidate"."""
+    revs = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not os.path.isfile(path):
+            ap.error(f"--rev {spec!r}: expected NAME=PATH of an existing file")
+        revs[name] = load_rev(name, path)
+    revs["candidate"] = candidate
+    return revs
+
+
+def compare(revs, Bn, T, D, N, copy_bw, once=False, bc_slices=False):
+    u, delta, A, Bm, Cm, Dv, z, dtb = scan_inputs(Bn, T, D, N, bc_slices=bc_slices)
     fwd_bytes, bwd_bytes = scan_bytes(Bn, T, D, N)
-    say(f"## B={Bn} T={T} D={D} N={N} bf16 (z, D, delta_bias, softplus)")
+    say(f"## B={Bn} T={T} D={D} N={N} bf16 (z, D, delta_bias, softplus)"
+        + ("; B, C as x_proj column slices, as in the model" if bc_slices else ""))
     res = {}
     for name, mod in revs.items():
         y = mod.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True)[0]
@@ -77,18 +90,12 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--once", action="store_true", help="run each kernel once, untimed (for ncu)")
     args = ap.parse_args()
-    revs = {}
-    for spec in args.rev:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not os.path.isfile(path):
-            ap.error(f"--rev {spec!r}: expected NAME=PATH of an existing file")
-        revs[name] = load_rev(name, path)
-    revs["candidate"] = candidate
+    revs = load_revs(ap, args.rev, candidate)
     say(f"# scan A/B on {torch.cuda.get_device_name()}: {', '.join(args.rev)} vs the working tree (candidate)")
     copy_bw = 0.0 if args.once else ceilings()[0]
     say(f"   copy bandwidth {copy_bw:.0f} GB/s")
     compare(revs, 8, 4096, 4096, 16, copy_bw, args.once)
-    compare(revs, 4, 4096, 1984, 16, copy_bw, args.once)
+    compare(revs, 4, 4096, 1984, 16, copy_bw, args.once, bc_slices=True)
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(out_lines) + "\n")

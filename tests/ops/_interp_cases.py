@@ -22,6 +22,9 @@ _interp_patches.install()
 from sambay.ops.causal_conv1d import causal_conv1d as conv_public  # noqa: E402
 from sambay.ops.causal_conv1d import reference as conv_ref  # noqa: E402
 from sambay.ops.causal_conv1d import triton as conv_tri  # noqa: E402
+from sambay.ops.cross_entropy import chunked as ce_chunked  # noqa: E402
+from sambay.ops.cross_entropy import reference as ce_ref  # noqa: E402
+from sambay.ops.cross_entropy import triton as ce_tri  # noqa: E402
 from sambay.ops.selective_scan import reference as scan_ref  # noqa: E402
 from sambay.ops.selective_scan import selective_scan as scan_public  # noqa: E402
 from sambay.ops.selective_scan import triton as scan_tri  # noqa: E402
@@ -132,6 +135,37 @@ def test_scan_kernel_accepts_strided_halves_of_a_projection():
     assert rel(y, yr) < 1e-5
 
 
+@pytest.mark.parametrize("layout", ["aligned-rows", "x_proj-slices"])
+def test_scan_kernel_reads_bf16_B_and_C_as_packed_pairs_with_reference_results(layout):
+    # bf16 B / C with an even N take the packed-word path (PACK); x_proj slices (row stride dt_rank + 2N,
+    # unaligned) are first copied to aligned rows. The reference gets the same bf16 values in float64.
+    torch.manual_seed(11)
+    Bn, T, D, N = 2, 21, 12, 8
+    width = 2 * N if layout == "aligned-rows" else 3 + 2 * N
+    proj = torch.randn(Bn, T, width).bfloat16()
+    leaves = [torch.randn(Bn, T, D), torch.randn(Bn, T, D), -torch.rand(D, N) * 2, proj, torch.randn(D),
+              torch.randn(Bn, T, D), torch.randn(D)]
+
+    def run(impl, u, delta, A, proj, *rest):
+        B, C = proj[..., -2 * N : -N], proj[..., -N:]
+        return impl(u, delta, A, B, C, *rest)
+
+    tri = [t.clone().requires_grad_() for t in leaves]
+    B_view = tri[3][..., -2 * N : -N]
+    assert (B_view.stride(1) * B_view.element_size() % 16 == 0) == (layout == "aligned-rows")
+    assert scan_tri._bc_rows(B_view, tri[3][..., -N:])[2], "bf16 B / C should take the packed path"
+    y = run(scan_tri.selective_scan, *tri)
+    ref = [t.detach().double().requires_grad_() for t in leaves]
+    yr = run(scan_ref.selective_scan, *ref)
+    assert rel(y, yr) < 1e-5
+    dy = torch.randn(Bn, T, D)
+    (y * dy).sum().backward()
+    (yr * dy.double()).sum().backward()
+    for name, a, r in zip(["u", "delta", "A", "B|C", "D", "z", "delta_bias"], tri, ref):
+        tol = 1e-2 if name == "B|C" else 1e-5  # dB / dC come back rounded to bf16, B and C's dtype
+        assert rel(a.grad, r.grad) < tol, name
+
+
 def test_public_selective_scan_dispatches_to_triton_and_backpropagates():
     torch.manual_seed(3)
     u = torch.randn(1, 9, 8, requires_grad=True)
@@ -225,3 +259,49 @@ def test_triton_ops_trace_under_torch_compile_fullgraph_with_backward():
     assert rel(loss_c, loss_e) < 1e-6
     for a, b in zip(gc, ge):
         assert rel(a, b) < 1e-5
+
+
+def test_cross_entropy_rows_kernel_gives_loss_rows_and_overwrites_logits_with_their_gradient(monkeypatch):
+    monkeypatch.setattr(ce_tri, "BLOCK_V", 16)  # V = 37: three blocks per row, the last one partial
+    torch.manual_seed(9)
+    R, V = 6, 37
+    logits = torch.randn(R, V) * 4
+    targets = torch.randint(0, V, (R,))
+    targets[2] = -100
+    scale = torch.tensor([0.25])
+    work = logits.clone()
+    rows = ce_tri.cross_entropy_rows(work, targets, scale, -100, True)
+    valid = targets != -100
+    want = torch.where(valid, torch.logsumexp(logits, -1) - logits.gather(1, targets.clamp(min=0)[:, None])[:, 0], 0.0)
+    grad = (torch.softmax(logits, -1) - torch.nn.functional.one_hot(targets.clamp(min=0), V)) * 0.25 * valid[:, None]
+    assert rel(rows, want) < 1e-6
+    assert rel(work, grad) < 1e-6
+    assert torch.all(work[2] == 0)
+    kept = logits.clone()
+    assert rel(ce_tri.cross_entropy_rows(kept, targets, scale, -100, False), want) < 1e-6
+    assert torch.equal(kept, logits), "without write_grad the logits must stay untouched"
+
+
+def test_cross_entropy_rows_kernel_makes_an_out_of_vocabulary_target_nan_not_an_out_of_bounds_read():
+    logits = torch.randn(3, 10)
+    targets = torch.tensor([1, 10, -100])
+    rows = ce_tri.cross_entropy_rows(logits, targets, torch.tensor([1.0]), -100, True)
+    assert torch.isfinite(rows[0]) and torch.isnan(rows[1]) and rows[2] == 0
+    assert torch.isnan(logits[1]).all() and torch.isfinite(logits[0]).all()
+
+
+def test_chunked_linear_cross_entropy_through_the_triton_rows_matches_full_logits_loss_and_grads():
+    torch.manual_seed(10)
+    N, d, V = 29, 8, 53
+    leaves = [torch.randn(N, d), torch.randn(V, d) * 0.5]
+    t = torch.randint(0, V, (N,))
+    t[::4] = -100
+    tri = [x.clone().requires_grad_() for x in leaves]
+    ref = [x.double().requires_grad_() for x in leaves]
+    got = ce_chunked.linear_cross_entropy(*tri, t, chunk_rows=8)
+    want = ce_ref.linear_cross_entropy(*ref, t)
+    (got * 2).backward()
+    (want * 2).backward()
+    assert rel(got, want) < 1e-6
+    for a, r in zip(tri, ref):
+        assert rel(a.grad, r.grad) < 1e-5

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from sambay.ops.triton_math import triton_interpreting
 
 # Tuned on the H100 (benchmarks/attention.py; results in benchmarks/results/attention-h100-*.txt): at
 # B 64 x 32K (H 40, G 20, hs 64) every tile among (32..256 keys, 2..8 warps, 2..4 stages) ran within 2 % of
@@ -45,10 +46,6 @@ def _empty(*shape, device, dtype):
     if POISON and dtype.is_floating_point:
         return torch.full(shape, float("nan"), device=device, dtype=dtype)
     return torch.empty(*shape, device=device, dtype=dtype)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 @functools.cache
@@ -250,7 +247,7 @@ def _launch(q, k_cache, v_cache, cache_lens, slot_idx, scale, diff, n_splits, bl
     block_n = BLOCK_N_DEFAULT if block_n is None else block_n
     num_warps = NUM_WARPS_DEFAULT if num_warps is None else num_warps
     num_stages = NUM_STAGES_DEFAULT if num_stages is None else num_stages
-    dot_f32 = q.dtype == torch.float32 or _interpreting()
+    dot_f32 = q.dtype == torch.float32 or triton_interpreting()
 
     out = _empty(batch, n_head, dvt, device=q.device, dtype=q.dtype)
     direct = n_splits == 1

@@ -8,9 +8,10 @@ s = t - j feeds time t only when no document boundary lies in (s, t]; walking j 
 kept as a running AND of `seq_idx[s] == seq_idx[s+1]`, with indices clamped at 0 so the initial state
 belongs to the first document.
 
-Backward: kernel 1 recomputes the pre-activation, writes dpre = dout * act'(pre) (fp32, B*T*D) and
-stores per-program d weight / d bias partials (summed in torch); kernel 2 gathers dx[s] = sum_j w[W-1-j] *
-dpre[s+j] over the same validity and also covers s in [-(W-1), 0) for the initial-state gradient.
+Backward: kernel 1 recomputes the pre-activation and writes dpre = dout * act'(pre) (fp32, B*T*D), purely
+elementwise; kernel 2 gathers dx[s] = sum_j w[W-1-j] * dpre[s+j] over the same validity (also for s in
+[-(W-1), 0), the initial-state gradient) and, from the same dpre taps, the weight / bias gradient partials
+of each program (summed in torch).
 The final state (last W-1 inputs of the last document) and its gradient are small gathers done in torch.
 """
 
@@ -20,7 +21,12 @@ import torch
 import triton
 import triton.language as tl
 
-FWD_BT, FWD_BD, FWD_WARPS = 64, 64, 4
+from sambay.ops import triton_math as tm
+
+FWD_BT, FWD_BD, FWD_WARPS = 64, 64, 4  # forward, and the backward's elementwise dpre kernel
+# backward dx / d weight kernel: BWD_TILES tiles of BWD_BT x BWD_BD per program, so the cross-thread sums of
+# the weight and bias gradients happen once per BWD_TILES tiles (they dominated a per-tile version)
+BWD_BT, BWD_BD, BWD_TILES, BWD_WARPS, BWD_MAX_WIDTH = 16, 64, 16, 4, 4
 UPD_BD, UPD_WARPS = 128, 4
 
 
@@ -81,7 +87,7 @@ def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, init_ptr, seq_ptr, out_ptr,
     T, DIM, s_x_b, s_x_t, s_i_b, s_i_d, s_i_w, s_seq_b, s_seq_t, s_o_b, s_o_t,
     W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, FAST: tl.constexpr,
 ):
     pid_b64 = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1) * BT + tl.arange(0, BT)
@@ -91,18 +97,19 @@ def _conv_fwd_kernel(
     acc = _conv_pre(x_ptr, w_ptr, b_ptr, init_ptr, seq_ptr, pid_b64, t, tmask, d, dmask,
                     s_x_b, s_x_t, s_i_b, s_i_d, s_i_w, s_seq_b, s_seq_t, W, BT, BD, HAS_BIAS, HAS_INIT, HAS_SEQ)
     if ACT == 1:
-        acc = acc * tl.sigmoid(acc)
+        acc = acc * tm.sigmoid(acc, FAST)
     m = tmask[:, None] & dmask[None, :]
     tl.store(out_ptr + pid_b64 * s_o_b + t[:, None] * s_o_t + d[None, :], acc.to(out_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def _conv_bwd_dpre_kernel(
-    x_ptr, w_ptr, b_ptr, init_ptr, seq_ptr, dout_ptr, dpre_ptr, dw_ptr, db_ptr,
+    x_ptr, w_ptr, b_ptr, init_ptr, seq_ptr, dout_ptr, dpre_ptr,
     T, DIM, s_x_b, s_x_t, s_i_b, s_i_d, s_i_w, s_seq_b, s_seq_t, s_do_b, s_do_t,
     W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, FAST: tl.constexpr,
 ):
+    """dpre = dout * act'(pre) (fp32) for one [BT, BD] tile; elementwise, no reductions."""
     pid_b64 = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1) * BT + tl.arange(0, BT)
     d = tl.program_id(2) * BD + tl.arange(0, BD)
@@ -113,67 +120,86 @@ def _conv_bwd_dpre_kernel(
     if ACT == 1:
         pre = _conv_pre(x_ptr, w_ptr, b_ptr, init_ptr, seq_ptr, pid_b64, t, tmask, d, dmask,
                         s_x_b, s_x_t, s_i_b, s_i_d, s_i_w, s_seq_b, s_seq_t, W, BT, BD, HAS_BIAS, HAS_INIT, HAS_SEQ)
-        sg = tl.sigmoid(pre)
+        sg = tm.sigmoid(pre, FAST)
         dpre = dpre * sg * (1.0 + pre * (1.0 - sg))
     tl.store(dpre_ptr + (pid_b64 * T + t[:, None]) * DIM + d[None, :], dpre, mask=m)
-    # per-program partial sums (row = batch * n_time_tiles + time tile), reduced in torch: atomics on the
-    # D * W weight-gradient addresses would serialise (every time tile hits the same addresses)
-    part = pid_b64 * tl.num_programs(1) + tl.program_id(1)
-    if HAS_BIAS:
-        tl.store(db_ptr + part * DIM + d, tl.sum(dpre, axis=0), mask=dmask)
-    # d weight[:, W-1-j] = sum_t dpre[t] * x[t-j] over valid taps (same validity walk as the forward)
-    valid = tmask
-    if HAS_SEQ:
-        seq_next = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(t, 0) * s_seq_t, mask=tmask, other=0)
-    for j in tl.static_range(W):
-        s = t - j
-        if HAS_SEQ:
-            if j > 0:
-                seq_s = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(s, 0) * s_seq_t, mask=tmask, other=0)
-                valid = valid & (seq_s == seq_next)
-                seq_next = seq_s
-        mx = (valid & (s >= 0))[:, None] & dmask[None, :]
-        xs = tl.load(x_ptr + pid_b64 * s_x_b + s[:, None] * s_x_t + d[None, :], mask=mx, other=0.0).to(tl.float32)
-        if HAS_INIT:
-            mi = (valid & (s < 0))[:, None] & dmask[None, :]
-            xi = tl.load(init_ptr + pid_b64 * s_i_b + d[None, :] * s_i_d + (s[:, None] + (W - 1)) * s_i_w,
-                         mask=mi, other=0.0).to(tl.float32)
-            xs = xs + xi
-        tl.store(dw_ptr + (part * DIM + d) * W + (W - 1 - j), tl.sum(dpre * xs, axis=0), mask=dmask)
 
 
 @triton.jit
 def _conv_bwd_dx_kernel(
-    w_ptr, seq_ptr, dpre_ptr, dx_ptr, dinit_ptr,
-    T, DIM, s_seq_b, s_seq_t, s_dx_b, s_dx_t,
-    W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_SEQ: tl.constexpr, WANT_DINIT: tl.constexpr,
+    x_ptr, init_ptr, w_ptr, seq_ptr, dpre_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr,
+    T, DIM, s_x_b, s_x_t, s_i_b, s_i_d, s_i_w, s_seq_b, s_seq_t, s_dx_b, s_dx_t,
+    W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, NT: tl.constexpr, HAS_SEQ: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_BIAS: tl.constexpr, WANT_DINIT: tl.constexpr,
 ):
+    """NT consecutive [BT, BD] tiles of input rows s (from -(W-1): the initial-state positions):
+    dx[s] = sum_j w[W-1-j] dpre[s+j] over valid taps, and this program's partial sums of the weight and bias
+    gradients, d w[W-1-j] = sum_s dpre[s+j] x[s] (the same taps) and d bias = sum_s dpre[s]. The products are
+    accumulated elementwise over the NT tiles and reduced across threads once, at the end (up to 4 taps)."""
     pid_b64 = tl.program_id(0).to(tl.int64)
-    # rows s cover [-(W-1), T): the negative ones are the initial-state positions
-    s = tl.program_id(1) * BT + tl.arange(0, BT) - (W - 1)
     d = tl.program_id(2) * BD + tl.arange(0, BD)
-    smask = s < T
     dmask = d < DIM
-    acc = tl.zeros([BT, BD], dtype=tl.float32)
-    valid = smask
-    if HAS_SEQ:
-        seq_prev = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(s, 0) * s_seq_t, mask=smask, other=0)
-    for j in tl.static_range(W):
-        t = s + j
+    dw0 = tl.zeros([BT, BD], dtype=tl.float32)
+    dw1 = tl.zeros([BT, BD], dtype=tl.float32)
+    dw2 = tl.zeros([BT, BD], dtype=tl.float32)
+    dw3 = tl.zeros([BT, BD], dtype=tl.float32)
+    dbias = tl.zeros([BT, BD], dtype=tl.float32)
+    for k in range(0, NT):
+        s = (tl.program_id(1) * NT + k) * BT + tl.arange(0, BT) - (W - 1)
+        smask = s < T
+        xm = (smask & (s >= 0))[:, None] & dmask[None, :]
+        xs = tl.load(x_ptr + pid_b64 * s_x_b + s[:, None] * s_x_t + d[None, :], mask=xm, other=0.0).to(tl.float32)
+        if HAS_INIT:
+            mi = (smask & (s < 0))[:, None] & dmask[None, :]
+            xs += tl.load(init_ptr + pid_b64 * s_i_b + d[None, :] * s_i_d + (s[:, None] + (W - 1)) * s_i_w,
+                          mask=mi, other=0.0).to(tl.float32)
+        acc = tl.zeros([BT, BD], dtype=tl.float32)
+        valid = smask
         if HAS_SEQ:
-            if j > 0:
-                seq_t = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(t, 0) * s_seq_t, mask=valid & (t < T), other=0)
-                valid = valid & (seq_t == seq_prev)
-                seq_prev = seq_t
-        mt = (valid & (t >= 0) & (t < T))[:, None] & dmask[None, :]
-        g = tl.load(dpre_ptr + (pid_b64 * T + t[:, None]) * DIM + d[None, :], mask=mt, other=0.0)
-        wk = tl.load(w_ptr + d * W + (W - 1 - j), mask=dmask, other=0.0).to(tl.float32)
-        acc += g * wk[None, :]
-    mo = ((s >= 0) & smask)[:, None] & dmask[None, :]
-    tl.store(dx_ptr + pid_b64 * s_dx_b + s[:, None] * s_dx_t + d[None, :], acc.to(dx_ptr.dtype.element_ty), mask=mo)
-    if WANT_DINIT:
-        mi = ((s < 0) & smask)[:, None] & dmask[None, :]
-        tl.store(dinit_ptr + (pid_b64 * DIM + d[None, :]) * (W - 1) + (s[:, None] + (W - 1)), acc, mask=mi)
+            seq_prev = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(s, 0) * s_seq_t, mask=smask, other=0)
+        for j in tl.static_range(W):
+            t = s + j
+            if HAS_SEQ:
+                if j > 0:
+                    seq_t = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(t, 0) * s_seq_t,
+                                    mask=valid & (t < T), other=0)
+                    valid = valid & (seq_t == seq_prev)
+                    seq_prev = seq_t
+            mt = (valid & (t >= 0) & (t < T))[:, None] & dmask[None, :]
+            g = tl.load(dpre_ptr + (pid_b64 * T + t[:, None]) * DIM + d[None, :], mask=mt, other=0.0)
+            wk = tl.load(w_ptr + d * W + (W - 1 - j), mask=dmask, other=0.0).to(tl.float32)
+            acc += g * wk[None, :]
+            if j == 0:
+                dw0 += g * xs
+                if HAS_BIAS:
+                    dbias += g
+            elif j == 1:
+                dw1 += g * xs
+            elif j == 2:
+                dw2 += g * xs
+            else:
+                dw3 += g * xs
+        mo = ((s >= 0) & smask)[:, None] & dmask[None, :]
+        tl.store(dx_ptr + pid_b64 * s_dx_b + s[:, None] * s_dx_t + d[None, :], acc.to(dx_ptr.dtype.element_ty),
+                 mask=mo)
+        if WANT_DINIT:
+            mi = ((s < 0) & smask)[:, None] & dmask[None, :]
+            tl.store(dinit_ptr + (pid_b64 * DIM + d[None, :]) * (W - 1) + (s[:, None] + (W - 1)), acc, mask=mi)
+    # per-program partials (row = batch * n_groups + group), summed in torch: atomics on the D * W weight
+    # gradient would serialise (every program hits the same addresses)
+    part = pid_b64 * tl.num_programs(1) + tl.program_id(1)
+    for j in tl.static_range(W):
+        if j == 0:
+            col = tl.sum(dw0, axis=0)
+        elif j == 1:
+            col = tl.sum(dw1, axis=0)
+        elif j == 2:
+            col = tl.sum(dw2, axis=0)
+        else:
+            col = tl.sum(dw3, axis=0)
+        tl.store(dw_ptr + (part * DIM + d) * W + (W - 1 - j), col, mask=dmask)
+    if HAS_BIAS:
+        tl.store(db_ptr + part * DIM + d, tl.sum(dbias, axis=0), mask=dmask)
 
 
 @triton.jit
@@ -260,7 +286,7 @@ def conv_fwd(x, weight, bias, activation, initial_state, seq_idx, out=None):
             y.stride(0), y.stride(1),
             W=width, BT=FWD_BT, BD=FWD_BD, ACT=_act_code(activation),
             HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_SEQ=seq_idx is not None,
-            num_warps=FWD_WARPS,
+            FAST=tm.fast_math(), num_warps=FWD_WARPS,
         )
     return y
 
@@ -270,37 +296,41 @@ def conv_bwd(dout, x, weight, bias, activation, initial_state, seq_idx, dfinal, 
     x, dout = _unit_last(x), _unit_last(dout)
     batch, seqlen, dim = x.shape
     width = weight.shape[1]
+    if width > BWD_MAX_WIDTH:
+        raise ValueError(f"the Triton causal_conv1d backward takes kernel widths up to {BWD_MAX_WIDTH}, got "
+                         f"{width}; run the reference with SAMBAY_REFERENCE_OPS=causal_conv1d")
     weight = weight.contiguous()
     dev = x.device
     dpre = _empty(batch, seqlen, dim, device=dev, dtype=torch.float32)
-    nparts = batch * triton.cdiv(seqlen, FWD_BT)
-    dw = _empty(nparts, dim, width, device=dev, dtype=torch.float32)
-    db = _empty(nparts, dim, device=dev, dtype=torch.float32) if bias is not None else None
+    n_groups = triton.cdiv(seqlen + width - 1, BWD_BT * BWD_TILES)
+    dw = _empty(batch * n_groups, dim, width, device=dev, dtype=torch.float32)
+    db = _empty(batch * n_groups, dim, device=dev, dtype=torch.float32) if bias is not None else None
     dx = _empty(batch, seqlen, dim, device=dev, dtype=x.dtype)
     dinit = _empty(batch, dim, width - 1, device=dev, dtype=torch.float32) if want_dinit else None
     init = initial_state
     seq_strides = (0, 0) if seq_idx is None else seq_idx.stride()
+    init_strides = (0, 0, 0) if init is None else init.stride()
     if seqlen > 0:
         grid = (batch, triton.cdiv(seqlen, FWD_BT), triton.cdiv(dim, FWD_BD))
         _conv_bwd_dpre_kernel[grid](
             x, weight, weight if bias is None else bias.contiguous(), weight if init is None else init,
-            weight if seq_idx is None else seq_idx, dout, dpre, dw, dw if db is None else db,
-            seqlen, dim, x.stride(0), x.stride(1),
-            *((0, 0, 0) if init is None else init.stride()), *seq_strides, dout.stride(0), dout.stride(1),
+            weight if seq_idx is None else seq_idx, dout, dpre,
+            seqlen, dim, x.stride(0), x.stride(1), *init_strides, *seq_strides, dout.stride(0), dout.stride(1),
             W=width, BT=FWD_BT, BD=FWD_BD, ACT=_act_code(activation),
             HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_SEQ=seq_idx is not None,
-            num_warps=FWD_WARPS,
+            FAST=tm.fast_math(), num_warps=FWD_WARPS,
         )
-    grid = (batch, triton.cdiv(seqlen + width - 1, FWD_BT), triton.cdiv(dim, FWD_BD))
+    grid = (batch, n_groups, triton.cdiv(dim, BWD_BD))
     _conv_bwd_dx_kernel[grid](
-        weight, weight if seq_idx is None else seq_idx, dpre, dx, dw if dinit is None else dinit,
-        seqlen, dim, *seq_strides, dx.stride(0), dx.stride(1),
-        W=width, BT=FWD_BT, BD=FWD_BD, HAS_SEQ=seq_idx is not None, WANT_DINIT=want_dinit,
-        num_warps=FWD_WARPS,
+        x, weight if init is None else init, weight, weight if seq_idx is None else seq_idx, dpre, dx,
+        dw if dinit is None else dinit, dw, dw if db is None else db,
+        seqlen, dim, x.stride(0), x.stride(1), *init_strides, *seq_strides, dx.stride(0), dx.stride(1),
+        W=width, BT=BWD_BT, BD=BWD_BD, NT=BWD_TILES, HAS_SEQ=seq_idx is not None, HAS_INIT=init is not None,
+        HAS_BIAS=bias is not None, WANT_DINIT=want_dinit, num_warps=BWD_WARPS,
     )
-    dw = dw.sum(0) if seqlen > 0 else torch.zeros(dim, width, device=dev, dtype=torch.float32)
+    dw = dw.sum(0)
     if db is not None:
-        db = db.sum(0) if seqlen > 0 else torch.zeros(dim, device=dev, dtype=torch.float32)
+        db = db.sum(0)
     if dfinal is not None:
         # the final state is a masked copy of the last W-1 inputs: route its gradient back
         ones = torch.ones(batch, seqlen, dim, device=dev, dtype=torch.float32)

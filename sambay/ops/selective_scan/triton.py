@@ -35,6 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
+from sambay.ops import triton_math as tm
+
 LOG2E = 1.4426950408889634
 
 # Chunk length and channel block. BT is shared by forward and backward because the backward reads the
@@ -49,9 +51,6 @@ FWD_BT, FWD_ORDER, FWD_BD, FWD_WARPS, FWD_VEC, FWD_DIST = 1, 1, 0, 8, 1, 1  # FW
 # sequence is walked step by step at a fixed latency per step, so the forward's speed is set by how many
 # (batch, channel) sequences run at once: at training shapes (B=4, D=1984) 256-channel programs kept only
 # 32 SMs busy (3.2 ms per layer on the H100, vs 2.4 ms for 4x the work at B=8, D=4096).
-# Optionally upcast B and C (B*T*N, small) to fp32 before the forward, so threads that each read the whole
-# B/C row skip the per-thread conversions. Measured slower on the H100 (2.48 vs 2.39 ms), so off.
-FWD_BC_FP32 = False
 # Time segments. One program walks its whole sequence at a fixed latency per token, so with few (batch,
 # channel) sequences (training shapes: B=4, D=1984 gives ~2 warps per SM) the forward is latency-bound. Cutting
 # the sequence into S segments multiplies the parallelism by S for about twice the arithmetic (pass 1 finds each
@@ -90,12 +89,6 @@ def _np2(n: int) -> int:
 
 
 @triton.jit
-def _softplus(x):
-    # torch's F.softplus threshold; log(1 + exp(x)) instead of log1p, which the interpreter lacks
-    return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(x)))
-
-
-@triton.jit
 def _fwd_combine(a1, b1, a2, b2):
     # (a1, b1) is the earlier range: h = a2 * (a1 * h0 + b1) + b2
     return a1 * a2, b1 * a2 + b2
@@ -117,6 +110,39 @@ def _at(x, AX: tl.constexpr):
 def _load_row(ptr, pid_b64, t, off, mask, s_b, s_t):
     """One token's row of a (B, T, ...) tensor at offsets `off` (masked elements read 0)."""
     return tl.load(ptr + pid_b64 * s_b + t * s_t + off, mask=mask, other=0.0)
+
+
+@triton.jit
+def _bc_rows_setup(B_ptr, C_ptr, s_B_b, s_B_t, s_C_b, s_C_t, NSTATE, NP: tl.constexpr, AX: tl.constexpr,
+                   PACK: tl.constexpr):
+    """How B / C rows are read: base pointers, element offsets on axis AX and their mask, and the (batch,
+    time) strides in loaded elements. With PACK the elements are int32 words of two bf16 states (`_bc_f32`);
+    the strides arrive in bf16 elements because their divisibility by 16 is what lets the loads vectorise,
+    and the mask compares against NSTATE // 2 (nb * 2 < NSTATE would hide its constancy: scalar loads)."""
+    if PACK:
+        B_ptr, C_ptr = B_ptr.to(tl.pointer_type(tl.int32)), C_ptr.to(tl.pointer_type(tl.int32))
+        s_B_b, s_B_t, s_C_b, s_C_t = s_B_b // 2, s_B_t // 2, s_C_b // 2, s_C_t // 2
+    nb = _at(tl.arange(0, NP // (1 + PACK)), AX)
+    return B_ptr, C_ptr, nb, nb < NSTATE // (1 + PACK), s_B_b, s_B_t, s_C_b, s_C_t
+
+
+@triton.jit
+def _bc_f32(x, AX: tl.constexpr, PACK: tl.constexpr):
+    """A loaded B / C row as fp32 states along axis AX (0 or 2) of a 3-D tile.
+
+    PACK: x holds int32 words, word i = states 2i (low half) and 2i+1 (high half). A bf16 is the top half of
+    the fp32 of the same value, so each state costs one shift or mask; Triton's own bf16 -> fp32 of a
+    prefetched row costs two (a byte permute into a 16-bit register, then the shift), 32 instructions per
+    token of the forward's loop."""
+    if PACK:
+        pairs = tl.join((x << 16).to(tl.float32, bitcast=True), (x & -65536).to(tl.float32, bitcast=True))
+        if AX == 0:
+            r = tl.reshape(tl.permute(pairs, [0, 3, 1, 2]), [2 * x.shape[0], x.shape[1], x.shape[2]])
+        else:
+            r = tl.reshape(pairs, [x.shape[0], x.shape[1], 2 * x.shape[2]])
+    else:
+        r = x.to(tl.float32)
+    return r
 
 
 @triton.jit
@@ -157,38 +183,48 @@ def _load_raw(
 
 
 @triton.jit
-def _time_step(xr, dtb, SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr):
+def _time_step(xr, dtb, SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr, FAST: tl.constexpr):
     """fp32 delta -> (delta + delta_bias, the time step dt = softplus of it, or itself)."""
     if HAS_DTB:
         xr = xr + dtb
     if SOFTPLUS:
-        dt = _softplus(xr)
+        dt = tm.softplus(xr, FAST)
     else:
         dt = xr
     return xr, dt
 
 
 @triton.jit
-def _prep(u, xr, Bv, Cv, dtb, SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr):
+def _prep(u, xr, Bv, Cv, dtb, SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr, FAST: tl.constexpr,
+          AX_N: tl.constexpr, PACK: tl.constexpr):
     """Cast a chunk to fp32 and apply delta_bias + softplus."""
-    xr, dt = _time_step(xr.to(tl.float32), dtb, SOFTPLUS, HAS_DTB)
-    return u.to(tl.float32), xr, dt, Bv.to(tl.float32), Cv.to(tl.float32)
+    xr, dt = _time_step(xr.to(tl.float32), dtb, SOFTPLUS, HAS_DTB, FAST)
+    return u.to(tl.float32), xr, dt, _bc_f32(Bv, AX_N, PACK), _bc_f32(Cv, AX_N, PACK)
 
 
 @triton.jit
-def _chunk_decay(dt, A2, tmask, reset, FOLD_MASKS: tl.constexpr = False):
-    """Full-tile a_t = exp(dt*A) with document resets (a = 0) and padded rows (a = 1).
+def _chunk_decay(dt, A2, tmask, reset, MASK_T: tl.constexpr, HAS_SEQ: tl.constexpr,
+                 FOLD_MASKS: tl.constexpr = False):
+    """Full-tile a_t = exp(dt*A) with document resets (a = 0) and padded rows (a = 1); MASK_T / HAS_SEQ
+    False skip masks that cannot apply (no rows past T; no documents).
 
     FOLD_MASKS applies the masks to the per-channel dt and as a per-token offset (exp2(-inf) = 0) instead of
     selecting on every state: fewer instructions, which the backward gains from (7.18 vs 7.43 ms at
     B=8, T=4096, D=4096 on an H100) but the forward loses from (2.46 vs 2.27 ms): its loop is bound by the
     latency of the next token's loads, and the shorter loop hides less of it (benchmarks/scan_ab.py)."""
     if FOLD_MASKS:
-        a = tl.exp2(tl.where(tmask, dt, 0.0) * A2 + tl.where(reset, float("-inf"), 0.0))
+        if MASK_T:
+            dt = tl.where(tmask, dt, 0.0)
+        x = dt * A2
+        if HAS_SEQ:
+            x = x + tl.where(reset, float("-inf"), 0.0)
+        a = tl.exp2(x)
     else:
         a = tl.exp2(dt * A2)
-        a = tl.where(reset, 0.0, a)
-        a = tl.where(tmask, a, 1.0)
+        if HAS_SEQ:
+            a = tl.where(reset, 0.0, a)
+        if MASK_T:
+            a = tl.where(tmask, a, 1.0)
     return a
 
 
@@ -210,11 +246,11 @@ def _scan_fwd_kernel(
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_y_b, s_y_t,
     s_seq_b, s_seq_t,
     BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, VEC: tl.constexpr, R: tl.constexpr,
-    DIST: tl.constexpr,
+    DIST: tl.constexpr, PACK: tl.constexpr,
     AX_T: tl.constexpr, AX_D: tl.constexpr, AX_N: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_HT: tl.constexpr, STORE_HS: tl.constexpr,
-    LOCAL: tl.constexpr,
+    LOCAL: tl.constexpr, FAST: tl.constexpr,
 ):
     """Program (b, channel block, segment): tokens [seg·SEG_LEN, +SEG_LEN) from the state h0[b, seg].
     LOCAL (pass 1 of a segmented forward): start from zero, write no outputs, only the segment's final
@@ -230,6 +266,8 @@ def _scan_fwd_kernel(
     rows = _at(tl.arange(0, BT), AX_T)
     dmask = d3 < DIM
     nmask = n3 < NSTATE
+    B_ptr, C_ptr, nb3, nbmask, s_B_b, s_B_t, s_C_b, s_C_t = _bc_rows_setup(
+        B_ptr, C_ptr, s_B_b, s_B_t, s_C_b, s_C_t, NSTATE, NP, AX_N, PACK)
     dn = d3 * NSTATE + n3
     dnmask = dmask & nmask
     A2 = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32) * 1.4426950408889634
@@ -246,13 +284,13 @@ def _scan_fwd_kernel(
     if LOCAL:
         decay = tl.zeros_like(A2) + 1.0
     nu, nx, nB, nC, nz, nr = _load_raw(
-        pid_b64, t0 + rows, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+        pid_b64, t0 + rows, d3, dmask, nb3, nbmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
         s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
     )
     if DIST == 2:
         # a second prefetched chunk: with short chunks one chunk of compute hides too little latency
         mu, mx, mB, mC, mz, mr = _load_raw(
-            pid_b64, t0 + rows + BT, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+            pid_b64, t0 + rows + BT, d3, dmask, nb3, nbmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
             s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
         )
     NCKPT = (NCHUNK + R - 1) // R  # checkpoints per sequence (NCHUNK: forward chunks of the whole sequence)
@@ -264,21 +302,21 @@ def _scan_fwd_kernel(
                 tl.store(hs_ptr + (pid_b64 * NCKPT + c // R) * DIM * NSTATE + dn, h, mask=dnmask)
         t = c * BT + rows
         tmask = t < T
-        u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB)
+        u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB, FAST, AX_N, PACK)
         zz = nz
         reset = nr
         if DIST == 2:
             nu, nx, nB, nC, nz, nr = mu, mx, mB, mC, mz, mr
             mu, mx, mB, mC, mz, mr = _load_raw(
-                pid_b64, t + 2 * BT, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+                pid_b64, t + 2 * BT, d3, dmask, nb3, nbmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
                 s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
             )
         else:
             nu, nx, nB, nC, nz, nr = _load_raw(
-                pid_b64, t + BT, d3, dmask, n3, nmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+                pid_b64, t + BT, d3, dmask, nb3, nbmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
                 s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
             )
-        a = _chunk_decay(dt, A2, tmask, reset)
+        a = _chunk_decay(dt, A2, tmask, reset, BT > 1, HAS_SEQ)  # one-token steps never pass T
         b = (dt * u) * Bv
         if BT == 1:
             hh = a * h + b  # one step: no scan needed
@@ -297,7 +335,7 @@ def _scan_fwd_kernel(
             m2 = tmask & dmask
             if HAS_Z:
                 zf = zz.to(tl.float32)
-                y = y * zf * tl.sigmoid(zf)
+                y = y * zf * tm.sigmoid(zf, FAST)
             tl.store(y_ptr + pid_b64 * s_y_b + t * s_y_t + d3, y.to(y_ptr.dtype.element_ty), mask=m2)
         # the state after the chunk is its last row (padded rows carry it through unchanged)
         if BT == 1:
@@ -371,6 +409,7 @@ def _scan_bwd_kernel(
     L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, LOG2_NP: tl.constexpr, SCATTER: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_CIN: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_COUT: tl.constexpr, LOCAL: tl.constexpr,
+    FAST: tl.constexpr, PACK: tl.constexpr,
 ):
     """Backward, one channel per thread, token by token. Program (b, channel block, segment) walks the
     segment's checkpoint chunks in reverse; per chunk it (1) reruns the forward from the saved chunk-start
@@ -395,6 +434,8 @@ def _scan_bwd_kernel(
     n3 = _at(tl.arange(0, NP), 0)
     dmask = d3 < DIM
     nmask = n3 < NSTATE
+    B_ptr, C_ptr, nb3, nbmask, s_B_b, s_B_t, s_C_b, s_C_t = _bc_rows_setup(
+        B_ptr, C_ptr, s_B_b, s_B_t, s_C_b, s_C_t, NSTATE, NP, 0, PACK)
     dn = d3 * NSTATE + n3
     dnmask = dmask & nmask
     A2 = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32) * 1.4426950408889634  # A·log2(e)
@@ -432,18 +473,19 @@ def _scan_bwd_kernel(
             t = c * L
             nu = _load_row(u_ptr, pid_b64, t, d3, dmask & (t < T), s_u_b, s_u_t)
             nx = _load_row(dt_ptr, pid_b64, t, d3, dmask & (t < T), s_dt_b, s_dt_t)
-            nB = _load_row(B_ptr, pid_b64, t, n3, nmask & (t < T), s_B_b, s_B_t)
+            nB = _load_row(B_ptr, pid_b64, t, nb3, nbmask & (t < T), s_B_b, s_B_t)
             for i in range(0, L):
                 t = c * L + i
                 tmask = t < T
-                u, xr, Bv = nu.to(tl.float32), nx.to(tl.float32), nB.to(tl.float32)
+                u, xr, Bv = nu.to(tl.float32), nx.to(tl.float32), _bc_f32(nB, 0, PACK)
                 reset = _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ)
                 nmk = (i + 1 < L) & (t + 1 < T)
                 nu = _load_row(u_ptr, pid_b64, t + 1, d3, dmask & nmk, s_u_b, s_u_t)
                 nx = _load_row(dt_ptr, pid_b64, t + 1, d3, dmask & nmk, s_dt_b, s_dt_t)
-                nB = _load_row(B_ptr, pid_b64, t + 1, n3, nmask & nmk, s_B_b, s_B_t)
-                xr, dt = _time_step(xr, dtb, SOFTPLUS, HAS_DTB)
-                a = _chunk_decay(dt, A2, tmask, reset, FOLD_MASKS=True)
+                nB = _load_row(B_ptr, pid_b64, t + 1, nb3, nbmask & nmk, s_B_b, s_B_t)
+                xr, dt = _time_step(xr, dtb, SOFTPLUS, HAS_DTB, FAST)
+                dt = tl.where(tmask, dt, 0.0)  # padded rows: a = 1, b = 0
+                a = _chunk_decay(dt, A2, tmask, reset, False, HAS_SEQ, FOLD_MASKS=True)
                 h = a * h + (dt * u) * Bv
                 tl.store(scr_h + i * NP * BD + cell, h)
         # (2) the chunk backwards
@@ -451,8 +493,8 @@ def _scan_bwd_kernel(
         tmask = t < T
         nu = _load_row(u_ptr, pid_b64, t, d3, dmask & tmask, s_u_b, s_u_t)
         nx = _load_row(dt_ptr, pid_b64, t, d3, dmask & tmask, s_dt_b, s_dt_t)
-        nB = _load_row(B_ptr, pid_b64, t, n3, nmask & tmask, s_B_b, s_B_t)
-        nC = _load_row(C_ptr, pid_b64, t, n3, nmask & tmask, s_C_b, s_C_t)
+        nB = _load_row(B_ptr, pid_b64, t, nb3, nbmask & tmask, s_B_b, s_B_t)
+        nC = _load_row(C_ptr, pid_b64, t, nb3, nbmask & tmask, s_C_b, s_C_t)
         ndy = _load_row(dy_ptr, pid_b64, t, d3, dmask & tmask, s_dy_b, s_dy_t)
         if HAS_Z:
             nz = _load_row(z_ptr, pid_b64, t, d3, dmask & tmask, s_z_b, s_z_t)
@@ -464,23 +506,26 @@ def _scan_bwd_kernel(
             tmask = t < T
             m2 = dmask & tmask
             u, xr, dy = nu.to(tl.float32), nx.to(tl.float32), ndy.to(tl.float32)
-            Bv, Cv = nB.to(tl.float32), nC.to(tl.float32)
+            Bv, Cv = _bc_f32(nB, 0, PACK), _bc_f32(nC, 0, PACK)
             if HAS_Z:
                 zf = nz.to(tl.float32)
             reset = _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ)
             pmk = (i > 0) & (t - 1 < T)  # prefetch the token before (same chunk, not padding)
             nu = _load_row(u_ptr, pid_b64, t - 1, d3, dmask & pmk, s_u_b, s_u_t)
             nx = _load_row(dt_ptr, pid_b64, t - 1, d3, dmask & pmk, s_dt_b, s_dt_t)
-            nB = _load_row(B_ptr, pid_b64, t - 1, n3, nmask & pmk, s_B_b, s_B_t)
-            nC = _load_row(C_ptr, pid_b64, t - 1, n3, nmask & pmk, s_C_b, s_C_t)
+            nB = _load_row(B_ptr, pid_b64, t - 1, nb3, nbmask & pmk, s_B_b, s_B_t)
+            nC = _load_row(C_ptr, pid_b64, t - 1, nb3, nbmask & pmk, s_C_b, s_C_t)
             ndy = _load_row(dy_ptr, pid_b64, t - 1, d3, dmask & pmk, s_dy_b, s_dy_t)
             if HAS_Z:
                 nz = _load_row(z_ptr, pid_b64, t - 1, d3, dmask & pmk, s_z_b, s_z_t)
-            xr, dt = _time_step(xr, dtb, SOFTPLUS, HAS_DTB)
-            a = _chunk_decay(dt, A2, tmask, reset, FOLD_MASKS=True)
+            xr, dt = _time_step(xr, dtb, SOFTPLUS, HAS_DTB, FAST)
+            # padded rows get dt = 0: a = 1 passes the carry through, and with u = dy = 0 (masked loads)
+            # they add nothing to du, dB, dC or dA (their ddt is masked below)
+            dt = tl.where(tmask, dt, 0.0)
+            a = _chunk_decay(dt, A2, tmask, reset, False, HAS_SEQ, FOLD_MASKS=True)
             if LOCAL:
                 if HAS_Z:
-                    dy = dy * zf * tl.sigmoid(zf)
+                    dy = dy * zf * tm.sigmoid(zf, FAST)
                 carry = a * (Cv * dy + carry)
                 decay = decay * a
             else:
@@ -491,13 +536,12 @@ def _scan_bwd_kernel(
                     y = tl.sum(h * Cv, axis=0, keep_dims=True)
                     if HAS_D:
                         y = y + u * Dv
-                    sg = tl.sigmoid(zf)
+                    sg = tm.sigmoid(zf, FAST)
                     dz = dy * y * sg * (1.0 + zf * (1.0 - sg))
                     tl.store(dz_ptr + out_off, dz.to(dz_ptr.dtype.element_ty), mask=m2)
                     dy = dy * zf * sg
                 g = Cv * dy + carry
                 carry = a * g
-                g = tl.where(tmask, g, 0.0)  # padded rows carry dhT but own no inputs
                 dtu = dt * u
                 ah = h - dtu * Bv  # a_t h_{t-1}
                 gB = tl.sum(g * Bv, axis=0, keep_dims=True)
@@ -509,7 +553,7 @@ def _scan_bwd_kernel(
                 ddt = gB * u + tl.sum(gah * A2, axis=0, keep_dims=True) * 0.6931471805599453  # A = A2·ln 2
                 dA_acc += gah * dt
                 if SOFTPLUS:
-                    ddt = tl.where(xr > 20.0, ddt, ddt * tl.sigmoid(xr))
+                    ddt = tl.where(xr > 20.0, ddt, ddt * tm.sigmoid(xr, FAST))
                 ddt = tl.where(m2, ddt, 0.0)
                 ddtb_acc += ddt
                 tl.store(du_ptr + out_off, du.to(du_ptr.dtype.element_ty), mask=m2)
@@ -606,6 +650,21 @@ def _carry_across_segments(local, P, start, into, final):
     )
 
 
+def _bc_rows(B: torch.Tensor, C: torch.Tensor):
+    """(B, C, PACK, their (batch, time) strides) as the kernels read them.
+
+    Every thread reads whole B / C rows each token. bf16 rows with an even number of states are read as int32
+    words of two states (PACK, `_bc_f32`). Rows are copied to a contiguous layout (B*T*N elements, small)
+    unless they are 16-byte aligned: B and C are usually column slices of x_proj's output (row stride
+    dt_rank + 2N), and unaligned rows load one element at a time (35 vs 7 loads per token in the forward)."""
+    def aligned(t):
+        return t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:2])
+
+    B, C = (t if aligned(t) else t.contiguous() for t in (B, C))
+    pack = B.dtype == C.dtype == torch.bfloat16 and B.shape[-1] % 2 == 0 and aligned(B) and aligned(C)
+    return B, C, pack, (B.stride(0), B.stride(1), C.stride(0), C.stride(1))
+
+
 def num_chunks(seqlen: int) -> int:
     return (seqlen + CHUNK - 1) // CHUNK
 
@@ -621,8 +680,6 @@ def scan_fwd(
     lets tests pass a poisoned buffer.
     """
     u, delta, z, B, C = (_unit_last(t) for t in (u, delta, z, B, C))
-    if FWD_BC_FP32:
-        B, C = B.float(), C.float()
     batch, seqlen, dim = u.shape
     nstate = A.shape[1]
     A = A.contiguous()
@@ -637,6 +694,7 @@ def scan_fwd(
     )
     h0 = None if initial_state is None else initial_state.float().contiguous()
     dummy = hT
+    B, C, pack, bc_strides = _bc_rows(B, C)
     block, warps = _fwd_block(batch, dim, u.device)
     n_seg = _time_segments(FWD_SEGMENTS, batch, triton.cdiv(dim, block) * warps, seqlen, u.device)
     seg_len, n_seg = _segment_layout(n_seg, seqlen)
@@ -652,16 +710,15 @@ def scan_fwd(
             y, dummy if h_out is None else h_out, hs if save_states and not local else dummy,
             dummy if P is None else P,
             seqlen, dim, nstate, nchunk, seg_len,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
-            C.stride(0), C.stride(1),
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *bc_strides,
             0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
             y.stride(0), y.stride(1),
             0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
-            BT=FWD_BT, BD=block, NP=_np2(nstate), VEC=FWD_VEC, R=CHUNK // FWD_BT, DIST=FWD_DIST,
+            BT=FWD_BT, BD=block, NP=_np2(nstate), VEC=FWD_VEC, R=CHUNK // FWD_BT, DIST=FWD_DIST, PACK=pack,
             **_axes(FWD_ORDER),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_H0=h_in is not None,
             HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_HT=h_out is not None,
-            STORE_HS=save_states and not local, LOCAL=local,
+            STORE_HS=save_states and not local, LOCAL=local, FAST=tm.fast_math(),
             num_warps=warps,
         )
 
@@ -691,6 +748,7 @@ def scan_bwd(
     nstate, nprow = A.shape[1], _np2(A.shape[1])
     A = A.contiguous()
     dev, f32 = u.device, torch.float32
+    B, C, pack, bc_strides = _bc_rows(B, C)
     block, warps = _thread_per_channel_block(batch, dim, dev, BWD_WARPS)
     n_pd = triton.cdiv(dim, block)
     seg_len, n_seg = _segment_layout(
@@ -719,8 +777,7 @@ def scan_bwd(
             dummy if dD is None else dD, dummy if ddtb is None else ddtb,
             dummy if cout is None else cout, dummy if P is None else P, scratch,
             seqlen, dim, nstate, num_chunks(seqlen), seg_len,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
-            C.stride(0), C.stride(1),
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *bc_strides,
             0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
             dy.stride(0), dy.stride(1),
             0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
@@ -728,7 +785,7 @@ def scan_bwd(
             SCATTER=block == 32 and 2 * nprow <= 32,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_CIN=cin is not None,
             HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_COUT=cout is not None, LOCAL=local,
-            num_warps=warps,
+            FAST=tm.fast_math(), PACK=pack, num_warps=warps,
         )
 
     if n_seg == 1:
