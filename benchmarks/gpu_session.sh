@@ -13,7 +13,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/devic
 train() {  # name, then train_throughput.py arguments
   local name=${1//+/p}; shift  # file names that come back from $OUT may not hold '+'
 
-  timeout 150 python benchmarks/train_throughput.py --steps 10 --warmup 3 --seq-len 4096 --dtype bf16 --json "$@" \
+  timeout 150 python "${TRAIN_SCRIPT:-benchmarks/train_throughput.py}" --steps 10 --warmup 3 --seq-len 4096 \
+    --dtype bf16 --json "$@" \
     2>&1 | grep -v '^USDT' | tee "$OUT/train-$name.txt" | tail -32
 }
 scan_gpu_tests() {
@@ -82,17 +83,15 @@ case "${1:-}" in
     for arch in sambay transformer++; do
       for tree in base candidate; do
         script=benchmarks/train_throughput.py; [ "$tree" = base ] && script=$base
-        timeout 150 python "$script" --steps 10 --warmup 3 --seq-len 4096 --dtype bf16 --json --preset "$arch" \
-          --depth 8 --micro-batch 4 --compile 2>&1 | grep -v '^USDT' | tee "$OUT/train-${arch//+/p}-d8-$tree.txt" \
+        TRAIN_SCRIPT=$script train "$arch-d8-$tree" --preset "$arch" --depth 8 --micro-batch 4 --compile \
           | grep -E "tokens_per_s|mfu_vs_measured|step_s" | sed "s/^/[$arch $tree] /"
       done
     done ;;
   train_rounds)  # #7: compiled d8, SambaY and Transformer++ alternating for ROUNDS rounds (default 3), 20 steps each
     for round in $(seq 1 "${ROUNDS:-3}"); do
       for arch in sambay transformer++; do
-        timeout 150 python benchmarks/train_throughput.py --steps 20 --warmup 3 --seq-len 4096 --dtype bf16 --json \
-          --preset "$arch" --depth 8 --micro-batch 4 --compile 2>&1 | grep -v '^USDT' \
-          | tee "$OUT/train-${arch//+/p}-d8-round$round.txt" | grep -E "^\{" | sed "s/^/[$arch round $round] /"
+        train "$arch-d8-round$round" --steps 20 --preset "$arch" --depth 8 --micro-batch 4 --compile \
+          | grep -E "^\{" | sed "s/^/[$arch round $round] /"
       done
     done ;;
   conv_train_ab)  # #7: GPU tests of the changed kernels, conv A/B (benchmarks/_base_conv.py), then train_ab

@@ -47,6 +47,10 @@ class _ChunkedLinearCE(torch.autograd.Function):
         gemm_dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
                       else torch.promote_types(hidden.dtype, weight.dtype))
         fused = use_triton("cross_entropy", hidden, weight)
+        if fused:
+            from .triton import cross_entropy_rows
+
+            grad_scale = (1.0 / n_valid).float().reshape(1)  # a device tensor: no host sync
         with torch.autocast(dev, enabled=False):
             w, hc = weight.to(gemm_dtype), hidden.to(gemm_dtype)
             for start in range(0, n_rows, chunk_rows):
@@ -54,10 +58,7 @@ class _ChunkedLinearCE(torch.autograd.Function):
                 t = targets[start : start + chunk_rows]
                 logits = h @ w.T  # (chunk, V)
                 if fused:  # loss rows, and the logits overwritten by their gradient, in one kernel
-                    from .triton import cross_entropy_rows
-
-                    loss += cross_entropy_rows(logits, t, (1.0 / n_valid).float().reshape(1), ignore_index,
-                                               needs_grad).sum()
+                    loss += cross_entropy_rows(logits, t, grad_scale, ignore_index, needs_grad).sum()
                     grad = logits
                 else:
                     grad = _loss_and_grad_rows(logits.to(acc), t, valid[start : start + chunk_rows], n_valid,
