@@ -106,6 +106,33 @@ case "${1:-}" in
     for arch in sambay transformer++; do
       train "$arch-d8-compile" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 24
     done ;;
+  proj_train_ab)  # #7: the padded x_proj / dt_proj layout: one Mamba layer A/B, then compiled d8 SambaY with the
+    # base tree (benchmarks/_base_tree, see train_ab) and the working tree, and Transformer++, each profiled
+    timeout 100 python benchmarks/mamba_layer.py 2>&1 | tee "$OUT/mamba-layer.txt"
+    timeout 150 python benchmarks/mamba_layer.py --compile 2>&1 | grep -v Warning | tee -a "$OUT/mamba-layer.txt"
+    base=benchmarks/_base_tree/benchmarks/train_throughput.py
+    [ -f "$base" ] || { echo "no base tree at benchmarks/_base_tree" >&2; exit 1; }
+    TRAIN_SCRIPT=$base train sambay-d8-base --preset sambay --depth 8 --micro-batch 4 --compile --profile 40
+    train sambay-d8-candidate --preset sambay --depth 8 --micro-batch 4 --compile --profile 40
+    train transformerpp-d8 --preset transformer++ --depth 8 --micro-batch 4 --compile --profile 40 ;;
+  corpus_train)  # #7: SambaY d8 and Transformer++ d8 on the real offline corpus (scripts/offline_corpus.py, shards
+    # in runs/corpus/{train,val}, carried), compiled, a few minutes each, one process after the other
+    for arch in sambay transformer++; do
+      name=${arch//+/p}
+      timeout 280 python -m sambay train --preset "$arch" --depth 8 --data runs/corpus/train \
+        --val-data runs/corpus/val --tokens "${CORPUS_TOKENS:-40M}" --batch-tokens 131072 --micro-batch 4 \
+        --seq-len 4096 --compile --eval-every 50 --eval-batches 8 --log-every 10 --no-progress \
+        --no-tensorboard --ckpt-every 1000000 --run-dir "/tmp/run-$name" 2>&1 | grep -v -E "^USDT|Warning|warn" \
+        | tee "$OUT/corpus-$name.txt" | tail -4
+      cp "/tmp/run-$name/metrics.jsonl" "$OUT/metrics-$name.jsonl"
+    done ;;
+  h200_round)  # #5/#7 on the H200: GPU tests of the changed code, scan A/B (LOCAL-pass decay as exp2(A sum dt))
+    # against benchmarks/_base_scan.py, the kernel report, then compiled d8 of both families in alternating rounds
+    timeout 200 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py \
+      tests/ops/test_attention_gpu.py tests/ops/test_cross_entropy_gpu.py 2>&1 | tail -4 | tee "$OUT/gpu-tests.txt"
+    scan_ab --out "$OUT/scan-ab.txt" | grep -E "vs|fwd|##"
+    timeout 150 python benchmarks/kernels.py --out "$OUT/kernels.txt" 2>&1 | tail -25
+    OUT=/tmp/rounds ROUNDS=${ROUNDS:-3} bash "$0" train_rounds 2>&1 | tee "$OUT/train-rounds.txt" ;;
   train_d8)  # #7: compiled d8 SambaY vs Transformer++ (one process each, same call), with a profile
     for arch in sambay transformer++; do
       train "$arch-d8-compile" --preset "$arch" --depth 8 --micro-batch 4 --compile --profile 14
@@ -135,6 +162,6 @@ case "${1:-}" in
       | grep -v '^USDT' | tee "$OUT/train-sambay-d8-2gpu.txt" | tail -24 ;;
   gpu_tests)  # every GPU-marked test
     timeout 400 python -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/gpu-tests.txt" ;;
-  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|scan_ab|scan_ncu|scan_train_ab|train_ab|train_rounds|conv_train_ab|ce_scan_train|train_d8|decode|generate|multi_gpu|gpu_tests" >&2
+  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|scan_ab|scan_ncu|scan_train_ab|train_ab|train_rounds|conv_train_ab|ce_scan_train|proj_train_ab|corpus_train|h200_round|train_d8|decode|generate|multi_gpu|gpu_tests" >&2
      exit 2 ;;
 esac

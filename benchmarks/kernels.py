@@ -107,15 +107,16 @@ def rel_err(x, ref):
 
 
 def scan_inputs(Bn, T, D, N, z=True, requires_grad=False, bc_slices=False):
-    """bc_slices: B and C as column slices of one (Bn, T, D/32 + 2N) tensor, the way the model passes them
-    (x_proj's output split into dt, B, C; unaligned rows), instead of contiguous (Bn, T, N) tensors."""
+    """bc_slices: B and C as column slices of one (Bn, T, R + 2N) tensor, the way the model passes them
+    (x_proj's output split into dt, B, C, with dt_rank D/32 padded to R, a multiple of 8, so the rows are
+    16-byte aligned), instead of contiguous (Bn, T, N) tensors."""
     g = torch.Generator(device=DEV).manual_seed(0)
     u = torch.randn(Bn, T, D, device=DEV, dtype=BF, generator=g)
     delta = (torch.randn(Bn, T, D, device=DEV, generator=g) * 0.5 - 1).to(BF)
     A = -torch.exp(torch.rand(D, N, device=DEV, generator=g) * 2)
     if bc_slices:
-        _, Bm, Cm = torch.randn(Bn, T, D // 32 + 2 * N, device=DEV, dtype=BF, generator=g).split(
-            [D // 32, N, N], dim=-1)
+        R = -(-D // 32 // 8) * 8
+        _, Bm, Cm = torch.randn(Bn, T, R + 2 * N, device=DEV, dtype=BF, generator=g).split([R, N, N], dim=-1)
     else:
         Bm = torch.randn(Bn, T, N, device=DEV, dtype=BF, generator=g)
         Cm = torch.randn(Bn, T, N, device=DEV, dtype=BF, generator=g)

@@ -110,17 +110,37 @@ def main() -> int:
 
 
 def print_profile(trainer, dev, top: int) -> None:
-    """One step under torch.profiler: where the device time goes, grouped by kernel name."""
+    """One step under torch.profiler: where the device time goes, grouped by kernel name, then the matrix
+    products grouped by shape (device time, achieved TFLOP/s) so thin or misaligned GEMMs stand out."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    with profile(activities=acts) as prof:
+    with profile(activities=acts, record_shapes=True) as prof:
         trainer.train_step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
     key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60))
+    print(gemm_table(prof.key_averages(group_by_input_shape=True), top, dev.type == "cuda"))
 
+
+def gemm_table(averages, top: int, on_device: bool) -> str:
+    """aten::mm / addmm / bmm rows by input shapes: calls, total ms, TFLOP/s (2·M·N·K per product)."""
+    rows, total = [], 0.0
+    for e in averages:
+        if e.key not in ("aten::mm", "aten::addmm", "aten::bmm") or not e.input_shapes:
+            continue
+        shapes = [s for s in e.input_shapes if len(s) >= 2]
+        a, b = shapes[-2], shapes[-1]  # addmm's first input is the bias
+        flops = 2 * a[-2] * a[-1] * b[-1] * (a[0] if e.key == "aten::bmm" else 1) * e.count
+        us = e.device_time_total if on_device else e.cpu_time_total
+        total += us
+        rows.append((us, e.key, f"{list(a)} x {list(b)}", e.count, flops / max(us, 1e-9) / 1e6))
+    rows.sort(reverse=True)
+    lines = [f"matrix products by shape (total {total / 1e3:.2f} ms)",
+             f"{'ms':>8} {'calls':>5} {'TFLOP/s':>8}  op          shapes"]
+    lines += [f"{us / 1e3:8.3f} {n:5d} {tf:8.1f}  {k:<11} {sh}" for us, k, sh, n, tf in rows[:top]]
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -51,9 +51,20 @@ class Mamba(nn.Module):
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
 
     def ssm_inputs(self, x: torch.Tensor):
-        """x (B, T, E) post-conv -> dt (B, T, E) without bias, B and C (B, T, N), A (E, N) fp32."""
-        dt_low, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt_low, self.dt_proj.weight)
+        """x (B, T, E) post-conv -> dt (B, T, E) without bias, B and C (B, T, N), A (E, N) fp32.
+
+        The products run on copies of x_proj / dt_proj padded with zeros from dt_rank to a multiple of 8
+        (values unchanged): with dt_rank + 2N columns (94 at d_model 992) every row of x_proj's output and
+        of dt_proj's input is misaligned for 16-byte vector loads, which the GEMMs and the scan's B / C
+        reads would otherwise pay for."""
+        R, N = self.dt_rank, self.d_state
+        pad = -R % 8
+        w_x, w_dt = self.x_proj.weight, self.dt_proj.weight
+        if pad:
+            w_x = torch.cat([w_x[:R], w_x.new_zeros(pad, w_x.shape[1]), w_x[R:]])
+            w_dt = F.pad(w_dt, (0, pad))
+        dt_low, B, C = F.linear(x, w_x).split([R + pad, N, N], dim=-1)
+        dt = F.linear(dt_low, w_dt)
         return dt, B, C, -torch.exp(self.A_log.float())
 
     def forward(self, u: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:

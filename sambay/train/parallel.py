@@ -52,14 +52,26 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         block.forward = types.MethodType(forward, block)
 
 
-def apply_compile(model: nn.Module) -> None:
+# Compiled variants one block kind may need: training, evaluation under no_grad, and a second sequence
+# length (evaluation at 2x the training length), each at most once more for dynamic shapes.
+VARIANTS_PER_KIND = 6
+
+
+def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
     """torch.compile each block's forward in place (parameter names unchanged).
 
     Only the forward body is compiled; module hooks (FSDP2 all-gather / reshard) stay eager, so the
-    compiled region never contains collectives.
+    compiled region never contains collectives. Every block shares one code object (`Block.forward`), so
+    dynamo's recompile limit (8 by default) counts the variants of all block kinds together; a hybrid plan
+    (SambaY d8: six kinds) exceeds it, and blocks past the limit would silently run eagerly. The limit is
+    raised to cover every kind of this plan.
     """
+    kinds = len({block.kind for block in model.layers})
+    limit = VARIANTS_PER_KIND * kinds
+    if torch._dynamo.config.recompile_limit < limit:
+        torch._dynamo.config.recompile_limit = limit
     for block in model.layers:
-        block.forward = torch.compile(block.forward)
+        block.forward = torch.compile(block.forward, backend=backend)
 
 
 @dataclass

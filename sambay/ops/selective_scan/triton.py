@@ -282,7 +282,10 @@ def _scan_fwd_kernel(
     else:
         h = tl.zeros_like(A2)
     if LOCAL:
-        decay = tl.zeros_like(A2) + 1.0
+        # the segment's total decay P = prod_t exp2(dt_t A2) = exp2(A2 sum_t dt_t), and 0 once a document
+        # reset cuts it: one add per token and channel instead of a multiply per state
+        dtsum = tl.sum(tl.zeros_like(A2), axis=AX_N, keep_dims=True)
+        alive = 1.0
     nu, nx, nB, nC, nz, nr = _load_raw(
         pid_b64, t0 + rows, d3, dmask, nb3, nbmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
         s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
@@ -325,9 +328,11 @@ def _scan_fwd_kernel(
             hh = hh + acum * h
         if LOCAL:
             if BT == 1:
-                decay = decay * a
-            else:
-                decay = decay * tl.reduce(a, AX_T, _mul, keep_dims=True)
+                dtsum += dt
+            else:  # padded rows (a = 1) add nothing
+                dtsum += tl.sum(tl.where(tmask, dt, 0.0), axis=AX_T, keep_dims=True)
+            if HAS_SEQ:
+                alive = alive * (1.0 - tl.max(reset.to(tl.float32)))
         else:
             y = tl.sum(hh * Cv, axis=AX_N, keep_dims=True)
             if HAS_D:
@@ -345,12 +350,7 @@ def _scan_fwd_kernel(
     if STORE_HT:
         tl.store(hT_ptr + seg_off + dn, h, mask=dnmask)
     if LOCAL:
-        tl.store(P_ptr + seg_off + dn, decay, mask=dnmask)
-
-
-@triton.jit
-def _mul(a, b):
-    return a * b
+        tl.store(P_ptr + seg_off + dn, tl.exp2(A2 * dtsum) * alive, mask=dnmask)
 
 
 @triton.jit
@@ -450,8 +450,9 @@ def _scan_bwd_kernel(
         carry = tl.load(cin_ptr + seg_off + dn, mask=dnmask, other=0.0)
     else:
         carry = tl.zeros_like(A2)
-    if LOCAL:
-        decay = tl.zeros_like(A2) + 1.0
+    if LOCAL:  # the total decay as in the forward's LOCAL pass: exp2(A2 sum_t dt_t), 0 after a reset
+        dtsum = tl.sum(tl.zeros_like(A2), axis=0, keep_dims=True)
+        alive = 1.0
     else:
         dA_acc = tl.zeros_like(A2)
         dD_acc = tl.sum(tl.zeros_like(A2), axis=0, keep_dims=True)
@@ -527,7 +528,9 @@ def _scan_bwd_kernel(
                 if HAS_Z:
                     dy = dy * zf * tm.sigmoid(zf, FAST)
                 carry = a * (Cv * dy + carry)
-                decay = decay * a
+                dtsum += dt  # padded rows have dt = 0
+                if HAS_SEQ:
+                    alive = alive * (1.0 - reset.to(tl.float32))
             else:
                 h = nh
                 nh = tl.load(scr_h + tl.maximum(i - 1, 0) * NP * BD + cell)
@@ -573,7 +576,7 @@ def _scan_bwd_kernel(
                     tl.store(dCp_ptr + row + n3, tl.sum(h * dy, axis=2, keep_dims=True), mask=nmask & tmask)
     if LOCAL:
         tl.store(cout_ptr + seg_off + dn, carry, mask=dnmask)
-        tl.store(P_ptr + seg_off + dn, decay, mask=dnmask)
+        tl.store(P_ptr + seg_off + dn, tl.exp2(A2 * dtsum) * alive, mask=dnmask)
     else:
         if STORE_COUT:
             tl.store(cout_ptr + seg_off + dn, carry, mask=dnmask)
