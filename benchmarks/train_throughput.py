@@ -130,8 +130,8 @@ def gemm_table(averages, top: int, on_device: bool) -> str:
     for e in averages:
         if e.key not in ("aten::mm", "aten::addmm", "aten::bmm") or not e.input_shapes:
             continue
-        shapes = [s for s in e.input_shapes if len(s) >= 2]
-        a, b = shapes[-2], shapes[-1]  # addmm's first input is the bias
+        # operands by position: addmm's first input is the bias, and inductor's mm(a, b, out=c) adds c last
+        a, b = e.input_shapes[1:3] if e.key == "aten::addmm" else e.input_shapes[:2]
         flops = 2 * a[-2] * a[-1] * b[-1] * (a[0] if e.key == "aten::bmm" else 1) * e.count
         us = e.device_time_total if on_device else e.cpu_time_total
         total += us
