@@ -54,8 +54,13 @@ case "${1:-}" in
   scan_ab)  # #5: GPU scan tests, the working tree's scan kernels against a base revision's, then the sweep
     scan_gpu_tests
     scan_ab --out "$OUT/scan-ab.txt"
-    timeout 250 python benchmarks/kernels.py --sweep --only scan --out "$OUT/kernels-scan.txt" 2>&1 \
+    timeout 330 python benchmarks/kernels.py --sweep --only scan --out "$OUT/kernels-scan.txt" 2>&1 \
       | grep -E "variant|scan fwd|shape|result" ;;
+  scan_full)  # #5: GPU scan tests, scan A/B against a base revision (SCAN_REVS for more), the full kernel sweep
+    scan_gpu_tests
+    scan_ab --out "$OUT/scan-ab.txt"
+    timeout 360 python benchmarks/kernels.py --sweep --out "$OUT/kernels.txt" 2>&1 \
+      | grep -E "variant|scan fwd|shape|result|decode|update|conv|fwd:|bwd:" ;;
   scan_ncu)  # #5: warp-stall and pipe statistics of the scan kernels (base revision and working tree), then d8
     [ -f "$SCAN_BASE" ] || { echo "no base revision at $SCAN_BASE" >&2; exit 1; }
     timeout 240 ncu --clock-control none --page details --section WarpStateStats --section SchedulerStats \

@@ -147,37 +147,38 @@ def bench_scan(copy_bw, sweep):
     def fwd(save=False):
         return scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, save)
 
-    # forward variants: (forward chunk BT, tile order, channels per program BD (0: adaptive), warps, channel
-    # contiguity VEC, prefetch distance in chunks, time segments (0: automatic))
-    names = ("FWD_BT", "FWD_ORDER", "FWD_BD", "FWD_WARPS", "FWD_VEC", "FWD_DIST", "FWD_SEGMENTS")
+    # inference forward variants: (prefetch rings for u/delta/z and for B/C rows in tokens, max warps per
+    # program, time segments (0: automatic))
+    names = ("FWD_INFER_RING", "FWD_INFER_BC_RING", "FWD_WARPS", "FWD_SEGMENTS")
     configs = [tuple(getattr(scan_tri, n) for n in names)]
     if sweep:
-        configs += [(1, 1, 0, 8, 1, 2, 0), (1, 1, 0, 2, 1, 1, 0), (1, 1, 0, 2, 1, 2, 0)]
+        configs += [(1, 1, 8, 0), (2, 2, 8, 0), (4, 4, 8, 0), (8, 8, 2, 0)]
     sweep_variants("fwd", names, configs, lambda: (lambda: fwd(False)), lambda r: r[:1], fwd_bytes, copy_bw)
     t_inf = ms(lambda: fwd(False))
     t_train = ms(lambda: fwd(True))
+    if sweep:  # training forward (saving states) variants: (prefetch rings)
+        sweep_variants("training fwd", ("FWD_RING", "FWD_BC_RING"),
+                       [(scan_tri.FWD_RING, scan_tri.FWD_BC_RING), (8, 8), (2, 2)],
+                       lambda: (lambda: fwd(True)), lambda r: r[:1], fwd_bytes, copy_bw)
     say(f"   scan fwd (inference, default cfg): {t_inf:.3f} ms, {fwd_bytes / t_inf / 1e6:.0f} GB/s = "
         f"{fwd_bytes / t_inf / 1e6 / copy_bw:.1%} of copy bw")
     say(f"   scan fwd (training, saves chunk states): {t_train:.3f} ms")
 
     y, hT, hs = fwd(True)
     dy = torch.randn_like(y)
-    # backward variants: (checkpoint interval = backward chunk, max warps per program, time segments (0: auto))
-    bnames = ("CHUNK", "BWD_WARPS", "BWD_SEGMENTS")
+    # backward variants: (checkpoint interval = backward chunk, max warps per program, time segments (0: auto),
+    # L2 prefetch of the next chunk)
+    bnames = ("CHUNK", "BWD_WARPS", "BWD_SEGMENTS", "BWD_PREFETCH")
     bcfgs = [tuple(getattr(scan_tri, n) for n in bnames)]
     if sweep:  # intervals below 8 store too many states (B*T/chunk*D*N*4 bytes) to be useful
-        bcfgs += [(16, 1, 0), (8, 1, 2)]
-    fwd_bt = scan_tri.FWD_BT
+        bcfgs += [(8, 1, 0, False), (16, 1, 0, True)]
 
     def bwd_variant():
-        scan_tri.FWD_BT = min(fwd_bt, scan_tri.CHUNK)  # the forward chunk must divide the checkpoint interval
         _, _, hs_c = fwd(True)  # states at this variant's checkpoint interval (not timed)
         return lambda: scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs_c, True)
 
-    try:  # outputs compared: du, ddelta, dA, dB, dC
-        sweep_variants("bwd", bnames, bcfgs, bwd_variant, lambda r: r[:5], bwd_bytes, copy_bw)
-    finally:
-        scan_tri.FWD_BT = fwd_bt
+    # outputs compared: du, ddelta, dA, dB, dC
+    sweep_variants("bwd", bnames, bcfgs, bwd_variant, lambda r: r[:5], bwd_bytes, copy_bw)
 
     def fwd_bwd():
         y, hT, hs = fwd(True)
@@ -211,13 +212,14 @@ def bench_scan(copy_bw, sweep):
     say(f"   training shape B={Bt} T={T} D={Dt}: fwd (saving states) {tf:.3f} ms = {fb / tf / 1e6 / copy_bw:.1%} "
         f"of copy bw; bwd {tb:.3f} ms = {bb / tb / 1e6 / copy_bw:.1%}")
     if sweep:
-        fnames = ("FWD_SEGMENTS", "FWD_DIST")  # time segments (0: automatic), prefetch distance in tokens
-        fcfgs = [tuple(getattr(scan_tri, n) for n in fnames)] + [(1, 1), (4, 1), (0, 2), (8, 2)]
+        fnames = ("FWD_SEGMENTS", "FWD_RING", "FWD_BC_RING")  # time segments (0: automatic), prefetch rings
+        fcfgs = [tuple(getattr(scan_tri, n) for n in fnames)]
+        fcfgs += [(1, 4, 4), (4, 4, 4), (0, 8, 8), (0, 8, 2), (0, 1, 1)]
         sweep_variants("training-shape fwd", fnames, fcfgs,
                        lambda: (lambda: scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, True)),
                        lambda r: r[:1], fb, copy_bw)
         tcfgs = [tuple(getattr(scan_tri, n) for n in bnames)]
-        tcfgs += [(8, 1, segs) for segs in (4, 8)]
+        tcfgs += [(8, 1, 0, False)] + [(8, 1, segs, True) for segs in (4, 8)]
         sweep_variants("training-shape bwd", bnames, tcfgs,
                        lambda: (lambda: scan_tri.scan_bwd(dy, None, u, delta, A, Bm, Cm, Dv, z, dtb, None, hs, True)),
                        lambda r: r[:5], bb, copy_bw)

@@ -7,8 +7,9 @@ own ptxas and cuobjdump.) The real launch code runs on CPU tensors of the chosen
 reports an sm_90 target with 132 SMs, and every launch becomes a `warmup` (compile, no launch), so each
 kernel is specialised exactly as it would be on the GPU (block sizes, segments, 16-byte divisibility of
 pointers and strides). For every compiled kernel it prints its registers and, per loop (a backward
-branch in the SASS), the instruction count and the opcode mix: the cheapest way to see what a change
-does to a loop before spending device time on it.
+branch in the SASS), the instruction count, the opcode mix and the shortest distance from a global load to
+its first use (a copy of a prefetched value waiting on its load shows up there): the cheapest way to see what
+a change does to a loop before spending device time on it.
 """
 
 from __future__ import annotations
@@ -87,8 +88,45 @@ def cuobjdump(ck, flag: str) -> str:
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 
 
-def loops(sass: str) -> list[tuple[int, int, collections.Counter]]:
-    """(start, end, opcode counts) of every innermost-first loop: a branch to an earlier address."""
+_REG = re.compile(r"(?<![\w.])R(\d+)(\.64)?")
+
+
+def _regs(operands: str) -> set[int]:
+    """Vector registers an operand list names (R4.64 is R4 and R5); UR / SR / P registers are not matched."""
+    out = set()
+    for m in _REG.finditer(operands):
+        out.add(int(m.group(1)))
+        if m.group(2):
+            out.add(int(m.group(1)) + 1)
+    return out
+
+
+def load_to_use(body: list[tuple[int, str, str]]) -> tuple[int, int, str] | None:
+    """The shortest distance, in instructions, from a global load in a loop body to the first instruction
+    that reads its result, following the back edge: (distance, load address, reading opcode). A short one
+    means a stall each trip; the classic case is a register copy the compiler adds at the end of the loop
+    for a value prefetched into a loop-carried register, which waits for the load right after issuing it."""
+    best = None
+    for k, (addr, op, rest) in enumerate(body):
+        if not op.startswith("LDG"):
+            continue
+        dst, *_ = rest.split(",")
+        width = 4 if ".128" in op else 2 if ".64" in op else 1
+        base = _regs(dst)
+        loaded = {r + i for r in base for i in range(width)}
+        for j in range(1, len(body) + 1):
+            _, op2, rest2 = body[(k + j) % len(body)]
+            reads = _regs(rest2) if op2.startswith("ST") else _regs(rest2.split(",", 1)[1] if "," in rest2 else "")
+            if loaded & reads:
+                if best is None or j < best[0]:
+                    best = (j, addr, op2)
+                break
+    return best
+
+
+def loops(sass: str) -> list[tuple[int, int, collections.Counter, tuple | None]]:
+    """(start, end, opcode counts, `load_to_use`) of every loop, innermost first: a branch to an earlier
+    address."""
     instrs = [(int(m.group(1), 16), m.group(3), m.group(4)) for m in _INSTR.finditer(sass)]
     found = []
     for addr, op, rest in instrs:
@@ -96,8 +134,8 @@ def loops(sass: str) -> list[tuple[int, int, collections.Counter]]:
             target = re.search(r"0x([0-9a-f]+)", rest)
             if target and int(target.group(1), 16) <= addr:
                 lo = int(target.group(1), 16)
-                body = collections.Counter(o.split(".")[0] for a, o, _ in instrs if lo <= a <= addr)
-                found.append((lo, addr, body))
+                body = [i for i in instrs if lo <= i[0] <= addr]
+                found.append((lo, addr, collections.Counter(o.split(".")[0] for _, o, _ in body), load_to_use(body)))
     return sorted(found, key=lambda x: x[1] - x[0])
 
 
@@ -106,9 +144,11 @@ def report(name: str, ck) -> str:
     usage = re.search(r"REG:(\d+) STACK:(\d+)", cuobjdump(ck, "-res-usage"))
     lines = [f"{name}: {usage.group(1)} registers, {usage.group(2)} bytes of stack, {ck.metadata.num_warps} "
              f"warps, {sum(1 for _ in _INSTR.finditer(sass))} instructions"]
-    for lo, hi, body in loops(sass):
+    for lo, hi, body, use in loops(sass):
         top = ", ".join(f"{op} {n}" for op, n in body.most_common(14))
         lines.append(f"  loop {lo:#06x}-{hi:#06x}: {sum(body.values())} instructions: {top}")
+        if use:
+            lines.append(f"    shortest load-to-use: {use[0]} instructions (LDG at {use[1]:#06x}, read by {use[2]})")
     return "\n".join(lines)
 
 
@@ -117,6 +157,7 @@ def main() -> int:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="d8")
     ap.add_argument("--kernel", choices=("fwd", "bwd", "all"), default="all")
     ap.add_argument("--no-z", action="store_true", help="the memory layer's scan (no z gate)")
+    ap.add_argument("--inference", action="store_true", help="the forward without saved states (no autograd)")
     ap.add_argument("--dump", type=Path, help="also write each kernel's SASS to this directory")
     args = ap.parse_args()
 
@@ -131,10 +172,10 @@ def main() -> int:
     B, C = xproj[..., 64:80], xproj[..., 80:96]
     A = torch.zeros(D, N)
     Dp, dtb = torch.zeros(D), torch.zeros(D)
-    states = torch.zeros(Bn, scan.num_chunks(T), D, N)
+    states = torch.zeros(Bn, scan.num_chunks(T), N, D)
     print(f"triton {triton.__version__}, sm_90, {SMS} SMs; shape B={Bn} T={T} D={D} N={N}, z={z is not None}")
     runs = {
-        "fwd": lambda: scan.scan_fwd(u, delta, A, B, C, Dp, z, dtb, save_states=True),
+        "fwd": lambda: scan.scan_fwd(u, delta, A, B, C, Dp, z, dtb, save_states=not args.inference),
         "bwd": lambda: scan.scan_bwd(dy, None, u, delta, A, B, C, Dp, z, dtb, None, states),
     }
     for which in (("fwd", "bwd") if args.kernel == "all" else (args.kernel,)):

@@ -57,17 +57,17 @@ def docs(batch, seqlen, cuts):
     return seq
 
 
-# Kernel configurations (module constants of scan_tri; the rest keep their defaults). FWD_BD = 0 is the
-# forward's adaptive block (one channel per thread). Segmented passes cut T = 37 into 16-token (CHUNK 8) or
-# 8-token (CHUNK 4) segments, so document resets, the initial state and the final-state gradient cross
-# segment boundaries.
+# Kernel configurations (module constants of scan_tri; the rest keep their defaults). T = 37 leaves the
+# forward's prefetch rings (FWD_RING / FWD_BC_RING tokens, FWD_INFER_* without saved states) a partial last
+# round; segmented passes cut it into 16-token (CHUNK 8) or 8-token (CHUNK 4) segments, so document resets,
+# the initial state and the final-state gradient cross segment boundaries.
 SCAN_CONFIGS = {
-    "fwd-t16-o0/c16": dict(FWD_BT=16, FWD_ORDER=0, FWD_BD=16, FWD_WARPS=4, FWD_VEC=8, FWD_DIST=1, FWD_SEGMENTS=1,
-                           CHUNK=16, BWD_SEGMENTS=1),
-    "fwd-t1-o1-dist2/c2": dict(FWD_BT=1, FWD_ORDER=1, FWD_BD=32, FWD_WARPS=1, FWD_VEC=1, FWD_DIST=2,
-                               FWD_SEGMENTS=1, CHUNK=2, BWD_SEGMENTS=1),
-    "fwd-t2-o1-dist2-2segments": dict(FWD_BT=2, FWD_ORDER=1, FWD_BD=16, FWD_WARPS=1, FWD_VEC=1, FWD_DIST=2,
-                                      FWD_SEGMENTS=2, BWD_SEGMENTS=1),
+    "ring8-bc2/c16": dict(FWD_RING=8, FWD_BC_RING=2, FWD_INFER_RING=4, FWD_INFER_BC_RING=2, CHUNK=16,
+                          FWD_SEGMENTS=1, BWD_SEGMENTS=1),
+    "ring8/c8": dict(FWD_RING=8, FWD_BC_RING=8, FWD_SEGMENTS=1, BWD_SEGMENTS=1),
+    "ring1/c2": dict(FWD_RING=1, FWD_BC_RING=1, FWD_INFER_RING=2, FWD_INFER_BC_RING=1, FWD_WARPS=1, CHUNK=2,
+                     FWD_SEGMENTS=1, BWD_SEGMENTS=1),
+    "ring2-2segments": dict(FWD_RING=2, FWD_BC_RING=2, FWD_WARPS=1, FWD_SEGMENTS=2, BWD_SEGMENTS=1),
     "3segments-both": dict(FWD_SEGMENTS=3, BWD_SEGMENTS=3),
     "bwd-c4-5segments": dict(CHUNK=4, BWD_SEGMENTS=5),
     # two-warp programs: dB / dC summed with tl.sum across warps instead of the one-warp reduce-scatter
@@ -96,6 +96,10 @@ def test_scan_kernel_forward_final_state_and_every_gradient_match_float64_refere
     yr, hr = scan_ref.selective_scan(*ref[:8], True, ref[8], seq, True)
     assert rel(y, yr) < 1e-5
     assert rel(hT, hr) < 1e-5
+    with torch.no_grad():  # the inference forward (no saved states) has prefetch rings of its own
+        y_inf, hT_inf = scan_tri.selective_scan(*leaves[:8], True, leaves[8], seq, True)
+    assert rel(y_inf, yr) < 1e-5
+    assert rel(hT_inf, hr) < 1e-5
     dy, dh = torch.randn(Bn, T, D), torch.randn(Bn, D, N)
     (y * dy).sum().add((hT * dh).sum()).backward()
     (yr * dy.double()).sum().add((hr * dh.double()).sum()).backward()
@@ -118,6 +122,18 @@ def test_scan_kernel_without_optional_inputs_matches_reference_and_grads():
     (yr * dy.double()).sum().backward()
     for a, r in zip(tri, ref):
         assert rel(a.grad, r.grad) < 1e-5
+
+
+def test_saved_states_leave_room_for_the_backward_prefetch_of_padding_states_and_channels():
+    # the backward prefetches whole (padded state, channel block) slabs into L2; its loads are masked, but the
+    # prefetch addresses must stay inside the allocation
+    Bn, T, D, N = 2, 37, 20, 5
+    u, delta, z = (torch.randn(Bn, T, D) for _ in range(3))
+    B, C = torch.randn(Bn, T, N), torch.randn(Bn, T, N)
+    _, _, hs = scan_tri.scan_fwd(u, delta, -torch.rand(D, N), B, C, None, z, None, save_states=True)
+    assert hs.shape == (Bn, scan_tri.num_chunks(T), N, D) and hs.is_contiguous()
+    reach = hs.numel() + (8 - N) * D + 32 * scan_tri.BWD_WARPS  # NP = 8 states, a 32-channel block
+    assert hs.untyped_storage().nbytes() >= reach * hs.element_size()
 
 
 def test_scan_kernel_accepts_strided_halves_of_a_projection():

@@ -5,13 +5,13 @@ Shapes (same contract as `reference.selective_scan`):
     A: (D, N) fp32;  B, C: (B, T, N), unit stride along N;  D, delta_bias: (D,)
     initial_state / final_state: (B, D, N) fp32;  seq_idx: (B, T) int document ids
 
-Forward: one program per (batch row, block of BD channels) walks the sequence in chunks of BT tokens. Per
-chunk it loads [BT, BD] tiles of u, delta (and z) and [BT, N] tiles of B, C, builds the per-step decay
-a = exp(dt*A) and input b = dt*B*u as [BT, BD, N] fp32 tiles, runs `tl.associative_scan` over time,
-adds the carried state, reads out y = C.h + D*u (times silu(z)) and stores y. Only the state at each chunk
-start is written (fp32, B*T/BT*D*N*4 bytes), and only when a backward pass will need it. When the grid is
-too thin to hide the per-token latency, the sequence is cut into time segments run in parallel (a local pass,
-a carry pass over segments, then the real pass from each segment's true entering state; see FWD_SEGMENTS).
+Forward: one program per (batch row, block of BD channels, time segment), one channel per thread with its N
+states in registers, token by token: a = exp(dt*A), h = a*h + dt*B*u, y = C.h + D*u (times silu(z)). Each
+token's inputs are loaded several tokens ahead through prefetch rings (`_scan_fwd_kernel`). Only the state
+entering every CHUNK-th token is written (fp32 (B, T/CHUNK, N, D) slabs), and only when a backward pass will
+need it. When the grid is too thin to hide the per-token latency, the sequence is cut into time segments run
+in parallel (a local pass, a carry pass over segments, then the real pass from each segment's true entering
+state; see FWD_SEGMENTS).
 
 Backward: one channel per thread, token by token (`_scan_bwd_kernel`). Per checkpoint chunk, in reverse,
 a program reruns the forward from the saved chunk-start state, keeping each h_t in a small per-program
@@ -20,7 +20,8 @@ g_t = dL/dh_t = C_t*dy_t + a_{t+1} g_{t+1}, carrying a_t g_t into the token befo
 as h_t - b_t. Sums over states stay inside a thread; the sums over channels (dB, dC) are one butterfly
 reduce-scatter per token across the warp (`_warp_reduce_scatter`) and stored as per-program partials, like
 dA, dD and d delta_bias, which torch sums (no atomics: deterministic). Thin grids use time segments as the
-forward does (the carry of g runs from the last segment to the first).
+forward does (the carry of g runs from the last segment to the first). While a chunk is processed, the
+inputs of the chunk before it are prefetched into L2 (BWD_PREFETCH).
 
 Document resets (`seq_idx` changes between t-1 and t) set a_t = 0, which both cuts the forward carry and
 stops the gradient. Rows past T in the last chunk get a = 1, b = 0 so the state passes through unchanged.
@@ -39,18 +40,20 @@ from sambay.ops import triton_math as tm
 
 LOG2E = 1.4426950408889634
 
-# Chunk length and channel block. BT is shared by forward and backward because the backward reads the
-# states saved at the forward's chunk starts. Chosen on an H100 (see benchmarks/results); overridable for
-# tuning, but the fake (meta) kernels read the same value.
-# Defaults from the H100 sweeps in benchmarks/results/kernels-h100-2026-11-23.txt (B=8, T=4096, D=4096, N=16):
-# forward: one token per step, (state, time, channel) tiles, one channel per thread (2.27 ms); backward:
-# 8-token checkpoints (16: 11.3 vs 10.2 ms; the saved states are B*T/CHUNK*D*N*4 bytes).
-CHUNK = 8  # checkpoint interval = backward chunk length
-FWD_BT, FWD_ORDER, FWD_BD, FWD_WARPS, FWD_VEC, FWD_DIST = 1, 1, 0, 8, 1, 1  # FWD_BT must divide CHUNK
-# FWD_BD = 0: one channel per thread, FWD_WARPS warps per program, fewer when that would leave SMs idle. Each
-# sequence is walked step by step at a fixed latency per step, so the forward's speed is set by how many
-# (batch, channel) sequences run at once: at training shapes (B=4, D=1984) 256-channel programs kept only
-# 32 SMs busy (3.2 ms per layer on the H100, vs 2.4 ms for 4x the work at B=8, D=4096).
+# Checkpoint interval: the forward saves the state at every CHUNK-th token and the backward reruns each
+# CHUNK-token chunk from it (H100, B=8 T=4096 D=4096: 16-token checkpoints 11.3 vs 10.2 ms for the backward;
+# the saved states are B*T/CHUNK*D*N*4 bytes). Overridable for tuning; the fake (meta) kernels read it too.
+CHUNK = 8
+# Forward: one channel per thread (FWD_WARPS warps per program, fewer when that would leave SMs idle), one
+# token per step, with loads in flight through prefetch rings (see `_scan_fwd_kernel`): FWD_RING tokens for
+# u / delta / z, FWD_BC_RING for the B / C rows (powers of two, FWD_BC_RING | FWD_RING | CHUNK). A one-pass
+# forward that saves no states (inference) has the registers for deeper rings: FWD_INFER_RING,
+# FWD_INFER_BC_RING. H200, B=8 T=4096 D=4096 (benchmarks/results/kernels-h200-2026-12-03.txt): rings 1 / 2 /
+# 4 / 8 took 2.07 / 1.79 / 1.40 / 1.21 ms (2.47 ms before the rings); at the training shape (B=4, D=1984,
+# segmented, saving states) 4 beats 8 (0.53 vs 0.61 ms: 255 registers). B / C rings shorter than the stream
+# ring let ptxas move the rows to uniform registers right after loading them (an R2UR that waits for the
+# load): 8 / 2 took 2.21 ms.
+FWD_WARPS, FWD_RING, FWD_BC_RING, FWD_INFER_RING, FWD_INFER_BC_RING = 8, 4, 4, 8, 8
 # Time segments. One program walks its whole sequence at a fixed latency per token, so with few (batch,
 # channel) sequences (training shapes: B=4, D=1984 gives ~2 warps per SM) the forward is latency-bound. Cutting
 # the sequence into S segments multiplies the parallelism by S for about twice the arithmetic (pass 1 finds each
@@ -66,7 +69,10 @@ FWD_SEGMENTS, FWD_SEG_BELOW, FWD_SEG_WARPS_PER_SM, FWD_MIN_SEG_LEN, FWD_MAX_SEGM
 # earlier (time, channel, state) tile kernel (removed); 2 warps 11.1 ms; 16-token checkpoints 8.4 ms; B and C
 # upcast to fp32 first 7.9 ms; capping registers spilled; reducing dB / dC once per chunk through a scratch
 # tile was slower. Training shape B=4 D=1984: 2.1 ms (3.2 ms before, 5.0 ms for the tile kernel).
-BWD_WARPS, BWD_SEGMENTS = 1, 0
+# BWD_PREFETCH: at each chunk's start, ask L2 for the next chunk's rows of u, delta, dy, z, B, C and its
+# checkpoint (`prefetch.global.L2`, no registers): its recompute loop then waits on L2, not DRAM. H200
+# (benchmarks/results/kernels-h200-2026-12-03.txt): 6.03 -> 5.39 ms at B=8, 1.84 -> 1.67 ms at B=4, D=1984.
+BWD_WARPS, BWD_SEGMENTS, BWD_PREFETCH = 1, 0, True
 
 
 # The compiled kernels of the latest launches (name -> triton CompiledKernel; `n_regs`, `n_spills`), for
@@ -86,12 +92,6 @@ def _empty(*shape, device, dtype):
 
 def _np2(n: int) -> int:
     return triton.next_power_of_2(n)
-
-
-@triton.jit
-def _fwd_combine(a1, b1, a2, b2):
-    # (a1, b1) is the earlier range: h = a2 * (a1 * h0 + b1) + b2
-    return a1 * a2, b1 * a2 + b2
 
 
 @triton.jit
@@ -158,28 +158,36 @@ def _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ: tl.constexp
 
 
 @triton.jit
-def _load_raw(
-    pid_b64, t, d3, dmask, n3, nmask, T,
-    u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
-    s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t,
-    HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
-):
-    """Issue one chunk's loads (kept in the input dtype until used, so prefetching costs fewer registers).
-
-    Returns u, delta, B, C, z (u again when absent) and the reset flags (False when no seq_idx).
-    Rows outside [0, T) read nothing."""
-    tmask = (t >= 0) & (t < T)
+def _load_stream(pid_b64, t, t_end, d3, dmask, src, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """Token t's per-channel inputs for the forward (a stream ring slot), kept in the input dtype until used:
+    u, delta, z (u again when absent) and the reset flag (False without seq_idx). src = (u, delta, B, C, z,
+    seq_idx pointers, then their (batch, time) strides). Tokens outside [0, t_end) read nothing."""
+    (u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t) = src
+    tmask = (t >= 0) & (t < t_end)
     m2 = tmask & dmask
-    mn = tmask & nmask
-    u = tl.load(u_ptr + pid_b64 * s_u_b + t * s_u_t + d3, mask=m2, other=0.0)
-    xr = tl.load(dt_ptr + pid_b64 * s_dt_b + t * s_dt_t + d3, mask=m2, other=0.0)
-    Bv = tl.load(B_ptr + pid_b64 * s_B_b + t * s_B_t + n3, mask=mn, other=0.0)
-    Cv = tl.load(C_ptr + pid_b64 * s_C_b + t * s_C_t + n3, mask=mn, other=0.0)
+    u = _load_row(u_ptr, pid_b64, t, d3, m2, s_u_b, s_u_t)
+    xr = _load_row(dt_ptr, pid_b64, t, d3, m2, s_dt_b, s_dt_t)
     if HAS_Z:
-        zz = tl.load(z_ptr + pid_b64 * s_z_b + t * s_z_t + d3, mask=m2, other=0.0)
+        zz = _load_row(z_ptr, pid_b64, t, d3, m2, s_z_b, s_z_t)
     else:
         zz = u
-    return u, xr, Bv, Cv, zz, _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ)
+    return u, xr, zz, _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ)
+
+
+@triton.jit
+def _load_bc(pid_b64, t, t_end, nb3, nbmask, src):
+    """Token t's B and C rows (shared by every channel: a row ring slot)."""
+    (u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t) = src
+    mn = (t >= 0) & (t < t_end) & nbmask
+    return _load_row(B_ptr, pid_b64, t, nb3, mn, s_B_b, s_B_t), _load_row(C_ptr, pid_b64, t, nb3, mn, s_C_b, s_C_t)
+
+
+@triton.jit
+def _ring_set(ring, i: tl.constexpr, slot):
+    """The ring tuple with slot i replaced."""
+    return ring[:i] + (slot,) + ring[i + 1:]
 
 
 @triton.jit
@@ -203,71 +211,92 @@ def _prep(u, xr, Bv, Cv, dtb, SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr, FAS
 
 
 @triton.jit
-def _chunk_decay(dt, A2, tmask, reset, MASK_T: tl.constexpr, HAS_SEQ: tl.constexpr,
-                 FOLD_MASKS: tl.constexpr = False):
-    """Full-tile a_t = exp(dt*A) with document resets (a = 0) and padded rows (a = 1); MASK_T / HAS_SEQ
-    False skip masks that cannot apply (no rows past T; no documents).
-
-    FOLD_MASKS applies the masks to the per-channel dt and as a per-token offset (exp2(-inf) = 0) instead of
-    selecting on every state: fewer instructions, which the backward gains from (7.18 vs 7.43 ms at
-    B=8, T=4096, D=4096 on an H100) but the forward loses from (2.46 vs 2.27 ms): its loop is bound by the
-    latency of the next token's loads, and the shorter loop hides less of it (benchmarks/scan_ab.py)."""
-    if FOLD_MASKS:
-        if MASK_T:
-            dt = tl.where(tmask, dt, 0.0)
-        x = dt * A2
-        if HAS_SEQ:
-            x = x + tl.where(reset, float("-inf"), 0.0)
-        a = tl.exp2(x)
-    else:
-        a = tl.exp2(dt * A2)
-        if HAS_SEQ:
-            a = tl.where(reset, 0.0, a)
-        if MASK_T:
-            a = tl.where(tmask, a, 1.0)
-    return a
+def _decay(dt, A2, reset, HAS_SEQ: tl.constexpr):
+    """a_t = exp(dt*A) on a (state, 1, channel) tile, 0 where token t starts a new document: the reset is a
+    per-token exponent offset (exp2(-inf) = 0), not a select on every state. Padded rows pass dt = 0 (a = 1)."""
+    x = dt * A2
+    if HAS_SEQ:
+        x = x + tl.where(reset, float("-inf"), 0.0)
+    return tl.exp2(x)
 
 
-# The forward works on 3-D tiles whose axis order is a compile-time choice: ORDER 0 = (time, channel,
-# state), ORDER 1 = (state, time, channel). Triton spreads lanes over the last axis first, so ORDER 1 with
-# BD = VEC * 32 * num_warps keeps each channel's whole [N, BT] block inside one thread: the time scan and
-# the sum over states then need no shuffles. VEC is a contiguity hint along channels (how many adjacent
-# channels one thread loads). AX_T / AX_D / AX_N name the axes of each order.
+# Forward tiles are (state, 1, channel): Triton spreads lanes over the last axis first, so with
+# BD = 32 * num_warps each thread holds its channel's N states in registers and the sum over states needs no
+# shuffles.
 #
-# Each loop iteration issues the loads of the *next* chunk before computing the current one: one program
-# walks its chunks in sequence, so without this every chunk would wait a full memory latency.
+# The prefetch rings. h_t = exp(dt A) h_{t-1} + dt B u is a serial chain per channel, so a token's loads
+# must be in flight long before it is computed. Loading token t+1 while computing token t is not enough when
+# the loaded value is a loop-carried register: where its old value is still live after the new load is
+# issued, the compiler copies it at the end of the loop body, and that copy waits for the load (offline sm_90
+# SASS of the previous kernel: z and one B / C row of token t+1 were copied at the end of iteration t, so
+# every token waited out one memory latency: 2.47 ms at B=8, T=4096, D=4096 on an H200, 1.39 ms with a ring
+# of 4). Here the loop body is unrolled over RING tokens and each ring slot is reloaded right after its
+# token's values are read out of it, so a load lands in the register its next use reads, no copy is needed
+# and the tokens in between hide its latency. u, delta and z (per channel, from HBM) cycle through RING
+# slots; the B and C rows (shared by all channels, mostly L2 hits, 16 registers a slot) through BC_RING.
 
 
 @triton.jit
+def _fwd_token(h, dtsum, alive, stream, rows, t, t_end, A2, dtb, Dv, pid_b64, d3, dmask, nb3, nbmask, src,
+               y_ptr, s_y_b, s_y_t, RING: tl.constexpr, BC_RING: tl.constexpr, PACK: tl.constexpr,
+               HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_SEQ: tl.constexpr,
+               SOFTPLUS: tl.constexpr, LOCAL: tl.constexpr, FAST: tl.constexpr):
+    """Token t (< t_end) from its ring slots (stream: u, delta, z, reset; rows: B, C), which are refilled with
+    tokens t + RING and t + BC_RING. h: (N, 1, BD) fp32. Returns (h, dtsum, alive, stream, rows); dtsum /
+    alive only move in a LOCAL pass."""
+    nu, nx, nz, reset = stream
+    nB, nC = rows
+    u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB, FAST, 0, PACK)
+    zf = nz.to(tl.float32)
+    stream = _load_stream(pid_b64, t + RING, t_end, d3, dmask, src, HAS_Z, HAS_SEQ)
+    rows = _load_bc(pid_b64, t + BC_RING, t_end, nb3, nbmask, src)
+    h = _decay(dt, A2, reset, HAS_SEQ) * h + (dt * u) * Bv
+    if LOCAL:
+        dtsum += dt
+        if HAS_SEQ:
+            alive = alive * (1.0 - reset.to(tl.float32))
+    else:
+        y = tl.sum(h * Cv, axis=0, keep_dims=True)
+        if HAS_D:
+            y = y + u * Dv
+        if HAS_Z:
+            y = y * zf * tm.sigmoid(zf, FAST)
+        tl.store(y_ptr + pid_b64 * s_y_b + t * s_y_t + d3, y.to(y_ptr.dtype.element_ty), mask=dmask)
+    return h, dtsum, alive, stream, rows
+
+
+@triton.jit(do_not_specialize=["s_hs_n"])
 def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, h0_ptr, seq_ptr,
     y_ptr, hT_ptr, hs_ptr, P_ptr,
-    T, DIM, NSTATE, NCHUNK, SEG_LEN,
+    T, DIM, NSTATE, SEG_LEN, s_hs_n,
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_y_b, s_y_t,
     s_seq_b, s_seq_t,
-    BT: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, VEC: tl.constexpr, R: tl.constexpr,
-    DIST: tl.constexpr, PACK: tl.constexpr,
-    AX_T: tl.constexpr, AX_D: tl.constexpr, AX_N: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_H0: tl.constexpr,
+    BD: tl.constexpr, NP: tl.constexpr, RING: tl.constexpr, BC_RING: tl.constexpr, CKPT: tl.constexpr,
+    PACK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_HT: tl.constexpr, STORE_HS: tl.constexpr,
     LOCAL: tl.constexpr, FAST: tl.constexpr,
 ):
-    """Program (b, channel block, segment): tokens [seg·SEG_LEN, +SEG_LEN) from the state h0[b, seg].
-    LOCAL (pass 1 of a segmented forward): start from zero, write no outputs, only the segment's final
-    state and its total decay P = prod_t a_t (hT / P at [b, seg])."""
+    """Program (b, channel block, segment): tokens [seg·SEG_LEN, +SEG_LEN) from the state h0[b, seg], one
+    channel per thread, token by token through the prefetch rings (RING and BC_RING powers of two,
+    BC_RING <= RING). STORE_HS saves the state entering every CKPT-th token. LOCAL (pass 1 of a segmented
+    forward): start from zero, write no outputs, only the segment's final state and its total decay
+    P = prod_t a_t (hT / P at [b, seg])."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     pid_s = tl.program_id(2)
     pid_b64 = pid_b.to(tl.int64)
     seg_off = (pid_b64 * tl.num_programs(2) + pid_s) * DIM * NSTATE  # [b, seg] of (B, S, D, N) states
     t0 = pid_s * SEG_LEN
-    d3 = _at(tl.max_contiguous(pid_d * BD + tl.arange(0, BD), VEC), AX_D)
-    n3 = _at(tl.arange(0, NP), AX_N)
-    rows = _at(tl.arange(0, BT), AX_T)
+    t_end = tl.minimum(t0 + SEG_LEN, T)
+    d3 = _at(pid_d * BD + tl.arange(0, BD), 2)
+    n3 = _at(tl.arange(0, NP), 0)
     dmask = d3 < DIM
     nmask = n3 < NSTATE
     B_ptr, C_ptr, nb3, nbmask, s_B_b, s_B_t, s_C_b, s_C_t = _bc_rows_setup(
-        B_ptr, C_ptr, s_B_b, s_B_t, s_C_b, s_C_t, NSTATE, NP, AX_N, PACK)
+        B_ptr, C_ptr, s_B_b, s_B_t, s_C_b, s_C_t, NSTATE, NP, 0, PACK)
+    src = (u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
+           s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t)
     dn = d3 * NSTATE + n3
     dnmask = dmask & nmask
     A2 = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32) * 1.4426950408889634
@@ -277,80 +306,82 @@ def _scan_fwd_kernel(
         dtb = 0.0
     if HAS_D:
         Dv = tl.load(D_ptr + d3, mask=dmask, other=0.0).to(tl.float32)
+    else:
+        Dv = 0.0
     if HAS_H0:
         h = tl.load(h0_ptr + seg_off + dn, mask=dnmask, other=0.0).to(tl.float32)
     else:
         h = tl.zeros_like(A2)
-    if LOCAL:
-        # the segment's total decay P = prod_t exp2(dt_t A2) = exp2(A2 sum_t dt_t), and 0 once a document
-        # reset cuts it: one add per token and channel instead of a multiply per state
-        dtsum = tl.sum(tl.zeros_like(A2), axis=AX_N, keep_dims=True)
-        alive = 1.0
-    nu, nx, nB, nC, nz, nr = _load_raw(
-        pid_b64, t0 + rows, d3, dmask, nb3, nbmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
-        s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
-    )
-    if DIST == 2:
-        # a second prefetched chunk: with short chunks one chunk of compute hides too little latency
-        mu, mx, mB, mC, mz, mr = _load_raw(
-            pid_b64, t0 + rows + BT, d3, dmask, nb3, nbmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
-            s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
-        )
-    NCKPT = (NCHUNK + R - 1) // R  # checkpoints per sequence (NCHUNK: forward chunks of the whole sequence)
-    c0 = t0 // BT  # SEG_LEN is a multiple of the checkpoint interval: segments start on a checkpoint
-    for c in range(c0, tl.minimum(c0 + SEG_LEN // BT, NCHUNK)):
-        if STORE_HS:
-            # checkpoint the state at every backward-chunk start (every R forward chunks)
-            if c % R == 0:
-                tl.store(hs_ptr + (pid_b64 * NCKPT + c // R) * DIM * NSTATE + dn, h, mask=dnmask)
-        t = c * BT + rows
-        tmask = t < T
-        u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB, FAST, AX_N, PACK)
-        zz = nz
-        reset = nr
-        if DIST == 2:
-            nu, nx, nB, nC, nz, nr = mu, mx, mB, mC, mz, mr
-            mu, mx, mB, mC, mz, mr = _load_raw(
-                pid_b64, t + 2 * BT, d3, dmask, nb3, nbmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
-                s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
-            )
-        else:
-            nu, nx, nB, nC, nz, nr = _load_raw(
-                pid_b64, t + BT, d3, dmask, nb3, nbmask, T, u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
-                s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t, HAS_Z, HAS_SEQ,
-            )
-        a = _chunk_decay(dt, A2, tmask, reset, BT > 1, HAS_SEQ)  # one-token steps never pass T
-        b = (dt * u) * Bv
-        if BT == 1:
-            hh = a * h + b  # one step: no scan needed
-        else:
-            acum, hh = tl.associative_scan((a, b), AX_T, _fwd_combine)
-            hh = hh + acum * h
-        if LOCAL:
-            if BT == 1:
-                dtsum += dt
-            else:  # padded rows (a = 1) add nothing
-                dtsum += tl.sum(tl.where(tmask, dt, 0.0), axis=AX_T, keep_dims=True)
-            if HAS_SEQ:
-                alive = alive * (1.0 - tl.max(reset.to(tl.float32)))
-        else:
-            y = tl.sum(hh * Cv, axis=AX_N, keep_dims=True)
-            if HAS_D:
-                y = y + u * Dv
-            m2 = tmask & dmask
-            if HAS_Z:
-                zf = zz.to(tl.float32)
-                y = y * zf * tm.sigmoid(zf, FAST)
-            tl.store(y_ptr + pid_b64 * s_y_b + t * s_y_t + d3, y.to(y_ptr.dtype.element_ty), mask=m2)
-        # the state after the chunk is its last row (padded rows carry it through unchanged)
-        if BT == 1:
-            h = hh
-        else:
-            h = tl.sum(tl.where(rows == BT - 1, hh, 0.0), axis=AX_T, keep_dims=True)
+    # LOCAL: the segment's total decay P = prod_t exp2(dt_t A2) = exp2(A2 sum_t dt_t), and 0 once a document
+    # reset cuts it (one add per token and channel instead of a multiply per state)
+    dtsum = tl.sum(tl.zeros_like(A2), axis=0, keep_dims=True)
+    alive = 1.0
+    # Checkpoints are (state, channel) slabs, so a warp stores each state's 32 channels as one line straight
+    # from the registers h lives in. s_hs_n (= DIM) is not specialised: were its divisibility by 16 known,
+    # Triton would vectorise the store over 4 channels per thread and stage h through shared memory, with
+    # barriers, after every token (it moves that layout change to where h is computed).
+    hs_row = hs_ptr + pid_b64 * ((T + CKPT - 1) // CKPT) * NSTATE * s_hs_n + n3 * s_hs_n + d3
+    streams = (_load_stream(pid_b64, t0, t_end, d3, dmask, src, HAS_Z, HAS_SEQ),)
+    for j in tl.static_range(1, RING):
+        streams = streams + (_load_stream(pid_b64, t0 + j, t_end, d3, dmask, src, HAS_Z, HAS_SEQ),)
+    rows = (_load_bc(pid_b64, t0, t_end, nb3, nbmask, src),)
+    for j in tl.static_range(1, BC_RING):
+        rows = rows + (_load_bc(pid_b64, t0 + j, t_end, nb3, nbmask, src),)
+    for r in range(0, tl.cdiv(t_end - t0, RING)):
+        t = t0 + r * RING
+        if STORE_HS:  # RING divides CKPT and segments start on checkpoints: a checkpoint is always a slot-0 token
+            if t % CKPT == 0:
+                tl.store(hs_row + (t // CKPT) * NSTATE * s_hs_n, h, mask=dnmask)
+        # The round's first token is always inside the segment; only the others are guarded. (A guard on the
+        # first one too let ptxas schedule the loads so that they were waited on again: 2.35 vs 1.40 ms.)
+        h, dtsum, alive, stream, row = _fwd_token(
+            h, dtsum, alive, streams[0], rows[0], t, t_end, A2, dtb, Dv, pid_b64, d3, dmask, nb3, nbmask, src,
+            y_ptr, s_y_b, s_y_t, RING, BC_RING, PACK, HAS_D, HAS_Z, HAS_DTB, HAS_SEQ, SOFTPLUS, LOCAL, FAST)
+        streams = _ring_set(streams, 0, stream)
+        rows = _ring_set(rows, 0, row)
+        for j in tl.static_range(1, RING):
+            if t + j < t_end:
+                h, dtsum, alive, stream, row = _fwd_token(
+                    h, dtsum, alive, streams[j], rows[j % BC_RING], t + j, t_end, A2, dtb, Dv, pid_b64, d3, dmask,
+                    nb3, nbmask, src, y_ptr, s_y_b, s_y_t, RING, BC_RING, PACK, HAS_D, HAS_Z, HAS_DTB, HAS_SEQ,
+                    SOFTPLUS, LOCAL, FAST)
+                streams = _ring_set(streams, j, stream)
+                rows = _ring_set(rows, j % BC_RING, row)
     if STORE_HT:
         tl.store(hT_ptr + seg_off + dn, h, mask=dnmask)
     if LOCAL:
         tl.store(P_ptr + seg_off + dn, tl.exp2(A2 * dtsum) * alive, mask=dnmask)
+
+
+@triton.jit
+def _prefetch_l2(ptr):
+    """Ask L2 for the line holding each address (`prefetch.global.L2`: no register, no wait)."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptr], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
+def _bwd_prefetch_chunk(c, L: tl.constexpr, T, pid_b64, d3, DIM, u_ptr, dt_ptr, dy_ptr, z_ptr, B_ptr, C_ptr,
+                        hs_slab, s_u_b, s_u_t, s_dt_b, s_dt_t, s_dy_b, s_dy_t, s_z_b, s_z_t, s_B_b, s_B_t, s_C_b,
+                        s_C_t, HAS_Z: tl.constexpr, RECOMPUTE: tl.constexpr):
+    """Prefetch into L2 what checkpoint chunk c will read (its rows of u, delta, dy, z, B and C, and its
+    checkpoint slab `hs_slab` when RECOMPUTE), while the chunk after it is being processed: each backward
+    chunk starts with a recompute whose loads would otherwise each wait out a DRAM latency (they are
+    prefetched one token ahead, about 150 instructions). Rows are clamped to the tensors; the slab prefetch
+    of padding states and channels may reach (NP - N) * D + BD - 1 elements past the last slab, which
+    `scan_fwd` allocates room for."""
+    dc = tl.minimum(d3, DIM - 1)
+    for i in tl.static_range(L):
+        t = tl.minimum(c * L + i, T - 1)
+        _prefetch_l2(u_ptr + pid_b64 * s_u_b + t * s_u_t + dc)
+        _prefetch_l2(dt_ptr + pid_b64 * s_dt_b + t * s_dt_t + dc)
+        _prefetch_l2(dy_ptr + pid_b64 * s_dy_b + t * s_dy_t + dc)
+        if HAS_Z:
+            _prefetch_l2(z_ptr + pid_b64 * s_z_b + t * s_z_t + dc)
+        _prefetch_l2(B_ptr + pid_b64 * s_B_b + t * s_B_t)
+        _prefetch_l2(C_ptr + pid_b64 * s_C_b + t * s_C_t)
+    if RECOMPUTE:
+        _prefetch_l2(hs_slab)
 
 
 @triton.jit
@@ -400,16 +431,16 @@ def _seg_carry_kernel(hloc_ptr, P_ptr, h0_ptr, init_ptr, hT_ptr, N_SEG, SIZE, BL
     tl.store(hT_ptr + pid_b * SIZE + i, h, mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["s_hs_n"])
 def _scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, seq_ptr, hs_ptr, dy_ptr, cin_ptr,
     du_ptr, ddt_ptr, dz_ptr, dBp_ptr, dCp_ptr, dA_ptr, dD_ptr, ddtb_ptr, cout_ptr, P_ptr, scr_ptr,
-    T, DIM, NSTATE, NCHUNK, SEG_LEN,
+    T, DIM, NSTATE, NCHUNK, SEG_LEN, s_hs_n,
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_dy_b, s_dy_t, s_seq_b, s_seq_t,
     L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr, LOG2_NP: tl.constexpr, SCATTER: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_CIN: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_COUT: tl.constexpr, LOCAL: tl.constexpr,
-    FAST: tl.constexpr, PACK: tl.constexpr,
+    FAST: tl.constexpr, PACK: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Backward, one channel per thread, token by token. Program (b, channel block, segment) walks the
     segment's checkpoint chunks in reverse; per chunk it (1) reruns the forward from the saved chunk-start
@@ -466,11 +497,19 @@ def _scan_bwd_kernel(
     cell = _at(dl, 2) + n3 * BD  # this thread's column of an (NP, BD) slab
     c_first = pid_s * (SEG_LEN // L)
     c_end = tl.minimum(c_first + SEG_LEN // L, NCHUNK)
+    # the forward's (state, channel) checkpoint slabs; s_hs_n = DIM, unspecialised as in the forward
+    hs_row = hs_ptr + pid_b64 * NCHUNK * NSTATE * s_hs_n + n3 * s_hs_n + d3
     for cc in range(0, c_end - c_first):
         c = c_end - 1 - cc
+        if PREFETCH:
+            if c > c_first:
+                _bwd_prefetch_chunk(
+                    c - 1, L, T, pid_b64, d3, DIM, u_ptr, dt_ptr, dy_ptr, z_ptr, B_ptr, C_ptr,
+                    hs_row + (c - 1) * NSTATE * s_hs_n, s_u_b, s_u_t, s_dt_b, s_dt_t, s_dy_b, s_dy_t, s_z_b, s_z_t,
+                    s_B_b, s_B_t, s_C_b, s_C_t, HAS_Z, not LOCAL)
         if not LOCAL:
             # (1) forward recompute of the chunk from its checkpoint, every h_t into the scratch tile
-            h = tl.load(hs_ptr + (pid_b64 * NCHUNK + c) * DIM * NSTATE + dn, mask=dnmask, other=0.0)
+            h = tl.load(hs_row + c * NSTATE * s_hs_n, mask=dnmask, other=0.0)
             t = c * L
             nu = _load_row(u_ptr, pid_b64, t, d3, dmask & (t < T), s_u_b, s_u_t)
             nx = _load_row(dt_ptr, pid_b64, t, d3, dmask & (t < T), s_dt_b, s_dt_t)
@@ -486,7 +525,7 @@ def _scan_bwd_kernel(
                 nB = _load_row(B_ptr, pid_b64, t + 1, nb3, nbmask & nmk, s_B_b, s_B_t)
                 xr, dt = _time_step(xr, dtb, SOFTPLUS, HAS_DTB, FAST)
                 dt = tl.where(tmask, dt, 0.0)  # padded rows: a = 1, b = 0
-                a = _chunk_decay(dt, A2, tmask, reset, False, HAS_SEQ, FOLD_MASKS=True)
+                a = _decay(dt, A2, reset, HAS_SEQ)
                 h = a * h + (dt * u) * Bv
                 tl.store(scr_h + i * NP * BD + cell, h)
         # (2) the chunk backwards
@@ -523,7 +562,7 @@ def _scan_bwd_kernel(
             # padded rows get dt = 0: a = 1 passes the carry through, and with u = dy = 0 (masked loads)
             # they add nothing to du, dB, dC or dA (their ddt is masked below)
             dt = tl.where(tmask, dt, 0.0)
-            a = _chunk_decay(dt, A2, tmask, reset, False, HAS_SEQ, FOLD_MASKS=True)
+            a = _decay(dt, A2, reset, HAS_SEQ)
             if LOCAL:
                 if HAS_Z:
                     dy = dy * zf * tm.sigmoid(zf, FAST)
@@ -588,10 +627,6 @@ def _scan_bwd_kernel(
             tl.store(ddtb_ptr + seg_d, ddtb_acc, mask=dmask)
 
 
-def _axes(order: int) -> dict:
-    return dict(AX_T=0, AX_D=1, AX_N=2) if order == 0 else dict(AX_T=1, AX_D=2, AX_N=0)
-
-
 def _unit_last(x: torch.Tensor | None) -> torch.Tensor | None:
     """Kernels take any batch/time strides but need unit stride on the last dim."""
     if x is None or x.stride(-1) == 1:
@@ -606,21 +641,13 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _thread_per_channel_block(batch: int, dim: int, device: torch.device, max_warps: int,
-                              vec: int = 1) -> tuple[int, int]:
-    """(channels per program, warps) with one channel per thread (`vec` adjacent ones): up to `max_warps`
-    warps, halved while the grid would have fewer programs than the device has SMs."""
+def _thread_per_channel_block(batch: int, dim: int, device: torch.device, max_warps: int) -> tuple[int, int]:
+    """(channels per program, warps) with one channel per thread: up to `max_warps` warps, halved while the
+    grid would have fewer programs than the device has SMs."""
     warps = max_warps
-    while warps > 1 and batch * triton.cdiv(dim, 32 * warps * vec) < _sm_count(device):
+    while warps > 1 and batch * triton.cdiv(dim, 32 * warps) < _sm_count(device):
         warps //= 2
-    return 32 * warps * vec, warps
-
-
-def _fwd_block(batch: int, dim: int, device: torch.device) -> tuple[int, int]:
-    """(channels per program, warps) for the forward: FWD_BD/FWD_WARPS when set, else one per thread."""
-    if FWD_BD:
-        return FWD_BD, FWD_WARPS
-    return _thread_per_channel_block(batch, dim, device, FWD_WARPS, FWD_VEC)
+    return 32 * warps, warps
 
 
 def _time_segments(forced: int, batch: int, warps_per_row: int, seqlen: int, device: torch.device) -> int:
@@ -679,28 +706,34 @@ def scan_fwd(
     """Launch the forward kernel.
 
     Returns y (B, T, D) in u's dtype, final state (B, D, N) fp32 and the chunk-start states
-    (B, ceil(T/CHUNK), D, N) fp32 (an empty tensor unless `save_states`). `y_out` (contiguous (B, T, D))
+    (B, ceil(T/CHUNK), N, D) fp32 (an empty tensor unless `save_states`). `y_out` (contiguous (B, T, D))
     lets tests pass a poisoned buffer.
     """
     u, delta, z, B, C = (_unit_last(t) for t in (u, delta, z, B, C))
     batch, seqlen, dim = u.shape
     nstate = A.shape[1]
     A = A.contiguous()
-    nchunk = triton.cdiv(seqlen, FWD_BT)
-    assert CHUNK % FWD_BT == 0, "the forward chunk must divide the checkpoint interval"
     y = _empty(batch, seqlen, dim, device=u.device, dtype=u.dtype) if y_out is None else y_out
     hT = _empty(batch, dim, nstate, device=u.device, dtype=torch.float32)
-    hs = (
-        _empty(batch, num_chunks(seqlen), dim, nstate, device=u.device, dtype=torch.float32)
-        if save_states
-        else torch.empty(0, device=u.device, dtype=torch.float32)
-    )
+    if save_states:
+        # room past the last slab for the backward's L2 prefetch of padding states and channels (its loads
+        # are masked; `_bwd_prefetch_chunk`)
+        n_hs = batch * num_chunks(seqlen) * nstate * dim
+        margin = (_np2(nstate) - nstate) * dim + 32 * BWD_WARPS
+        hs = _empty(n_hs + margin, device=u.device, dtype=torch.float32)[:n_hs].view(
+            batch, num_chunks(seqlen), nstate, dim)
+    else:
+        hs = torch.empty(0, device=u.device, dtype=torch.float32)
     h0 = None if initial_state is None else initial_state.float().contiguous()
     dummy = hT
     B, C, pack, bc_strides = _bc_rows(B, C)
-    block, warps = _fwd_block(batch, dim, u.device)
+    block, warps = _thread_per_channel_block(batch, dim, u.device, FWD_WARPS)
     n_seg = _time_segments(FWD_SEGMENTS, batch, triton.cdiv(dim, block) * warps, seqlen, u.device)
     seg_len, n_seg = _segment_layout(n_seg, seqlen)
+    ring, bc_ring = (FWD_INFER_RING, FWD_INFER_BC_RING) if n_seg == 1 and not save_states else (FWD_RING, FWD_BC_RING)
+    if ring % bc_ring or (save_states and CHUNK % ring):  # checkpoints are stored at a round's first token
+        raise ValueError(f"the forward's prefetch rings ({ring} tokens for u / delta / z, {bc_ring} for B / C) must "
+                         f"divide each other{', and the checkpoint interval CHUNK ' + str(CHUNK) if save_states else ''}")
 
     def launch(h_in, h_out, P, local, z=z, D=D):
         LAUNCHED["fwd_local" if local else "fwd"] = _scan_fwd_kernel[(batch, triton.cdiv(dim, block), n_seg)](
@@ -712,13 +745,12 @@ def scan_fwd(
             dummy if seq_idx is None else seq_idx,
             y, dummy if h_out is None else h_out, hs if save_states and not local else dummy,
             dummy if P is None else P,
-            seqlen, dim, nstate, nchunk, seg_len,
+            seqlen, dim, nstate, seg_len, dim,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *bc_strides,
             0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
             y.stride(0), y.stride(1),
             0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
-            BT=FWD_BT, BD=block, NP=_np2(nstate), VEC=FWD_VEC, R=CHUNK // FWD_BT, DIST=FWD_DIST, PACK=pack,
-            **_axes(FWD_ORDER),
+            BD=block, NP=_np2(nstate), RING=ring, BC_RING=bc_ring, CKPT=CHUNK, PACK=pack,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_H0=h_in is not None,
             HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_HT=h_out is not None,
             STORE_HS=save_states and not local, LOCAL=local, FAST=tm.fast_math(),
@@ -779,7 +811,7 @@ def scan_bwd(
             du, ddt, dummy if dz is None else dz, dBp, dCp, dA,
             dummy if dD is None else dD, dummy if ddtb is None else ddtb,
             dummy if cout is None else cout, dummy if P is None else P, scratch,
-            seqlen, dim, nstate, num_chunks(seqlen), seg_len,
+            seqlen, dim, nstate, num_chunks(seqlen), seg_len, dim,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *bc_strides,
             0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
             dy.stride(0), dy.stride(1),
@@ -788,7 +820,7 @@ def scan_bwd(
             SCATTER=block == 32 and 2 * nprow <= 32,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_CIN=cin is not None,
             HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_COUT=cout is not None, LOCAL=local,
-            FAST=tm.fast_math(), PACK=pack, num_warps=warps,
+            FAST=tm.fast_math(), PACK=pack, PREFETCH=BWD_PREFETCH and tm.fast_math(), num_warps=warps,
         )
 
     if n_seg == 1:
@@ -834,7 +866,7 @@ def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, 
     y = u.new_empty(batch, seqlen, dim)
     hT = u.new_empty(batch, dim, nstate, dtype=torch.float32)
     if save_states:
-        hs = u.new_empty(batch, (seqlen + CHUNK - 1) // CHUNK, dim, nstate, dtype=torch.float32)
+        hs = u.new_empty(batch, (seqlen + CHUNK - 1) // CHUNK, nstate, dim, dtype=torch.float32)
     else:
         hs = u.new_empty(_EMPTY_SHAPE, dtype=torch.float32)
     return y, hT, hs
