@@ -113,22 +113,21 @@ def _load_row(ptr, pid_b64, t, off, mask, s_b, s_t):
 
 
 @triton.jit
-def _bc_rows_setup(B_ptr, C_ptr, s_B_b, s_B_t, s_C_b, s_C_t, NSTATE, NP: tl.constexpr, AX: tl.constexpr,
-                   PACK: tl.constexpr):
-    """How B / C rows are read: base pointers, element offsets on axis AX and their mask, and the (batch,
+def _bc_rows_setup(B_ptr, C_ptr, s_B_b, s_B_t, s_C_b, s_C_t, NSTATE, NP: tl.constexpr, PACK: tl.constexpr):
+    """How B / C rows are read: base pointers, element offsets on the state axis (0) and their mask, and the (batch,
     time) strides in loaded elements. With PACK the elements are int32 words of two bf16 states (`_bc_f32`);
     the strides arrive in bf16 elements because their divisibility by 16 is what lets the loads vectorise,
     and the mask compares against NSTATE // 2 (nb * 2 < NSTATE would hide its constancy: scalar loads)."""
     if PACK:
         B_ptr, C_ptr = B_ptr.to(tl.pointer_type(tl.int32)), C_ptr.to(tl.pointer_type(tl.int32))
         s_B_b, s_B_t, s_C_b, s_C_t = s_B_b // 2, s_B_t // 2, s_C_b // 2, s_C_t // 2
-    nb = _at(tl.arange(0, NP // (1 + PACK)), AX)
+    nb = _at(tl.arange(0, NP // (1 + PACK)), 0)
     return B_ptr, C_ptr, nb, nb < NSTATE // (1 + PACK), s_B_b, s_B_t, s_C_b, s_C_t
 
 
 @triton.jit
-def _bc_f32(x, AX: tl.constexpr, PACK: tl.constexpr):
-    """A loaded B / C row as fp32 states along axis AX (0 or 2) of a 3-D tile.
+def _bc_f32(x, PACK: tl.constexpr):
+    """A loaded B / C row as fp32 states along axis 0 of a (state, 1, 1) tile.
 
     PACK: x holds int32 words, word i = states 2i (low half) and 2i+1 (high half). A bf16 is the top half of
     the fp32 of the same value, so each state costs one shift or mask; Triton's own bf16 -> fp32 of a
@@ -136,10 +135,7 @@ def _bc_f32(x, AX: tl.constexpr, PACK: tl.constexpr):
     token of the forward's loop."""
     if PACK:
         pairs = tl.join((x << 16).to(tl.float32, bitcast=True), (x & -65536).to(tl.float32, bitcast=True))
-        if AX == 0:
-            r = tl.reshape(tl.permute(pairs, [0, 3, 1, 2]), [2 * x.shape[0], x.shape[1], x.shape[2]])
-        else:
-            r = tl.reshape(pairs, [x.shape[0], x.shape[1], 2 * x.shape[2]])
+        r = tl.reshape(tl.permute(pairs, [0, 3, 1, 2]), [2 * x.shape[0], x.shape[1], x.shape[2]])
     else:
         r = x.to(tl.float32)
     return r
@@ -204,10 +200,10 @@ def _time_step(xr, dtb, SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr, FAST: tl.
 
 @triton.jit
 def _prep(u, xr, Bv, Cv, dtb, SOFTPLUS: tl.constexpr, HAS_DTB: tl.constexpr, FAST: tl.constexpr,
-          AX_N: tl.constexpr, PACK: tl.constexpr):
-    """Cast a chunk to fp32 and apply delta_bias + softplus."""
+          PACK: tl.constexpr):
+    """Cast a token's loads to fp32 and apply delta_bias + softplus."""
     xr, dt = _time_step(xr.to(tl.float32), dtb, SOFTPLUS, HAS_DTB, FAST)
-    return u.to(tl.float32), xr, dt, _bc_f32(Bv, AX_N, PACK), _bc_f32(Cv, AX_N, PACK)
+    return u.to(tl.float32), xr, dt, _bc_f32(Bv, PACK), _bc_f32(Cv, PACK)
 
 
 @triton.jit
@@ -246,7 +242,7 @@ def _fwd_token(h, dtsum, alive, stream, rows, t, t_end, A2, dtb, Dv, pid_b64, d3
     alive only move in a LOCAL pass."""
     nu, nx, nz, reset = stream
     nB, nC = rows
-    u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB, FAST, 0, PACK)
+    u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB, FAST, PACK)
     zf = nz.to(tl.float32)
     stream = _load_stream(pid_b64, t + RING, t_end, d3, dmask, src, HAS_Z, HAS_SEQ)
     rows = _load_bc(pid_b64, t + BC_RING, t_end, nb3, nbmask, src)
@@ -294,7 +290,7 @@ def _scan_fwd_kernel(
     dmask = d3 < DIM
     nmask = n3 < NSTATE
     B_ptr, C_ptr, nb3, nbmask, s_B_b, s_B_t, s_C_b, s_C_t = _bc_rows_setup(
-        B_ptr, C_ptr, s_B_b, s_B_t, s_C_b, s_C_t, NSTATE, NP, 0, PACK)
+        B_ptr, C_ptr, s_B_b, s_B_t, s_C_b, s_C_t, NSTATE, NP, PACK)
     src = (u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
            s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t)
     dn = d3 * NSTATE + n3
@@ -466,7 +462,7 @@ def _scan_bwd_kernel(
     dmask = d3 < DIM
     nmask = n3 < NSTATE
     B_ptr, C_ptr, nb3, nbmask, s_B_b, s_B_t, s_C_b, s_C_t = _bc_rows_setup(
-        B_ptr, C_ptr, s_B_b, s_B_t, s_C_b, s_C_t, NSTATE, NP, 0, PACK)
+        B_ptr, C_ptr, s_B_b, s_B_t, s_C_b, s_C_t, NSTATE, NP, PACK)
     dn = d3 * NSTATE + n3
     dnmask = dmask & nmask
     A2 = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32) * 1.4426950408889634  # A·log2(e)
@@ -517,7 +513,7 @@ def _scan_bwd_kernel(
             for i in range(0, L):
                 t = c * L + i
                 tmask = t < T
-                u, xr, Bv = nu.to(tl.float32), nx.to(tl.float32), _bc_f32(nB, 0, PACK)
+                u, xr, Bv = nu.to(tl.float32), nx.to(tl.float32), _bc_f32(nB, PACK)
                 reset = _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ)
                 nmk = (i + 1 < L) & (t + 1 < T)
                 nu = _load_row(u_ptr, pid_b64, t + 1, d3, dmask & nmk, s_u_b, s_u_t)
@@ -546,7 +542,7 @@ def _scan_bwd_kernel(
             tmask = t < T
             m2 = dmask & tmask
             u, xr, dy = nu.to(tl.float32), nx.to(tl.float32), ndy.to(tl.float32)
-            Bv, Cv = _bc_f32(nB, 0, PACK), _bc_f32(nC, 0, PACK)
+            Bv, Cv = _bc_f32(nB, PACK), _bc_f32(nC, PACK)
             if HAS_Z:
                 zf = nz.to(tl.float32)
             reset = _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ)
