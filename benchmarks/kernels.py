@@ -148,17 +148,18 @@ def bench_scan(copy_bw, sweep):
         return scan_tri.scan_fwd(u, delta, A, Bm, Cm, Dv, z, dtb, None, None, True, save)
 
     # inference forward variants: (prefetch rings for u/delta/z and for B/C rows in tokens, max warps per
-    # program, time segments (0: automatic))
-    names = ("FWD_INFER_RING", "FWD_INFER_BC_RING", "FWD_WARPS", "FWD_SEGMENTS")
+    # program, time segments (0: automatic), unmasked clamped loads)
+    names = ("FWD_ONEPASS_RING", "FWD_ONEPASS_BC_RING", "FWD_WARPS", "FWD_SEGMENTS", "FWD_CLAMP")
     configs = [tuple(getattr(scan_tri, n) for n in names)]
     if sweep:
-        configs += [(1, 1, 8, 0), (2, 2, 8, 0), (4, 4, 8, 0), (8, 8, 2, 0)]
+        configs += [(8, 8, 8, 0, False), (1, 1, 8, 0, True), (2, 2, 8, 0, True), (4, 4, 8, 0, True),
+                    (8, 8, 2, 0, True)]
     sweep_variants("fwd", names, configs, lambda: (lambda: fwd(False)), lambda r: r[:1], fwd_bytes, copy_bw)
     t_inf = ms(lambda: fwd(False))
     t_train = ms(lambda: fwd(True))
     if sweep:  # training forward (saving states) variants: (prefetch rings)
-        sweep_variants("training fwd", ("FWD_RING", "FWD_BC_RING"),
-                       [(scan_tri.FWD_RING, scan_tri.FWD_BC_RING), (8, 8), (2, 2)],
+        sweep_variants("training fwd", ("FWD_ONEPASS_RING", "FWD_ONEPASS_BC_RING"),
+                       [(scan_tri.FWD_ONEPASS_RING, scan_tri.FWD_ONEPASS_BC_RING), (4, 4), (2, 2)],
                        lambda: (lambda: fwd(True)), lambda r: r[:1], fwd_bytes, copy_bw)
     say(f"   scan fwd (inference, default cfg): {t_inf:.3f} ms, {fwd_bytes / t_inf / 1e6:.0f} GB/s = "
         f"{fwd_bytes / t_inf / 1e6 / copy_bw:.1%} of copy bw")

@@ -58,16 +58,18 @@ def docs(batch, seqlen, cuts):
 
 
 # Kernel configurations (module constants of scan_tri; the rest keep their defaults). T = 37 leaves the
-# forward's prefetch rings (FWD_RING / FWD_BC_RING tokens, FWD_INFER_* without saved states) a partial last
+# forward's prefetch rings (FWD_ONEPASS_* tokens in one pass, FWD_RING / FWD_BC_RING in segments) a partial last
 # round; segmented passes cut it into 16-token (CHUNK 8) or 8-token (CHUNK 4) segments, so document resets,
 # the initial state and the final-state gradient cross segment boundaries.
 SCAN_CONFIGS = {
-    "ring8-bc2/c16": dict(FWD_RING=8, FWD_BC_RING=2, FWD_INFER_RING=4, FWD_INFER_BC_RING=2, CHUNK=16,
-                          FWD_SEGMENTS=1, BWD_SEGMENTS=1),
-    "ring8/c8": dict(FWD_RING=8, FWD_BC_RING=8, FWD_SEGMENTS=1, BWD_SEGMENTS=1),
-    "ring1/c2": dict(FWD_RING=1, FWD_BC_RING=1, FWD_INFER_RING=2, FWD_INFER_BC_RING=1, FWD_WARPS=1, CHUNK=2,
-                     FWD_SEGMENTS=1, BWD_SEGMENTS=1),
-    "ring2-2segments": dict(FWD_RING=2, FWD_BC_RING=2, FWD_WARPS=1, FWD_SEGMENTS=2, BWD_SEGMENTS=1),
+    "ring4-bc2/c16": dict(FWD_ONEPASS_RING=4, FWD_ONEPASS_BC_RING=2, CHUNK=16, FWD_SEGMENTS=1, BWD_SEGMENTS=1),
+    "ring8/c8": dict(FWD_SEGMENTS=1, BWD_SEGMENTS=1),
+    "ring1/c2": dict(FWD_ONEPASS_RING=1, FWD_ONEPASS_BC_RING=1, FWD_WARPS=1, CHUNK=2, FWD_SEGMENTS=1,
+                     BWD_SEGMENTS=1),
+    "ring8-bc2-2segments/c16": dict(FWD_RING=8, FWD_BC_RING=2, CHUNK=16, FWD_SEGMENTS=2, BWD_SEGMENTS=1),
+    # the inference forward with masked loads (FWD_CLAMP off), as the forward that saves states always runs
+    "ring2-2segments-masked": dict(FWD_RING=2, FWD_BC_RING=2, FWD_WARPS=1, FWD_SEGMENTS=2, BWD_SEGMENTS=1,
+                                   FWD_CLAMP=False),
     "3segments-both": dict(FWD_SEGMENTS=3, BWD_SEGMENTS=3),
     "bwd-c4-5segments": dict(CHUNK=4, BWD_SEGMENTS=5),
     # two-warp programs: dB / dC summed with tl.sum across warps instead of the one-warp reduce-scatter
@@ -108,7 +110,8 @@ def test_scan_kernel_forward_final_state_and_every_gradient_match_float64_refere
 
 
 def test_scan_kernel_without_optional_inputs_matches_reference_and_grads():
-    # no D, z, bias, initial state or seq_idx; softplus off; only y is used (no final-state gradient)
+    # no D, z, bias, initial state or seq_idx; softplus off; only y is used (no final-state gradient).
+    # N = 16 with 12 channels: the inference forward's unmasked loads (FWD_CLAMP) with padded channels
     torch.manual_seed(1)
     Bn, T, D, N = 1, 23, 12, 16
     leaves = [torch.randn(Bn, T, D), torch.rand(Bn, T, D) * 0.5, -torch.rand(D, N) * 2, torch.randn(Bn, T, N), torch.randn(Bn, T, N)]
@@ -117,6 +120,8 @@ def test_scan_kernel_without_optional_inputs_matches_reference_and_grads():
     ref = [t.double().requires_grad_() for t in leaves]
     yr = scan_ref.selective_scan(*ref, delta_softplus=False)
     assert rel(y, yr) < 1e-5
+    with torch.no_grad():
+        assert rel(scan_tri.selective_scan(*leaves, delta_softplus=False), yr) < 1e-5
     dy = torch.randn(Bn, T, D)
     (y * dy).sum().backward()
     (yr * dy.double()).sum().backward()
@@ -134,6 +139,16 @@ def test_saved_states_leave_room_for_the_backward_prefetch_of_padding_states_and
     assert hs.shape == (Bn, scan_tri.num_chunks(T), N, D) and hs.is_contiguous()
     reach = hs.numel() + (8 - N) * D + 32 * scan_tri.BWD_WARPS  # NP = 8 states, a 32-channel block
     assert hs.untyped_storage().nbytes() >= reach * hs.element_size()
+
+
+def test_public_scan_of_an_empty_sequence_returns_no_tokens_and_the_initial_state():
+    Bn, D, N = 2, 6, 4
+    h0 = torch.randn(Bn, D, N)
+    empty = torch.randn(Bn, 0, D)
+    y, hT = scan_public(empty, empty, -torch.rand(D, N), torch.randn(Bn, 0, N), torch.randn(Bn, 0, N),
+                        initial_state=h0, return_final_state=True)
+    assert y.shape == (Bn, 0, D)
+    assert torch.equal(hT, h0)
 
 
 def test_scan_kernel_accepts_strided_halves_of_a_projection():

@@ -53,10 +53,10 @@ def _docs(batch, seqlen, cuts):
 # benchmark sweeps, so whichever becomes the default has been checked on the GPU
 SCAN_CONFIGS = {
     "default": {},
-    "ring1/c16/no-prefetch": dict(FWD_RING=1, FWD_BC_RING=1, CHUNK=16, FWD_SEGMENTS=1, BWD_SEGMENTS=1,
-                                  BWD_PREFETCH=False),
-    "ring8-bc2-2warps/bwd-2warps": dict(FWD_RING=8, FWD_BC_RING=2, FWD_INFER_RING=4, FWD_INFER_BC_RING=2,
-                                        FWD_WARPS=2, FWD_SEGMENTS=1, BWD_WARPS=2),
+    "ring1/c16/no-prefetch/masked": dict(FWD_ONEPASS_RING=1, FWD_ONEPASS_BC_RING=1, CHUNK=16, FWD_SEGMENTS=1,
+                                         BWD_SEGMENTS=1, BWD_PREFETCH=False, FWD_CLAMP=False),
+    "ring4-bc2-2warps/bwd-2warps": dict(FWD_ONEPASS_RING=4, FWD_ONEPASS_BC_RING=2, FWD_WARPS=2, FWD_SEGMENTS=1,
+                                        BWD_WARPS=2),
     "4segments-both": dict(FWD_SEGMENTS=4, BWD_SEGMENTS=4),
 }
 

@@ -45,15 +45,23 @@ LOG2E = 1.4426950408889634
 # the saved states are B*T/CHUNK*D*N*4 bytes). Overridable for tuning; the fake (meta) kernels read it too.
 CHUNK = 8
 # Forward: one channel per thread (FWD_WARPS warps per program, fewer when that would leave SMs idle), one
-# token per step, with loads in flight through prefetch rings (see `_scan_fwd_kernel`): FWD_RING tokens for
-# u / delta / z, FWD_BC_RING for the B / C rows (powers of two, FWD_BC_RING | FWD_RING | CHUNK). A one-pass
-# forward that saves no states (inference) has the registers for deeper rings: FWD_INFER_RING,
-# FWD_INFER_BC_RING. H200, B=8 T=4096 D=4096 (benchmarks/results/kernels-h200-2026-12-03.txt): rings 1 / 2 /
-# 4 / 8 took 2.07 / 1.79 / 1.40 / 1.21 ms (2.47 ms before the rings); at the training shape (B=4, D=1984,
-# segmented, saving states) 4 beats 8 (0.53 vs 0.61 ms: 255 registers). B / C rings shorter than the stream
+# token per step, with loads in flight through prefetch rings (see `_scan_fwd_kernel`): FWD_ONEPASS_RING tokens
+# for u / delta / z and FWD_ONEPASS_BC_RING for the B / C rows in a one-pass forward, FWD_RING / FWD_BC_RING in
+# the passes of a segmented one (powers of two, BC ring | ring | CHUNK). H200, B=8 T=4096 D=4096
+# (benchmarks/results/kernels-h200-2026-12-03.txt): rings 1 / 2 / 4 / 8 took 2.07 / 1.79 / 1.40 / 1.21 ms
+# (2.47 ms before the rings), and with saved states 4 / 8 took 1.42 / 1.38 ms (-b.txt); at the segmented
+# training shape (B=4, D=1984) 4 beats 8 (0.53 vs 0.61 ms: 255 registers). B / C rings shorter than the stream
 # ring let ptxas move the rows to uniform registers right after loading them (an R2UR that waits for the
 # load): 8 / 2 took 2.21 ms.
-FWD_WARPS, FWD_RING, FWD_BC_RING, FWD_INFER_RING, FWD_INFER_BC_RING = 8, 4, 4, 8, 8
+FWD_WARPS, FWD_RING, FWD_BC_RING, FWD_ONEPASS_RING, FWD_ONEPASS_BC_RING = 8, 4, 4, 8, 8
+# FWD_CLAMP: a forward that saves no states loads without masks: prefetches past the segment re-read its last
+# row and channels past DIM the last channel (never computed or stored), which drops the zero-fill and the
+# predicate of every masked load (offline SASS at B=8: 190 -> 170 instructions per token). H200, same process
+# (benchmarks/results/kernels-h200-2026-12-03b.txt): B=8 1.22 -> 1.14 ms, d8 shape 0.507 -> 0.488 ms. Not with
+# saved states, where it lost (scan-experiments-h200-2026-12-03b.txt): ptxas then kept 233 instead of 168
+# registers at the d8 shape (0.53 -> 0.58 ms), and in the backward it scheduled the one-ahead prefetches late
+# (5.39 -> 5.65 ms; offline load-to-use 228 -> 45 instructions).
+FWD_CLAMP = True
 # Time segments. One program walks its whole sequence at a fixed latency per token, so with few (batch,
 # channel) sequences (training shapes: B=4, D=1984 gives ~2 warps per SM) the forward is latency-bound. Cutting
 # the sequence into S segments multiplies the parallelism by S for about twice the arithmetic (pass 1 finds each
@@ -72,6 +80,10 @@ FWD_SEGMENTS, FWD_SEG_BELOW, FWD_SEG_WARPS_PER_SM, FWD_MIN_SEG_LEN, FWD_MAX_SEGM
 # BWD_PREFETCH: at each chunk's start, ask L2 for the next chunk's rows of u, delta, dy, z, B, C and its
 # checkpoint (`prefetch.global.L2`, no registers): its recompute loop then waits on L2, not DRAM. H200
 # (benchmarks/results/kernels-h200-2026-12-03.txt): 6.03 -> 5.39 ms at B=8, 1.84 -> 1.67 ms at B=4, D=1984.
+# Tried on the H200 and slower (scan-experiments-h200-2026-12-03b.txt): the reverse loop unrolled by 2 or 4
+# (5.53 / 5.99 ms), 2 time segments at B=8 (7.0 ms), sums over states as 2 or 4 interleaved partial sums
+# (5.43 / 5.49 ms; ncu's top stall besides issuing is the fixed-latency "wait", but shorter add chains did not
+# move it).
 BWD_WARPS, BWD_SEGMENTS, BWD_PREFETCH = 1, 0, True
 
 
@@ -108,8 +120,13 @@ def _at(x, AX: tl.constexpr):
 
 @triton.jit
 def _load_row(ptr, pid_b64, t, off, mask, s_b, s_t):
-    """One token's row of a (B, T, ...) tensor at offsets `off` (masked elements read 0)."""
-    return tl.load(ptr + pid_b64 * s_b + t * s_t + off, mask=mask, other=0.0)
+    """One token's row of a (B, T, ...) tensor at offsets `off` (masked elements read 0; mask None: the
+    caller has made every address valid)."""
+    if mask is None:
+        r = tl.load(ptr + pid_b64 * s_b + t * s_t + off)
+    else:
+        r = tl.load(ptr + pid_b64 * s_b + t * s_t + off, mask=mask, other=0.0)
+    return r
 
 
 @triton.jit
@@ -154,14 +171,22 @@ def _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ: tl.constexp
 
 
 @triton.jit
-def _load_stream(pid_b64, t, t_end, d3, dmask, src, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr):
+def _load_stream(pid_b64, t, t_end, d3, dmask, src, HAS_Z: tl.constexpr, HAS_SEQ: tl.constexpr,
+                 CLAMP: tl.constexpr):
     """Token t's per-channel inputs for the forward (a stream ring slot), kept in the input dtype until used:
     u, delta, z (u again when absent) and the reset flag (False without seq_idx). src = (u, delta, B, C, z,
-    seq_idx pointers, then their (batch, time) strides). Tokens outside [0, t_end) read nothing."""
+    seq_idx pointers, then their (batch, time) strides). Tokens outside [0, t_end) (prefetches past the
+    segment, never computed) read nothing; with CLAMP they read the segment's last row instead and d3 holds
+    channels clamped to the tensor, so no load needs a mask (see FWD_CLAMP)."""
     (u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
      s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t) = src
-    tmask = (t >= 0) & (t < t_end)
-    m2 = tmask & dmask
+    if CLAMP:
+        t = tl.minimum(t, t_end - 1)
+        tmask = t >= 0
+        m2 = None
+    else:
+        tmask = (t >= 0) & (t < t_end)
+        m2 = tmask & dmask
     u = _load_row(u_ptr, pid_b64, t, d3, m2, s_u_b, s_u_t)
     xr = _load_row(dt_ptr, pid_b64, t, d3, m2, s_dt_b, s_dt_t)
     if HAS_Z:
@@ -172,11 +197,19 @@ def _load_stream(pid_b64, t, t_end, d3, dmask, src, HAS_Z: tl.constexpr, HAS_SEQ
 
 
 @triton.jit
-def _load_bc(pid_b64, t, t_end, nb3, nbmask, src):
-    """Token t's B and C rows (shared by every channel: a row ring slot)."""
+def _load_bc(pid_b64, t, t_end, nb3, nbmask, src, EVEN_N: tl.constexpr, CLAMP: tl.constexpr):
+    """Token t's B and C rows (shared by every channel: a row ring slot); t as in `_load_stream`. Padded
+    states (N not a power of two, not EVEN_N) read 0, which keeps their h at 0."""
     (u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
      s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t) = src
-    mn = (t >= 0) & (t < t_end) & nbmask
+    if CLAMP:
+        t = tl.minimum(t, t_end - 1)
+        if EVEN_N:
+            mn = None
+        else:
+            mn = nbmask
+    else:
+        mn = (t >= 0) & (t < t_end) & nbmask
     return _load_row(B_ptr, pid_b64, t, nb3, mn, s_B_b, s_B_t), _load_row(C_ptr, pid_b64, t, nb3, mn, s_C_b, s_C_t)
 
 
@@ -233,8 +266,9 @@ def _decay(dt, A2, reset, HAS_SEQ: tl.constexpr):
 
 
 @triton.jit
-def _fwd_token(h, dtsum, alive, stream, rows, t, t_end, A2, dtb, Dv, pid_b64, d3, dmask, nb3, nbmask, src,
+def _fwd_token(h, dtsum, alive, stream, rows, t, t_end, A2, dtb, Dv, pid_b64, d3, d_ld, dmask, nb3, nbmask, src,
                y_ptr, s_y_b, s_y_t, RING: tl.constexpr, BC_RING: tl.constexpr, PACK: tl.constexpr,
+               EVEN_N: tl.constexpr, CLAMP: tl.constexpr,
                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_SEQ: tl.constexpr,
                SOFTPLUS: tl.constexpr, LOCAL: tl.constexpr, FAST: tl.constexpr):
     """Token t (< t_end) from its ring slots (stream: u, delta, z, reset; rows: B, C), which are refilled with
@@ -244,8 +278,8 @@ def _fwd_token(h, dtsum, alive, stream, rows, t, t_end, A2, dtb, Dv, pid_b64, d3
     nB, nC = rows
     u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB, FAST, PACK)
     zf = nz.to(tl.float32)
-    stream = _load_stream(pid_b64, t + RING, t_end, d3, dmask, src, HAS_Z, HAS_SEQ)
-    rows = _load_bc(pid_b64, t + BC_RING, t_end, nb3, nbmask, src)
+    stream = _load_stream(pid_b64, t + RING, t_end, d_ld, dmask, src, HAS_Z, HAS_SEQ, CLAMP)
+    rows = _load_bc(pid_b64, t + BC_RING, t_end, nb3, nbmask, src, EVEN_N, CLAMP)
     h = _decay(dt, A2, reset, HAS_SEQ) * h + (dt * u) * Bv
     if LOCAL:
         dtsum += dt
@@ -269,7 +303,8 @@ def _scan_fwd_kernel(
     s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_y_b, s_y_t,
     s_seq_b, s_seq_t,
     BD: tl.constexpr, NP: tl.constexpr, RING: tl.constexpr, BC_RING: tl.constexpr, CKPT: tl.constexpr,
-    PACK: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_H0: tl.constexpr,
+    PACK: tl.constexpr, EVEN_N: tl.constexpr, CLAMP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DTB: tl.constexpr, HAS_H0: tl.constexpr,
     HAS_SEQ: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_HT: tl.constexpr, STORE_HS: tl.constexpr,
     LOCAL: tl.constexpr, FAST: tl.constexpr,
 ):
@@ -317,12 +352,16 @@ def _scan_fwd_kernel(
     # Triton would vectorise the store over 4 channels per thread and stage h through shared memory, with
     # barriers, after every token (it moves that layout change to where h is computed).
     hs_row = hs_ptr + pid_b64 * ((T + CKPT - 1) // CKPT) * NSTATE * s_hs_n + n3 * s_hs_n + d3
-    streams = (_load_stream(pid_b64, t0, t_end, d3, dmask, src, HAS_Z, HAS_SEQ),)
+    if CLAMP:  # loads of channels past DIM read the last one (their y is never stored)
+        d_ld = tl.minimum(d3, DIM - 1)
+    else:
+        d_ld = d3
+    streams = (_load_stream(pid_b64, t0, t_end, d_ld, dmask, src, HAS_Z, HAS_SEQ, CLAMP),)
     for j in tl.static_range(1, RING):
-        streams = streams + (_load_stream(pid_b64, t0 + j, t_end, d3, dmask, src, HAS_Z, HAS_SEQ),)
-    rows = (_load_bc(pid_b64, t0, t_end, nb3, nbmask, src),)
+        streams = streams + (_load_stream(pid_b64, t0 + j, t_end, d_ld, dmask, src, HAS_Z, HAS_SEQ, CLAMP),)
+    rows = (_load_bc(pid_b64, t0, t_end, nb3, nbmask, src, EVEN_N, CLAMP),)
     for j in tl.static_range(1, BC_RING):
-        rows = rows + (_load_bc(pid_b64, t0 + j, t_end, nb3, nbmask, src),)
+        rows = rows + (_load_bc(pid_b64, t0 + j, t_end, nb3, nbmask, src, EVEN_N, CLAMP),)
     for r in range(0, tl.cdiv(t_end - t0, RING)):
         t = t0 + r * RING
         if STORE_HS:  # RING divides CKPT and segments start on checkpoints: a checkpoint is always a slot-0 token
@@ -331,16 +370,17 @@ def _scan_fwd_kernel(
         # The round's first token is always inside the segment; only the others are guarded. (A guard on the
         # first one too let ptxas schedule the loads so that they were waited on again: 2.35 vs 1.40 ms.)
         h, dtsum, alive, stream, row = _fwd_token(
-            h, dtsum, alive, streams[0], rows[0], t, t_end, A2, dtb, Dv, pid_b64, d3, dmask, nb3, nbmask, src,
-            y_ptr, s_y_b, s_y_t, RING, BC_RING, PACK, HAS_D, HAS_Z, HAS_DTB, HAS_SEQ, SOFTPLUS, LOCAL, FAST)
+            h, dtsum, alive, streams[0], rows[0], t, t_end, A2, dtb, Dv, pid_b64, d3, d_ld, dmask, nb3, nbmask, src,
+            y_ptr, s_y_b, s_y_t, RING, BC_RING, PACK, EVEN_N, CLAMP, HAS_D, HAS_Z, HAS_DTB, HAS_SEQ, SOFTPLUS,
+            LOCAL, FAST)
         streams = _ring_set(streams, 0, stream)
         rows = _ring_set(rows, 0, row)
         for j in tl.static_range(1, RING):
             if t + j < t_end:
                 h, dtsum, alive, stream, row = _fwd_token(
-                    h, dtsum, alive, streams[j], rows[j % BC_RING], t + j, t_end, A2, dtb, Dv, pid_b64, d3, dmask,
-                    nb3, nbmask, src, y_ptr, s_y_b, s_y_t, RING, BC_RING, PACK, HAS_D, HAS_Z, HAS_DTB, HAS_SEQ,
-                    SOFTPLUS, LOCAL, FAST)
+                    h, dtsum, alive, streams[j], rows[j % BC_RING], t + j, t_end, A2, dtb, Dv, pid_b64, d3, d_ld,
+                    dmask, nb3, nbmask, src, y_ptr, s_y_b, s_y_t, RING, BC_RING, PACK, EVEN_N, CLAMP, HAS_D, HAS_Z,
+                    HAS_DTB, HAS_SEQ, SOFTPLUS, LOCAL, FAST)
                 streams = _ring_set(streams, j, stream)
                 rows = _ring_set(rows, j % BC_RING, row)
     if STORE_HT:
@@ -726,7 +766,10 @@ def scan_fwd(
     block, warps = _thread_per_channel_block(batch, dim, u.device, FWD_WARPS)
     n_seg = _time_segments(FWD_SEGMENTS, batch, triton.cdiv(dim, block) * warps, seqlen, u.device)
     seg_len, n_seg = _segment_layout(n_seg, seqlen)
-    ring, bc_ring = (FWD_INFER_RING, FWD_INFER_BC_RING) if n_seg == 1 and not save_states else (FWD_RING, FWD_BC_RING)
+    ring, bc_ring = (FWD_ONEPASS_RING, FWD_ONEPASS_BC_RING) if n_seg == 1 else (FWD_RING, FWD_BC_RING)
+    if save_states:  # a ring longer than the checkpoint interval (CHUNK tuned down) shrinks to it
+        ring = min(ring, CHUNK)
+        bc_ring = min(bc_ring, ring)
     if ring % bc_ring or (save_states and CHUNK % ring):  # checkpoints are stored at a round's first token
         raise ValueError(f"the forward's prefetch rings ({ring} tokens for u / delta / z, {bc_ring} for B / C) must "
                          f"divide each other{', and the checkpoint interval CHUNK ' + str(CHUNK) if save_states else ''}")
@@ -747,6 +790,7 @@ def scan_fwd(
             y.stride(0), y.stride(1),
             0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
             BD=block, NP=_np2(nstate), RING=ring, BC_RING=bc_ring, CKPT=CHUNK, PACK=pack,
+            EVEN_N=_np2(nstate) == nstate, CLAMP=FWD_CLAMP and not save_states,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_H0=h_in is not None,
             HAS_SEQ=seq_idx is not None, SOFTPLUS=delta_softplus, STORE_HT=h_out is not None,
             STORE_HS=save_states and not local, LOCAL=local, FAST=tm.fast_math(),
