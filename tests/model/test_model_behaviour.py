@@ -57,6 +57,14 @@ def test_changing_a_future_token_never_changes_past_logits(preset):
 
 
 @pytest.mark.parametrize("preset", ALL_PRESETS)
+def test_empty_sequence_or_batch_gives_empty_logits(preset):
+    model = random_model(tiny(preset))
+    with torch.no_grad():
+        for shape in ((2, 0), (0, 5)):  # the conv's document ids once failed on T = 0
+            assert model(torch.zeros(shape, dtype=torch.long)).logits.shape == (*shape, 256)
+
+
+@pytest.mark.parametrize("preset", ALL_PRESETS)
 def test_document_masked_forward_equals_running_documents_separately(preset):
     model = random_model(tiny(preset))
     lengths = [7, 13, 4]

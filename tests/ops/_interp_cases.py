@@ -141,14 +141,19 @@ def test_saved_states_leave_room_for_the_backward_prefetch_of_padding_states_and
     assert hs.untyped_storage().nbytes() >= reach * hs.element_size()
 
 
-def test_public_scan_of_an_empty_sequence_returns_no_tokens_and_the_initial_state():
+def test_public_scan_of_an_empty_sequence_or_batch_returns_empty_outputs_and_backpropagates():
     Bn, D, N = 2, 6, 4
     h0 = torch.randn(Bn, D, N)
-    empty = torch.randn(Bn, 0, D)
-    y, hT = scan_public(empty, empty, -torch.rand(D, N), torch.randn(Bn, 0, N), torch.randn(Bn, 0, N),
+    u = torch.randn(Bn, 0, D, requires_grad=True)
+    y, hT = scan_public(u, torch.randn(Bn, 0, D), -torch.rand(D, N), torch.randn(Bn, 0, N), torch.randn(Bn, 0, N),
                         initial_state=h0, return_final_state=True)
     assert y.shape == (Bn, 0, D)
     assert torch.equal(hT, h0)
+    y.sum().backward()
+    assert u.grad.shape == u.shape
+    y = scan_public(torch.randn(0, 5, D), torch.randn(0, 5, D), -torch.rand(D, N), torch.randn(0, 5, N),
+                    torch.randn(0, 5, N))
+    assert y.shape == (0, 5, D)
 
 
 def test_scan_kernel_accepts_strided_halves_of_a_projection():

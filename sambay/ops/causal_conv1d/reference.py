@@ -71,7 +71,8 @@ def causal_conv1d(
         init = initial_state.to(work).transpose(1, 2)  # (B, W-1, D)
     ext = torch.cat([init, xf], dim=1)  # (B, W-1+T, D); ext[:, s + W-1] = x at time s
     seg = segment_ids(seq_idx, batch, seqlen, x.device)
-    seg_ext = torch.cat([seg[:, :1].expand(batch, width - 1), seg], dim=1)  # state joins the first doc
+    first = seg[:, :1] if seqlen else seg.new_zeros(batch, 1)  # T = 0: an empty (B, 0, D) input
+    seg_ext = torch.cat([first.expand(batch, width - 1), seg], dim=1)  # state joins the first doc
     wf = weight.to(work)
     out = xf.new_zeros(batch, seqlen, dim)
     if bias is not None:

@@ -47,8 +47,8 @@ def selective_scan(
     Returns:
         y (B, T, D) in u's dtype, or (y, final_state). Differentiable in every float input.
     """
-    # an empty sequence (T = 0) has no tokens for a kernel program to walk: the reference returns it as is
-    if u.shape[1] > 0 and use_triton("selective_scan", u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx):
+    # an empty input (B, T or D = 0) gives a kernel nothing to walk: the reference returns it as is
+    if u.numel() > 0 and use_triton("selective_scan", u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx):
         from .triton import selective_scan as impl
     else:
         impl = reference.selective_scan

@@ -94,7 +94,7 @@ def selective_scan(
         dBu = dt[:, t, :, None] * B[:, t, None, :] * u[:, t, :, None]
         h = dA * h + dBu
         ys.append(torch.einsum("bdn,bn->bd", h, C[:, t]))
-    y = torch.stack(ys, dim=1) if seqlen else u.new_zeros(batch, 0, dim)
+    y = torch.stack(ys, dim=1) if seqlen else u * 0  # (B, 0, D), still in u's graph
     if D is not None:
         y = y + u * D
     if z is not None:
