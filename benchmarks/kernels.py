@@ -277,8 +277,8 @@ def bench_decode(copy_bw, sweep):
         f"replays {ROT} steps on disjoint slot sets of a {st.numel() * 4 / 1e6:.0f} MB pool (no L2 reuse)")
     cfgs = [(ssu_tri.BD_DEFAULT, ssu_tri.WARPS_DEFAULT)]
     if sweep:
-        cfgs += [(32, 4), (64, 4), (128, 8), (256, 8)]
-    best = None
+        cfgs += [(16, 2), (32, 2), (32, 4), (64, 4), (128, 8), (256, 8)]
+    best, best_ssu = None, cfgs[0]
     for bd, wp in cfgs:
         def steps():
             for sl in slot_sets:
@@ -287,7 +287,8 @@ def bench_decode(copy_bw, sweep):
         t = ms(steps, graph=True) / ROT
         frac = nbytes / t / 1e6 / copy_bw
         say(f"   ssm update BD={bd:3d} warps={wp}: {t * 1e3:.1f} us, {nbytes / t / 1e6:.0f} GB/s = {frac:.1%} of copy bw")
-        best = frac if best is None else max(best, frac)
+        if best is None or frac > best:
+            best, best_ssu = frac, (bd, wp)
     cs = torch.randn(S, D, W - 1, device=DEV, dtype=BF, generator=g)
     cw = torch.randn(D, W, device=DEV, dtype=BF, generator=g)
     cb = torch.randn(D, device=DEV, dtype=BF, generator=g)
@@ -297,19 +298,38 @@ def bench_decode(copy_bw, sweep):
         for sl in slot_sets:
             conv_tri.conv_update(x, cs, cw, cb, "silu", sl, out=y)
 
-    t = ms(conv_steps, graph=True) / ROT
-    say(f"   conv update: {t * 1e3:.1f} us, {cbytes / t / 1e6:.0f} GB/s = {cbytes / t / 1e6 / copy_bw:.1%} of copy bw "
-        f"({cbytes / 1e6:.1f} MB; strided (D, W-1) state rows)")
+    conv_cfgs = [(conv_tri.UPD_BD, conv_tri.UPD_WARPS)]
+    if sweep:
+        conv_cfgs += [(256, 4), (512, 4), (512, 8), (1024, 8), (64, 2)]
+    best_conv = None
+    for bd, wp in conv_cfgs:
+        conv_tri.UPD_BD, conv_tri.UPD_WARPS = bd, wp
+        t = ms(conv_steps, graph=True) / ROT
+        say(f"   conv update BD={bd:4d} warps={wp}: {t * 1e3:.1f} us, {cbytes / t / 1e6:.0f} GB/s = "
+            f"{cbytes / t / 1e6 / copy_bw:.1%} of copy bw ({cbytes / 1e6:.1f} MB; strided (D, W-1) state rows)")
+        if best_conv is None or t < best_conv[0]:
+            best_conv = (t, bd, wp)
+    conv_tri.UPD_BD, conv_tri.UPD_WARPS = conv_cfgs[0]
 
-    def both():
-        for sl in slot_sets:
-            xc = conv_tri.conv_update(x, cs, cw, cb, "silu", sl)
-            ssu_tri.ssu(xc, dt, A, Bm, Cm, Dv, z, dtb, st, sl, True, out=y)
+    def full_step(ssu_cfg):
+        def steps():
+            for sl in slot_sets:
+                xc = conv_tri.conv_update(x, cs, cw, cb, "silu", sl)
+                ssu_tri.ssu(xc, dt, A, Bm, Cm, Dv, z, dtb, st, sl, True, out=y, block_d=ssu_cfg[0],
+                            num_warps=ssu_cfg[1])
+        return ms(steps, graph=True) / ROT
 
-    t = ms(both, graph=True) / ROT
     tb = nbytes + cbytes
+    t = full_step(cfgs[0])
     say(f"   full decode step (conv update + ssm update): {t * 1e3:.1f} us, {tb / t / 1e6:.0f} GB/s = "
         f"{tb / t / 1e6 / copy_bw:.1%} of copy bw")
+    if sweep:  # the fastest conv and SSM configurations together
+        conv_tri.UPD_BD, conv_tri.UPD_WARPS = best_conv[1:]
+        t = full_step(best_ssu)
+        conv_tri.UPD_BD, conv_tri.UPD_WARPS = conv_cfgs[0]
+        frac = tb / t / 1e6 / copy_bw
+        say(f"   full decode step, conv BD={best_conv[1]} warps={best_conv[2]} + ssm BD={best_ssu[0]} "
+            f"warps={best_ssu[1]}: {t * 1e3:.1f} us, {tb / t / 1e6:.0f} GB/s = {frac:.1%} of copy bw")
     return best
 
 
