@@ -62,7 +62,12 @@ def get_rank() -> int:
 
 
 def shutdown() -> None:
+    """Leave the process group together: every rank waits at a barrier first. (Torn down while another rank
+    was still inside its own teardown, a gloo group hung about one run in ten: one rank exited, the other
+    waited forever.)"""
     if dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

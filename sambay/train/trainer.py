@@ -11,6 +11,7 @@ so on CPU a resumed run reproduces the uninterrupted loss curve exactly.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from pathlib import Path
@@ -230,6 +231,11 @@ class Trainer:
         log.progress_update(record["step"], record["loss"], record)
 
     def close(self) -> None:
+        """Release the wrapped model and optimizer, then leave the process group. DDP's reducer and FSDP hold
+        the group: freed after it was destroyed (when `train` returned), the group's teardown ran outside the
+        ranks' shared barrier and could hang."""
+        self.par = self.model = self.optimizer = None
+        gc.collect()
         D.shutdown()
 
 

@@ -76,3 +76,25 @@ def test_fsdp2_root_stays_gathered_until_backward_and_its_loss_is_hookable(tmp_p
         assert isinstance(model.final_norm.weight, DTensor) and model.final_norm.weight.grad is not None
     finally:
         dist.destroy_process_group()
+
+
+def test_close_frees_the_wrapped_model_before_leaving_the_process_group(tmp_path, monkeypatch):
+    """DDP's reducer (and FSDP) hold the process group. Freed only when `train` returned, after the group was
+    destroyed, the gloo teardown ran outside the ranks' barrier and one rank hung about one run in ten (the
+    other had exited). `close` must drop the model first, then leave the group."""
+    import weakref
+
+    from sambay.train import distributed as D
+    from sambay.train.config import TrainConfig
+    from sambay.train.trainer import Trainer
+
+    cfg = TrainConfig(tiny=True, depth=8, model_overrides={"d_model": 32, "vocab_size": 64}, tokens=512,
+                      seq_len=32, micro_batch=4, batch_tokens=256, run_dir=str(tmp_path), progress=False,
+                      tensorboard=False)
+    trainer = Trainer(cfg)
+    trainer.train_step()
+    model = weakref.ref(trainer.model)
+    alive_at_shutdown = []
+    monkeypatch.setattr(D, "shutdown", lambda: alive_at_shutdown.append(model() is not None))
+    trainer.close()
+    assert alive_at_shutdown == [False]
