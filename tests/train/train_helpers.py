@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,8 +45,17 @@ def train_cmd(args: list[str], nproc: int = 1) -> list[str]:
 
 
 def run_train(args: list[str], nproc: int = 1, timeout: float = 120) -> subprocess.CompletedProcess:
-    proc = subprocess.run(train_cmd(args, nproc), env=env(), cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    """Run `sambay train` (under torchrun when nproc > 1) in its own session: on a timeout the whole process
+    group is killed, so no rank outlives the test and slows the rest of the suite."""
+    with subprocess.Popen(train_cmd(args, nproc), env=env(), cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+            raise AssertionError(f"sambay train timed out after {timeout} s:\n{out[-3000:]}\n{err[-5000:]}") from None
+    proc = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     if proc.returncode != 0:
         raise AssertionError(f"sambay train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
