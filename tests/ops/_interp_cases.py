@@ -154,6 +154,8 @@ def test_public_scan_of_an_empty_sequence_or_batch_returns_empty_outputs_and_bac
     y = scan_public(torch.randn(0, 5, D), torch.randn(0, 5, D), -torch.rand(D, N), torch.randn(0, 5, N),
                     torch.randn(0, 5, N))
     assert y.shape == (0, 5, D)
+    with pytest.raises(ValueError, match="non-empty"):  # the kernels themselves say so instead of dividing by 0
+        scan_tri.selective_scan(u, u, -torch.rand(D, N), torch.randn(Bn, 0, N), torch.randn(Bn, 0, N))
 
 
 def test_scan_kernel_accepts_strided_halves_of_a_projection():

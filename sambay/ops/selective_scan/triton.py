@@ -745,6 +745,9 @@ def scan_fwd(
     (B, ceil(T/CHUNK), N, D) fp32 (an empty tensor unless `save_states`). `y_out` (contiguous (B, T, D))
     lets tests pass a poisoned buffer.
     """
+    if u.numel() == 0:
+        raise ValueError(f"the scan kernels need a non-empty (B, T, D) input (got {tuple(u.shape)}); "
+                         "sambay.ops.selective_scan handles empty ones")
     u, delta, z, B, C = (_unit_last(t) for t in (u, delta, z, B, C))
     batch, seqlen, dim = u.shape
     nstate = A.shape[1]
