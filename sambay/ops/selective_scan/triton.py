@@ -80,10 +80,10 @@ FWD_SEGMENTS, FWD_SEG_BELOW, FWD_SEG_WARPS_PER_SM, FWD_MIN_SEG_LEN, FWD_MAX_SEGM
 # BWD_PREFETCH: at each chunk's start, ask L2 for the next chunk's rows of u, delta, dy, z, B, C and its
 # checkpoint (`prefetch.global.L2`, no registers): its recompute loop then waits on L2, not DRAM. H200
 # (benchmarks/results/kernels-h200-2026-12-03.txt): 6.03 -> 5.39 ms at B=8, 1.84 -> 1.67 ms at B=4, D=1984.
-# Tried on the H200 and slower (scan-experiments-h200-2026-12-03b.txt): the reverse loop unrolled by 2 or 4
-# (5.53 / 5.99 ms), 2 time segments at B=8 (7.0 ms), sums over states as 2 or 4 interleaved partial sums
-# (5.43 / 5.49 ms; ncu's top stall besides issuing is the fixed-latency "wait", but shorter add chains did not
-# move it).
+# Tried on the H200 and slower (scan-experiments-h200-2026-12-03b.txt): the reverse loop unrolled by 2 (5.53
+# vs 5.38 ms; by 4 only with unmasked loads, 5.99 vs 5.65), 2 time segments at B=8 (7.0 ms, unmasked loads),
+# sums over states as 2 or 4 interleaved partial sums (5.43 / 5.49 ms; ncu's top stall besides issuing is the
+# fixed-latency "wait", but shorter add chains did not move it).
 BWD_WARPS, BWD_SEGMENTS, BWD_PREFETCH = 1, 0, True
 
 
