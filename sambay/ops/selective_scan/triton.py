@@ -62,6 +62,10 @@ FWD_WARPS, FWD_RING, FWD_BC_RING, FWD_ONEPASS_RING, FWD_ONEPASS_BC_RING = 8, 4, 
 # registers at the d8 shape (0.53 -> 0.58 ms), and in the backward it scheduled the one-ahead prefetches late
 # (5.39 -> 5.65 ms; offline load-to-use 228 -> 45 instructions).
 FWD_CLAMP = True
+# The time strides of u / delta / z / B / C / y are constexpr (one compile per layout): the forward's main rounds
+# then address every token as a round pointer plus a constant, folded into the load. Offline SASS at B=8: 170 -> 151
+# instructions per token. H200, same process, outputs bitwise equal (benchmarks/results/scan-ab-h200-2026-12-03c.txt):
+# B=8 inference 1.138 -> 1.044 ms, saving states 1.415 -> 1.222 ms; d8 shape 0.487 -> 0.471 / 0.536 -> 0.524 ms.
 # Time segments. One program walks its whole sequence at a fixed latency per token, so with few (batch,
 # channel) sequences (training shapes: B=4, D=1984 gives ~2 warps per SM) the forward is latency-bound. Cutting
 # the sequence into S segments multiplies the parallelism by S for about twice the arithmetic (pass 1 finds each
@@ -160,11 +164,16 @@ def _bc_f32(x, PACK: tl.constexpr):
 
 @triton.jit
 def _reset_at(seq_ptr, pid_b64, t, tmask, s_seq_b, s_seq_t, HAS_SEQ: tl.constexpr):
-    """True where token t starts a new document (its state must not see token t-1)."""
+    """True where token t starts a new document (its state must not see token t-1); tmask None: 0 < t < T."""
     if HAS_SEQ:
-        cur = tl.load(seq_ptr + pid_b64 * s_seq_b + t * s_seq_t, mask=tmask, other=0)
-        prv = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(t - 1, 0) * s_seq_t, mask=tmask, other=0)
-        reset = (cur != prv) & (t > 0)
+        if tmask is None:  # t > 0, in range
+            cur = tl.load(seq_ptr + pid_b64 * s_seq_b + t * s_seq_t)
+            prv = tl.load(seq_ptr + pid_b64 * s_seq_b + (t - 1) * s_seq_t)
+            reset = cur != prv
+        else:
+            cur = tl.load(seq_ptr + pid_b64 * s_seq_b + t * s_seq_t, mask=tmask, other=0)
+            prv = tl.load(seq_ptr + pid_b64 * s_seq_b + tl.maximum(t - 1, 0) * s_seq_t, mask=tmask, other=0)
+            reset = (cur != prv) & (t > 0)
     else:
         reset = t < 0
     return reset
@@ -177,10 +186,18 @@ def _load_stream(pid_b64, t, t_end, d3, dmask, src, HAS_Z: tl.constexpr, HAS_SEQ
     u, delta, z (u again when absent) and the reset flag (False without seq_idx). src = (u, delta, B, C, z,
     seq_idx pointers, then their (batch, time) strides). Tokens outside [0, t_end) (prefetches past the
     segment, never computed) read nothing; with CLAMP they read the segment's last row instead and d3 holds
-    channels clamped to the tensor, so no load needs a mask (see FWD_CLAMP)."""
+    channels clamped to the tensor, so no load needs a mask (see FWD_CLAMP). t_end None: t is known to be
+    inside the segment and past its first token (the forward's main loop), so nothing is clamped or masked in
+    time, and the load's address is the round's base plus a constant."""
     (u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
      s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t) = src
-    if CLAMP:
+    if t_end is None:  # a main-loop round: 0 < t < the segment's end
+        tmask = None
+        if CLAMP:
+            m2 = None
+        else:
+            m2 = dmask
+    elif CLAMP:
         t = tl.minimum(t, t_end - 1)
         tmask = t >= 0
         m2 = None
@@ -202,8 +219,9 @@ def _load_bc(pid_b64, t, t_end, nb3, nbmask, src, EVEN_N: tl.constexpr, CLAMP: t
     states (N not a power of two, not EVEN_N) read 0, which keeps their h at 0."""
     (u_ptr, dt_ptr, B_ptr, C_ptr, z_ptr, seq_ptr,
      s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t) = src
-    if CLAMP:
-        t = tl.minimum(t, t_end - 1)
+    if t_end is None or CLAMP:
+        if t_end is not None:
+            t = tl.minimum(t, t_end - 1)
         if EVEN_N:
             mn = None
         else:
@@ -266,20 +284,20 @@ def _decay(dt, A2, reset, HAS_SEQ: tl.constexpr):
 
 
 @triton.jit
-def _fwd_token(h, dtsum, alive, stream, rows, t, t_end, A2, dtb, Dv, pid_b64, d3, d_ld, dmask, nb3, nbmask, src,
+def _fwd_token(h, dtsum, alive, stream, rows, t, ld_end, A2, dtb, Dv, pid_b64, d3, d_ld, dmask, nb3, nbmask, src,
                y_ptr, s_y_b, s_y_t, RING: tl.constexpr, BC_RING: tl.constexpr, PACK: tl.constexpr,
                EVEN_N: tl.constexpr, CLAMP: tl.constexpr,
                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_SEQ: tl.constexpr,
                SOFTPLUS: tl.constexpr, LOCAL: tl.constexpr, FAST: tl.constexpr):
-    """Token t (< t_end) from its ring slots (stream: u, delta, z, reset; rows: B, C), which are refilled with
-    tokens t + RING and t + BC_RING. h: (N, 1, BD) fp32. Returns (h, dtsum, alive, stream, rows); dtsum /
-    alive only move in a LOCAL pass."""
+    """Token t (inside the segment) from its ring slots (stream: u, delta, z, reset; rows: B, C), which are
+    refilled with tokens t + RING and t + BC_RING (ld_end: the segment's end, or None when those are inside it).
+    h: (N, 1, BD) fp32. Returns (h, dtsum, alive, stream, rows); dtsum / alive only move in a LOCAL pass."""
     nu, nx, nz, reset = stream
     nB, nC = rows
     u, xr, dt, Bv, Cv = _prep(nu, nx, nB, nC, dtb, SOFTPLUS, HAS_DTB, FAST, PACK)
     zf = nz.to(tl.float32)
-    stream = _load_stream(pid_b64, t + RING, t_end, d_ld, dmask, src, HAS_Z, HAS_SEQ, CLAMP)
-    rows = _load_bc(pid_b64, t + BC_RING, t_end, nb3, nbmask, src, EVEN_N, CLAMP)
+    stream = _load_stream(pid_b64, t + RING, ld_end, d_ld, dmask, src, HAS_Z, HAS_SEQ, CLAMP)
+    rows = _load_bc(pid_b64, t + BC_RING, ld_end, nb3, nbmask, src, EVEN_N, CLAMP)
     h = _decay(dt, A2, reset, HAS_SEQ) * h + (dt * u) * Bv
     if LOCAL:
         dtsum += dt
@@ -300,8 +318,9 @@ def _scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, h0_ptr, seq_ptr,
     y_ptr, hT_ptr, hs_ptr, P_ptr,
     T, DIM, NSTATE, SEG_LEN, s_hs_n,
-    s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_y_b, s_y_t,
-    s_seq_b, s_seq_t,
+    s_u_b, s_dt_b, s_B_b, s_C_b, s_z_b, s_y_b, s_seq_b, s_seq_t,
+    s_u_t: tl.constexpr, s_dt_t: tl.constexpr, s_B_t: tl.constexpr, s_C_t: tl.constexpr, s_z_t: tl.constexpr,
+    s_y_t: tl.constexpr,
     BD: tl.constexpr, NP: tl.constexpr, RING: tl.constexpr, BC_RING: tl.constexpr, CKPT: tl.constexpr,
     PACK: tl.constexpr, EVEN_N: tl.constexpr, CLAMP: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_DTB: tl.constexpr, HAS_H0: tl.constexpr,
@@ -362,7 +381,44 @@ def _scan_fwd_kernel(
     rows = (_load_bc(pid_b64, t0, t_end, nb3, nbmask, src, EVEN_N, CLAMP),)
     for j in tl.static_range(1, BC_RING):
         rows = rows + (_load_bc(pid_b64, t0 + j, t_end, nb3, nbmask, src, EVEN_N, CLAMP),)
-    for r in range(0, tl.cdiv(t_end - t0, RING)):
+    # Main rounds: every token a round computes or prefetches is inside the segment, so nothing is clamped or
+    # masked in time, and each load or store goes through a pointer at the round's first token (moved on by one
+    # round each trip) plus a constant: the time strides are constexpr, so ptxas folds that offset into the
+    # instruction (a clamped token index times a runtime stride cost ~20 address instructions per token).
+    # u / delta / z / y pointers are at this thread's channel; B / C stay scalar so their loads stay vectorised.
+    n_main = tl.maximum((t_end - t0) // RING - 1, 0)
+    t64 = t0.to(tl.int64)
+    u_r = u_ptr + pid_b64 * s_u_b + t64 * s_u_t + d_ld
+    dt_r = dt_ptr + pid_b64 * s_dt_b + t64 * s_dt_t + d_ld
+    z_r = z_ptr + pid_b64 * s_z_b + t64 * s_z_t + d_ld
+    B_r = B_ptr + pid_b64 * s_B_b + t64 * s_B_t
+    C_r = C_ptr + pid_b64 * s_C_b + t64 * s_C_t
+    seq_r = seq_ptr + pid_b64 * s_seq_b + t64 * s_seq_t
+    y_r = y_ptr + pid_b64 * s_y_b + t64 * s_y_t + d3
+    for r in range(0, n_main):
+        t = t0 + r * RING
+        if STORE_HS:
+            if t % CKPT == 0:
+                tl.store(hs_row + (t // CKPT) * NSTATE * s_hs_n, h, mask=dnmask)
+        src_r = (u_r, dt_r, B_r, C_r, z_r, seq_r, 0, s_u_t, 0, s_dt_t, 0, s_B_t, 0, s_C_t, 0, s_z_t, 0, s_seq_t)
+        for j in tl.static_range(RING):
+            h, dtsum, alive, stream, row = _fwd_token(
+                h, dtsum, alive, streams[j], rows[j % BC_RING], j, None, A2, dtb, Dv, 0, 0, 0,
+                dmask, nb3, nbmask, src_r, y_r, 0, s_y_t, RING, BC_RING, PACK, EVEN_N, CLAMP, HAS_D, HAS_Z,
+                HAS_DTB, HAS_SEQ, SOFTPLUS, LOCAL, FAST)
+            streams = _ring_set(streams, j, stream)
+            rows = _ring_set(rows, j % BC_RING, row)
+        u_r += RING * s_u_t
+        dt_r += RING * s_dt_t
+        z_r += RING * s_z_t
+        B_r += RING * s_B_t
+        C_r += RING * s_C_t
+        seq_r += RING * s_seq_t
+        y_r += RING * s_y_t
+    # The last one or two rounds: prefetches past the segment are clamped or masked, tokens past it skipped
+    # (absolute token indices; moving these onto the round pointers too cost registers in the forward that saves
+    # states: 0.58 vs 0.52 ms at the d8 shape).
+    for r in range(n_main, tl.cdiv(t_end - t0, RING)):
         t = t0 + r * RING
         if STORE_HS:  # RING divides CKPT and segments start on checkpoints: a checkpoint is always a slot-0 token
             if t % CKPT == 0:
@@ -788,10 +844,10 @@ def scan_fwd(
             y, dummy if h_out is None else h_out, hs if save_states and not local else dummy,
             dummy if P is None else P,
             seqlen, dim, nstate, seg_len, dim,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *bc_strides,
-            0 if z is None else z.stride(0), 0 if z is None else z.stride(1),
-            y.stride(0), y.stride(1),
-            0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
+            u.stride(0), delta.stride(0), bc_strides[0], bc_strides[2], 0 if z is None else z.stride(0),
+            y.stride(0), 0 if seq_idx is None else seq_idx.stride(0), 0 if seq_idx is None else seq_idx.stride(1),
+            s_u_t=u.stride(1), s_dt_t=delta.stride(1), s_B_t=bc_strides[1], s_C_t=bc_strides[3],
+            s_z_t=0 if z is None else z.stride(1), s_y_t=y.stride(1),
             BD=block, NP=_np2(nstate), RING=ring, BC_RING=bc_ring, CKPT=CHUNK, PACK=pack,
             EVEN_N=_np2(nstate) == nstate, CLAMP=FWD_CLAMP and not save_states,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_H0=h_in is not None,
