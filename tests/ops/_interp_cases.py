@@ -158,6 +158,31 @@ def test_public_scan_of_an_empty_sequence_or_batch_returns_empty_outputs_and_bac
         scan_tri.selective_scan(u, u, -torch.rand(D, N), torch.randn(Bn, 0, N), torch.randn(Bn, 0, N))
 
 
+def test_sequence_longer_than_the_int32_offset_limit_is_scanned_in_pieces_that_match_the_reference(monkeypatch):
+    # The kernels index time with int32; with the limit made tiny, T = 37 runs as pieces of 16, 16 and 5 tokens
+    # chained through the state. Row 0 starts a document exactly at a piece boundary (token 16): the carried
+    # state must be cut there. Forward, final state and every gradient (initial state included) vs float64.
+    monkeypatch.setattr(scan_tri, "MAX_INT32_OFFSET", 700)
+    torch.manual_seed(5)
+    Bn, T, D, N = 2, 37, 20, 5
+    leaves = [
+        torch.randn(Bn, T, D), torch.randn(Bn, T, D), -torch.rand(D, N) * 3, torch.randn(Bn, T, N),
+        torch.randn(Bn, T, N), torch.randn(D), torch.randn(Bn, T, D), torch.randn(D), torch.randn(Bn, D, N),
+    ]
+    assert scan_tri.max_piece_len(leaves[0], leaves[1], leaves[3], leaves[4], leaves[6]) == 16
+    seq = docs(Bn, T, [[16, 30], [10]])
+    tri = [t.clone().requires_grad_() for t in leaves]
+    y, hT = scan_tri.selective_scan(*tri[:8], True, tri[8], seq, True)
+    ref = [t.double().requires_grad_() for t in leaves]
+    yr, hr = scan_ref.selective_scan(*ref[:8], True, ref[8], seq, True)
+    assert rel(y, yr) < 1e-5 and rel(hT, hr) < 1e-5
+    dy, dh = torch.randn(Bn, T, D), torch.randn(Bn, D, N)
+    (y * dy).sum().add((hT * dh).sum()).backward()
+    (yr * dy.double()).sum().add((hr * dh.double()).sum()).backward()
+    for name, a, r in zip(["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"], tri, ref):
+        assert rel(a.grad, r.grad) < 1e-5, name
+
+
 def test_scan_kernel_accepts_strided_halves_of_a_projection():
     # the model passes x, z = in_proj(u).chunk(2, -1) and B, C split out of x_proj: non-contiguous views
     torch.manual_seed(2)
@@ -219,7 +244,12 @@ def test_public_selective_scan_dispatches_to_triton_and_backpropagates():
 
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("with_docs", [False, True])
-def test_conv1d_kernel_forward_final_state_and_gradients_match_reference(with_state, with_docs):
+@pytest.mark.parametrize("time_index", ["int32", "int64"])
+def test_conv1d_kernel_forward_final_state_and_gradients_match_reference(with_state, with_docs, time_index,
+                                                                         monkeypatch):
+    if time_index == "int64":  # the path of sequences whose time offsets pass int32 (I64)
+        monkeypatch.setattr(conv_tri, "MAX_INT32_OFFSET", 1000)
+        assert conv_tri._needs_i64(37, 20, torch.empty(2, 37, 20))
     torch.manual_seed(4)
     Bn, T, D, W = 2, 37, 20, 4
     leaves = [torch.randn(Bn, T, D), torch.randn(D, W), torch.randn(D), torch.randn(Bn, D, W - 1)]

@@ -58,6 +58,8 @@ SCAN_CONFIGS = {
     "ring4-bc2-2warps/bwd-2warps": dict(FWD_ONEPASS_RING=4, FWD_ONEPASS_BC_RING=2, FWD_WARPS=2, FWD_SEGMENTS=1,
                                         BWD_WARPS=2),
     "4segments-both": dict(FWD_SEGMENTS=4, BWD_SEGMENTS=4),
+    # the int32 offset limit lowered so T = 1000 runs as pieces of 256 tokens chained through the state
+    "pieces-of-256": dict(MAX_INT32_OFFSET=561_000),
 }
 
 
@@ -138,7 +140,10 @@ def test_scan_backward_is_bitwise_deterministic(segments, monkeypatch):
         assert (a is None and b is None) or torch.equal(a, b)
 
 
-def test_causal_conv1d_bf16_forward_final_state_and_grads_match_reference_with_resets():
+@pytest.mark.parametrize("time_index", ["int32", "int64"])
+def test_causal_conv1d_bf16_forward_final_state_and_grads_match_reference_with_resets(time_index, monkeypatch):
+    if time_index == "int64":  # the I64 kernels of sequences whose time offsets pass int32
+        monkeypatch.setattr(conv_tri, "MAX_INT32_OFFSET", 1)
     torch.manual_seed(2)
     Bn, T, D, W = 3, 777, 1000, 4
     bf = torch.bfloat16

@@ -28,6 +28,7 @@ FWD_BT, FWD_BD, FWD_WARPS = 64, 64, 4  # forward, and the backward's elementwise
 # the weight and bias gradients happen once per BWD_TILES tiles (they dominated a per-tile version)
 BWD_BT, BWD_BD, BWD_TILES, BWD_WARPS, BWD_MAX_WIDTH = 16, 64, 16, 4, 4
 UPD_BD, UPD_WARPS = 128, 4
+MAX_INT32_OFFSET = 2**31 - 1  # past it, time offsets are computed in int64 (`_needs_i64`)
 
 
 # Debug switch for tests: fill every kernel-written output buffer with NaN first, so an element the kernel
@@ -39,6 +40,20 @@ def _empty(*shape, device, dtype):
     if POISON and dtype.is_floating_point:
         return torch.full(shape, float("nan"), device=device, dtype=dtype)
     return torch.empty(*shape, device=device, dtype=dtype)
+
+
+def _needs_i64(seqlen: int, dim: int, *tensors: torch.Tensor | None) -> bool:
+    """Whether a time offset (token x time stride; rows of D in the fp32 dpre buffer) can pass int32: the kernels
+    then index time with int64 (I64), slower address arithmetic that only such long sequences pay."""
+    stride = max([dim] + [t.stride(1) for t in tensors if t is not None])
+    return (seqlen + BWD_BT * BWD_TILES) * stride >= MAX_INT32_OFFSET
+
+
+@triton.jit
+def _time_index(t, I64: tl.constexpr):
+    if I64:
+        t = t.to(tl.int64)
+    return t
 
 
 def _act_code(activation: str | None) -> int:
@@ -87,10 +102,10 @@ def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, init_ptr, seq_ptr, out_ptr,
     T, DIM, s_x_b, s_x_t, s_i_b, s_i_d, s_i_w, s_seq_b, s_seq_t, s_o_b, s_o_t,
     W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, FAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, FAST: tl.constexpr, I64: tl.constexpr,
 ):
     pid_b64 = tl.program_id(0).to(tl.int64)
-    t = tl.program_id(1) * BT + tl.arange(0, BT)
+    t = _time_index(tl.program_id(1) * BT + tl.arange(0, BT), I64)
     d = tl.program_id(2) * BD + tl.arange(0, BD)
     tmask = t < T
     dmask = d < DIM
@@ -107,11 +122,11 @@ def _conv_bwd_dpre_kernel(
     x_ptr, w_ptr, b_ptr, init_ptr, seq_ptr, dout_ptr, dpre_ptr,
     T, DIM, s_x_b, s_x_t, s_i_b, s_i_d, s_i_w, s_seq_b, s_seq_t, s_do_b, s_do_t,
     W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, FAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, FAST: tl.constexpr, I64: tl.constexpr,
 ):
     """dpre = dout * act'(pre) (fp32) for one [BT, BD] tile; elementwise, no reductions."""
     pid_b64 = tl.program_id(0).to(tl.int64)
-    t = tl.program_id(1) * BT + tl.arange(0, BT)
+    t = _time_index(tl.program_id(1) * BT + tl.arange(0, BT), I64)
     d = tl.program_id(2) * BD + tl.arange(0, BD)
     tmask = t < T
     dmask = d < DIM
@@ -130,7 +145,7 @@ def _conv_bwd_dx_kernel(
     x_ptr, init_ptr, w_ptr, seq_ptr, dpre_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr,
     T, DIM, s_x_b, s_x_t, s_i_b, s_i_d, s_i_w, s_seq_b, s_seq_t, s_dx_b, s_dx_t,
     W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, NT: tl.constexpr, HAS_SEQ: tl.constexpr,
-    HAS_INIT: tl.constexpr, HAS_BIAS: tl.constexpr, WANT_DINIT: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_BIAS: tl.constexpr, WANT_DINIT: tl.constexpr, I64: tl.constexpr,
 ):
     """NT consecutive [BT, BD] tiles of input rows s (from -(W-1): the initial-state positions):
     dx[s] = sum_j w[W-1-j] dpre[s+j] over valid taps, and this program's partial sums of the weight and bias
@@ -145,7 +160,7 @@ def _conv_bwd_dx_kernel(
     dw3 = tl.zeros([BT, BD], dtype=tl.float32)
     dbias = tl.zeros([BT, BD], dtype=tl.float32)
     for k in range(0, NT):
-        s = (tl.program_id(1) * NT + k) * BT + tl.arange(0, BT) - (W - 1)
+        s = _time_index((tl.program_id(1) * NT + k) * BT + tl.arange(0, BT) - (W - 1), I64)
         smask = s < T
         xm = (smask & (s >= 0))[:, None] & dmask[None, :]
         xs = tl.load(x_ptr + pid_b64 * s_x_b + s[:, None] * s_x_t + d[None, :], mask=xm, other=0.0).to(tl.float32)
@@ -286,7 +301,7 @@ def conv_fwd(x, weight, bias, activation, initial_state, seq_idx, out=None):
             y.stride(0), y.stride(1),
             W=width, BT=FWD_BT, BD=FWD_BD, ACT=_act_code(activation),
             HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_SEQ=seq_idx is not None,
-            FAST=tm.fast_math(), num_warps=FWD_WARPS,
+            FAST=tm.fast_math(), I64=_needs_i64(seqlen, dim, x, y, seq_idx), num_warps=FWD_WARPS,
         )
     return y
 
@@ -310,6 +325,7 @@ def conv_bwd(dout, x, weight, bias, activation, initial_state, seq_idx, dfinal, 
     init = initial_state
     seq_strides = (0, 0) if seq_idx is None else seq_idx.stride()
     init_strides = (0, 0, 0) if init is None else init.stride()
+    i64 = _needs_i64(seqlen, dim, x, dout, seq_idx)
     if seqlen > 0:
         grid = (batch, triton.cdiv(seqlen, FWD_BT), triton.cdiv(dim, FWD_BD))
         _conv_bwd_dpre_kernel[grid](
@@ -318,7 +334,7 @@ def conv_bwd(dout, x, weight, bias, activation, initial_state, seq_idx, dfinal, 
             seqlen, dim, x.stride(0), x.stride(1), *init_strides, *seq_strides, dout.stride(0), dout.stride(1),
             W=width, BT=FWD_BT, BD=FWD_BD, ACT=_act_code(activation),
             HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_SEQ=seq_idx is not None,
-            FAST=tm.fast_math(), num_warps=FWD_WARPS,
+            FAST=tm.fast_math(), I64=i64, num_warps=FWD_WARPS,
         )
     grid = (batch, n_groups, triton.cdiv(dim, BWD_BD))
     _conv_bwd_dx_kernel[grid](
@@ -326,7 +342,7 @@ def conv_bwd(dout, x, weight, bias, activation, initial_state, seq_idx, dfinal, 
         dw if dinit is None else dinit, dw, dw if db is None else db,
         seqlen, dim, x.stride(0), x.stride(1), *init_strides, *seq_strides, dx.stride(0), dx.stride(1),
         W=width, BT=BWD_BT, BD=BWD_BD, NT=BWD_TILES, HAS_SEQ=seq_idx is not None, HAS_INIT=init is not None,
-        HAS_BIAS=bias is not None, WANT_DINIT=want_dinit, num_warps=BWD_WARPS,
+        HAS_BIAS=bias is not None, WANT_DINIT=want_dinit, I64=i64, num_warps=BWD_WARPS,
     )
     dw = dw.sum(0)
     if db is not None:

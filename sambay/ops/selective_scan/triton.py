@@ -89,6 +89,8 @@ FWD_SEGMENTS, FWD_SEG_BELOW, FWD_SEG_WARPS_PER_SM, FWD_MIN_SEG_LEN, FWD_MAX_SEGM
 # sums over states as 2 or 4 interleaved partial sums (5.43 / 5.49 ms; ncu's top stall besides issuing is the
 # fixed-latency "wait", but shorter add chains did not move it).
 BWD_WARPS, BWD_SEGMENTS, BWD_PREFETCH = 1, 0, True
+# Time offsets inside the kernels are int32; `selective_scan` cuts longer sequences into pieces (`max_piece_len`).
+MAX_INT32_OFFSET = 2**31 - 1
 
 
 # The compiled kernels of the latest launches (name -> triton CompiledKernel; `n_regs`, `n_spills`), for
@@ -879,6 +881,8 @@ def scan_bwd(
     for inputs that were not given (dh0 only when `want_dh0`). `states`: the forward's chunk-start states."""
     u, delta, z, B, C, dy = (_unit_last(t) for t in (u, delta, z, B, C, dy))
     batch, seqlen, dim = u.shape
+    if seqlen * dy.stride(1) + dim > MAX_INT32_OFFSET:  # a widely strided dy: rows of D keep its int32 offsets in range
+        dy = dy.contiguous()
     nstate, nprow = A.shape[1], _np2(A.shape[1])
     A = A.contiguous()
     dev, f32 = u.device, torch.float32
@@ -1033,15 +1037,48 @@ class _SelectiveScanFn(torch.autograd.Function):
         )
 
 
+def max_piece_len(u, delta, B, C, z=None, seq_idx=None) -> int:
+    """The most tokens one kernel call may walk: the kernels index time with int32 (token x time stride, and
+    (token / CHUNK) x N x D into the saved states), which must stay below MAX_INT32_OFFSET. Longer sequences are
+    scanned in pieces (`selective_scan`)."""
+    dim, nstate = u.shape[-1], B.shape[-1]
+    strides = [t.stride(1) for t in (u, delta, B, C, z, seq_idx) if t is not None]
+    per_token = max(*strides, dim, triton.cdiv(nstate * dim, CHUNK))  # outputs and dy are (B, T, D) rows
+    margin = 2 * nstate * dim + CHUNK * per_token  # the last slab's states and a chunk's prefetch past the end
+    return max(CHUNK, (MAX_INT32_OFFSET - margin) // per_token // CHUNK * CHUNK)
+
+
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None,
     seq_idx=None, return_final_state=False,
 ):
-    """Triton selective scan with autograd; same signature and shapes as `reference.selective_scan`."""
+    """Triton selective scan with autograd; same signature and shapes as `reference.selective_scan`.
+
+    A sequence longer than `max_piece_len` is scanned in consecutive pieces, each starting from the state
+    the previous one ended in (cut to zero where a document starts at the piece's first token); autograd
+    chains the pieces' backward passes through those states."""
+    piece = max_piece_len(u, delta, B, C, z, seq_idx)
+    seqlen = u.shape[1]
+    if seqlen <= piece:
+        y, hT = _scan_one_call(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx)
+        return (y, hT) if return_final_state else y
+    ys, h = [], initial_state
+    for a in range(0, seqlen, piece):
+        b = min(a + piece, seqlen)
+        if a > 0 and seq_idx is not None:  # a document starting at token a must not see the carried state
+            h = h * (seq_idx[:, a] == seq_idx[:, a - 1]).to(h.dtype)[:, None, None]
+        y, h = _scan_one_call(
+            u[:, a:b], delta[:, a:b], A, B[:, a:b], C[:, a:b], D, None if z is None else z[:, a:b], delta_bias,
+            delta_softplus, h, None if seq_idx is None else seq_idx[:, a:b])
+        ys.append(y)
+    y = torch.cat(ys, dim=1)
+    return (y, h) if return_final_state else y
+
+
+def _scan_one_call(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, seq_idx):
+    """(y, final state) from one kernel launch sequence, through autograd when any input needs a gradient."""
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    if needs_grad:
-        y, hT = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus)
-    else:
-        y, hT, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus, False)
-    return (y, hT) if return_final_state else y
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus)
+    y, hT, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state, seq_idx, delta_softplus, False)
+    return y, hT
