@@ -52,7 +52,8 @@ CHUNK = 8
 # (2.47 ms before the rings), and with saved states 4 / 8 took 1.42 / 1.38 ms (-b.txt); at the segmented
 # training shape (B=4, D=1984) 4 beats 8 (0.53 vs 0.61 ms: 255 registers). B / C rings shorter than the stream
 # ring let ptxas move the rows to uniform registers right after loading them (an R2UR that waits for the
-# load): 8 / 2 took 2.21 ms.
+# load): 8 / 2 took 2.21 ms. Re-checked after the round pointers (scan-experiments-h200-2026-12-03c.txt): one-pass
+# 8 / 4 (1.17 vs 1.04 ms) and 4 / 4, segmented 4 / 2 and 2 / 2 were all slower.
 FWD_WARPS, FWD_RING, FWD_BC_RING, FWD_ONEPASS_RING, FWD_ONEPASS_BC_RING = 8, 4, 4, 8, 8
 # FWD_CLAMP: a forward that saves no states loads without masks: prefetches past the segment re-read its last
 # row and channels past DIM the last channel (never computed or stored), which drops the zero-fill and the
