@@ -193,6 +193,8 @@ def bench_scan(copy_bw, sweep):
     leaves = [t.detach().requires_grad_() for t in (u, delta, Bm, Cm)]
 
     def autograd_step():
+        for leaf in leaves:  # a fresh .grad each step: accumulating into the previous one would add 4 tensor adds
+            leaf.grad = None
         yy = scan_tri.selective_scan(leaves[0], leaves[1], A, leaves[2], leaves[3], Dv, z, dtb)
         yy.backward(dy)
 
