@@ -1,6 +1,7 @@
 """Compile the selective-scan kernels for sm_90 on a machine without a GPU and count their SASS per loop.
 
     PYTHONPATH=/tmp/triton36 python benchmarks/sass.py [--shape d8|b8] [--kernel fwd|bwd|all] [--dump DIR]
+        [--inference] [--set NAME=INT ...]
 
 (`pip install --target /tmp/triton36 triton==3.6.0` first: the device machine's Triton, which brings its
 own ptxas and cuobjdump.) The real launch code runs on CPU tensors of the chosen shape; a stand-in driver
@@ -159,10 +160,21 @@ def main() -> int:
     ap.add_argument("--no-z", action="store_true", help="the memory layer's scan (no z gate)")
     ap.add_argument("--inference", action="store_true", help="the forward without saved states (no autograd)")
     ap.add_argument("--dump", type=Path, help="also write each kernel's SASS to this directory")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=INT",
+                    help="override an integer module constant of the scan kernels, e.g. FWD_ONEPASS_BC_RING=4 "
+                         "(repeatable)")
     args = ap.parse_args()
 
     from sambay.ops.selective_scan import triton as scan
 
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isupper() or not isinstance(getattr(scan, name, None), int):
+            ap.error(f"--set {item!r}: expected NAME=INT for an integer constant of sambay.ops.selective_scan.triton")
+        try:
+            setattr(scan, name, int(value))
+        except ValueError:
+            ap.error(f"--set {item!r}: {value!r} is not an integer")
     scan._sm_count = lambda device: SMS
     Bn, T, D, N = SHAPES[args.shape]
     bf = torch.bfloat16
