@@ -84,21 +84,24 @@ def scan_config(request, monkeypatch):
     return request.param
 
 
-def test_scan_kernel_forward_final_state_and_every_gradient_match_float64_reference(scan_config):
-    torch.manual_seed(0)
-    Bn, T, D, N = 2, 37, 20, 5  # odd T, D and N: partial chunks, channel blocks and state padding
+def _check_scan_with_every_input_against_float64_reference(seed, cuts):
+    """B=2, T=37, D=20, N=5 (odd: partial chunks, channel blocks and state padding) with every optional input,
+    documents starting at `cuts` per row: the forward with saved states, the inference forward (prefetch rings
+    of its own), the final state and every gradient (final-state gradient included) against float64."""
+    torch.manual_seed(seed)
+    Bn, T, D, N = 2, 37, 20, 5
     leaves = [
         torch.randn(Bn, T, D), torch.randn(Bn, T, D), -torch.rand(D, N) * 3, torch.randn(Bn, T, N),
         torch.randn(Bn, T, N), torch.randn(D), torch.randn(Bn, T, D), torch.randn(D), torch.randn(Bn, D, N),
     ]
-    seq = docs(Bn, T, [[10, 17], [30]])
+    seq = docs(Bn, T, cuts)
     tri = [t.clone().requires_grad_() for t in leaves]
     y, hT = scan_tri.selective_scan(*tri[:8], True, tri[8], seq, True)
     ref = [t.double().requires_grad_() for t in leaves]
     yr, hr = scan_ref.selective_scan(*ref[:8], True, ref[8], seq, True)
     assert rel(y, yr) < 1e-5
     assert rel(hT, hr) < 1e-5
-    with torch.no_grad():  # the inference forward (no saved states) has prefetch rings of its own
+    with torch.no_grad():
         y_inf, hT_inf = scan_tri.selective_scan(*leaves[:8], True, leaves[8], seq, True)
     assert rel(y_inf, yr) < 1e-5
     assert rel(hT_inf, hr) < 1e-5
@@ -107,6 +110,10 @@ def test_scan_kernel_forward_final_state_and_every_gradient_match_float64_refere
     (yr * dy.double()).sum().add((hr * dh.double()).sum()).backward()
     for name, a, r in zip(["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"], tri, ref):
         assert rel(a.grad, r.grad) < 1e-5, name
+
+
+def test_scan_kernel_forward_final_state_and_every_gradient_match_float64_reference(scan_config):
+    _check_scan_with_every_input_against_float64_reference(0, [[10, 17], [30]])
 
 
 def test_scan_kernel_without_optional_inputs_matches_reference_and_grads():
@@ -161,26 +168,11 @@ def test_public_scan_of_an_empty_sequence_or_batch_returns_empty_outputs_and_bac
 def test_sequence_longer_than_the_int32_offset_limit_is_scanned_in_pieces_that_match_the_reference(monkeypatch):
     # The kernels index time with int32; with the limit made tiny, T = 37 runs as pieces of 16, 16 and 5 tokens
     # chained through the state. Row 0 starts a document exactly at a piece boundary (token 16): the carried
-    # state must be cut there. Forward, final state and every gradient (initial state included) vs float64.
+    # state must be cut there.
     monkeypatch.setattr(scan_tri, "MAX_INT32_OFFSET", 700)
-    torch.manual_seed(5)
-    Bn, T, D, N = 2, 37, 20, 5
-    leaves = [
-        torch.randn(Bn, T, D), torch.randn(Bn, T, D), -torch.rand(D, N) * 3, torch.randn(Bn, T, N),
-        torch.randn(Bn, T, N), torch.randn(D), torch.randn(Bn, T, D), torch.randn(D), torch.randn(Bn, D, N),
-    ]
-    assert scan_tri.max_piece_len(leaves[0], leaves[1], leaves[3], leaves[4], leaves[6]) == 16
-    seq = docs(Bn, T, [[16, 30], [10]])
-    tri = [t.clone().requires_grad_() for t in leaves]
-    y, hT = scan_tri.selective_scan(*tri[:8], True, tri[8], seq, True)
-    ref = [t.double().requires_grad_() for t in leaves]
-    yr, hr = scan_ref.selective_scan(*ref[:8], True, ref[8], seq, True)
-    assert rel(y, yr) < 1e-5 and rel(hT, hr) < 1e-5
-    dy, dh = torch.randn(Bn, T, D), torch.randn(Bn, D, N)
-    (y * dy).sum().add((hT * dh).sum()).backward()
-    (yr * dy.double()).sum().add((hr * dh.double()).sum()).backward()
-    for name, a, r in zip(["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"], tri, ref):
-        assert rel(a.grad, r.grad) < 1e-5, name
+    rows, cols = torch.empty(2, 37, 20), torch.empty(2, 37, 5)
+    assert scan_tri.max_piece_len(rows, rows, cols, cols, rows) == 16
+    _check_scan_with_every_input_against_float64_reference(5, [[16, 30], [10]])
 
 
 def test_scan_kernel_accepts_strided_halves_of_a_projection():
