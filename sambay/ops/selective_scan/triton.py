@@ -89,6 +89,9 @@ FWD_SEGMENTS, FWD_SEG_BELOW, FWD_SEG_WARPS_PER_SM, FWD_MIN_SEG_LEN, FWD_MAX_SEGM
 # vs 5.38 ms; by 4 only with unmasked loads, 5.99 vs 5.65), 2 time segments at B=8 (7.0 ms, unmasked loads),
 # sums over states as 2 or 4 interleaved partial sums (5.43 / 5.49 ms; ncu's top stall besides issuing is the
 # fixed-latency "wait", but shorter add chains did not move it).
+# Also slower (scan-ab-h200-2026-12-04.txt): constexpr time strides and a per-chunk clamped prefetch window in
+# the backward (977 instead of 1185 SASS instructions per chunk, but 6 spills at 168 registers: 5.74 vs 5.40 ms
+# at B=8) and CHUNK = 16 (backward 7.33 ms).
 BWD_WARPS, BWD_SEGMENTS, BWD_PREFETCH = 1, 0, True
 # Time offsets inside the kernels are int32; `selective_scan` cuts longer sequences into pieces (`max_piece_len`).
 MAX_INT32_OFFSET = 2**31 - 1
