@@ -17,8 +17,8 @@ train() {  # name, then train_throughput.py arguments
     --dtype bf16 --json "$@" \
     2>&1 | grep -v '^USDT' | tee "$OUT/train-$name.txt" | tail -32
 }
-scan_gpu_tests() {
-  timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py 2>&1 | tail -4 \
+scan_gpu_tests() {  # 153 s on a cold H200 (2026-12-04)
+  timeout 300 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py 2>&1 | tail -4 \
     | tee "$OUT/gpu-tests-scan.txt"
 }
 # The scan A/B modes compare the working tree's kernels with a base revision's file, written beforehand with
@@ -165,9 +165,12 @@ case "${1:-}" in
     timeout 150 python -m torch.distributed.run --nproc_per_node 2 benchmarks/train_throughput.py --preset sambay \
       --depth 8 --micro-batch 4 --parallel fsdp --steps 10 --warmup 3 --seq-len 4096 --dtype bf16 --json 2>&1 \
       | grep -v '^USDT' | tee "$OUT/train-sambay-d8-2gpu.txt" | tail -24 ;;
-  gpu_tests)  # every GPU-marked test (~400 s on a cold H200; the slowest ones listed)
-    timeout 560 python -m pytest -q -m gpu -p no:cacheprovider --durations=10 tests 2>&1 | tail -28 \
-      | tee "$OUT/gpu-tests.txt" ;;
-  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|scan_ab|scan_ncu|scan_train_ab|train_ab|train_rounds|conv_train_ab|ce_scan_train|proj_train_ab|corpus_train|h200_round|train_d8|decode|generate|multi_gpu|gpu_tests" >&2
+  # Every GPU-marked test takes two calls: on a cold H200 the whole suite ran past 560 s (2026-12-04).
+  gpu_tests)  # every GPU-marked test except the Mamba-kernel file (the slowest ones listed)
+    timeout 560 python -m pytest -q -m gpu -p no:cacheprovider --durations=10 \
+      --ignore=tests/ops/test_mamba_ops_gpu.py tests 2>&1 | tail -28 | tee "$OUT/gpu-tests.txt" ;;
+  gpu_tests_mamba)  # the Mamba-kernel GPU tests
+    scan_gpu_tests ;;
+  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|scan_ab|scan_ncu|scan_train_ab|train_ab|train_rounds|conv_train_ab|ce_scan_train|proj_train_ab|corpus_train|h200_round|train_d8|decode|generate|multi_gpu|gpu_tests|gpu_tests_mamba" >&2
      exit 2 ;;
 esac

@@ -256,6 +256,11 @@ def bench_conv(copy_bw, sweep=False):
     say(f"   bwd: {tb:.3f} ms, {bb / tb / 1e6:.0f} GB/s = {bb / tb / 1e6 / copy_bw:.1%} of copy bw (minimal bytes)")
 
 
+@triton.jit
+def _empty_kernel(ptr):
+    pass
+
+
 def bench_decode(copy_bw, sweep):
     Bn, D, N, W = 64, 5120, 16, 4
     ROT = 8  # 8 disjoint slot sets: 8 x 42 MB of state, more than the 50 MB L2, so replays read HBM
@@ -312,6 +317,18 @@ def bench_decode(copy_bw, sweep):
         if best_conv is None or t < best_conv[0]:
             best_conv = (t, bd, wp)
     conv_tri.UPD_BD, conv_tri.UPD_WARPS = conv_cfgs[0]
+    # Why the conv update is slow: what a launch of its grid costs with no work, and the update without the
+    # slot-index load in front of the state load (rows b of a disjoint slice of the pool per step).
+    grid = (Bn, triton.cdiv(D, conv_tri.UPD_BD))
+    t = ms(lambda: [_empty_kernel[grid](y, num_warps=conv_tri.UPD_WARPS) for _ in slot_sets], graph=True) / ROT
+    say(f"   launch floor, empty kernel on the conv update's grid {grid}: {t * 1e3:.1f} us")
+    if sweep:  # what fewer, larger programs could save at most (several rows per program: measured slower)
+        for small in ((Bn // 4, triton.cdiv(D, 256)), (Bn // 8, triton.cdiv(D, 512))):
+            t = ms(lambda: [_empty_kernel[small](y, num_warps=4) for _ in slot_sets], graph=True) / ROT
+            say(f"   launch floor, empty kernel on a {small} grid: {t * 1e3:.1f} us")
+    pool_slices = [cs[i * Bn:(i + 1) * Bn] for i in range(ROT)]
+    t = ms(lambda: [conv_tri.conv_update(x, c, cw, cb, "silu", None, out=y) for c in pool_slices], graph=True) / ROT
+    say(f"   conv update without slot indirection (rows = slots): {t * 1e3:.1f} us")
 
     def full_step(ssu_cfg):
         def steps():
