@@ -234,6 +234,92 @@ def test_decode_step_replays_under_cuda_graph_like_eager():
     assert torch.equal(ssm_g, ssm_e)
 
 
+def _decode_chain(early, steps, Bn=64, D=5120, N=16, W=4, S=80, graph=False):
+    """`steps` Mamba decode steps (conv update, then SSM update) on the same slots, as the engine chains
+    them; returns every step's outputs and the final state pools."""
+    g = torch.Generator(device=DEV).manual_seed(6)
+    bf = torch.bfloat16
+    slots = torch.randperm(S, device=DEV, generator=g)[:Bn].to(torch.int32)
+    slots[3] = -1  # padded row
+    x_raw = [torch.randn(Bn, D, device=DEV, dtype=bf, generator=g) for _ in range(steps)]
+    dt = torch.randn(Bn, D, device=DEV, dtype=bf, generator=g)
+    Bm, Cm, z = (torch.randn(Bn, n, device=DEV, dtype=bf, generator=g) for n in (N, N, D))
+    cw, cb = torch.randn(D, W, device=DEV, dtype=bf, generator=g), torch.randn(D, device=DEV, dtype=bf, generator=g)
+    A = -torch.exp(torch.rand(D, N, device=DEV, generator=g))
+    Dv, dtb = torch.randn(D, device=DEV, generator=g), torch.randn(D, device=DEV, generator=g)
+    conv0 = torch.randn(S, D, W - 1, device=DEV, dtype=bf, generator=g)
+    ssm0 = torch.randn(S, D, N, device=DEV, generator=g)
+    conv_state, ssm_state = conv0.clone(), ssm0.clone()
+
+    def run():
+        ys = []
+        for xr in x_raw:
+            xc = conv_tri.causal_conv1d_update(xr, conv_state, cw, cb, "silu", slots, early_state_load=early)
+            ys.append(ssu_tri.selective_state_update(xc, dt, A, Bm, Cm, Dv, z, dtb, ssm_state, slots,
+                                                     early_state_load=early))
+        return ys
+
+    if not graph:
+        return run(), conv_state, ssm_state
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # compile outside the capture
+        run()
+    torch.cuda.current_stream().wait_stream(s)
+    cg = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(cg):
+        ys = run()
+    conv_state.copy_(conv0)
+    ssm_state.copy_(ssm0)
+    cg.replay()
+    torch.cuda.synchronize()
+    return ys, conv_state, ssm_state
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "cuda-graph"])
+def test_decode_chain_with_pdl_and_early_state_load_equals_plain_launches(graph, monkeypatch):
+    from sambay.ops.pdl import use_pdl
+
+    monkeypatch.setenv("SAMBAY_PDL", "1")
+    if not use_pdl(torch.empty(1, device=DEV)):
+        pytest.skip("programmatic dependent launch needs sm_90+ and a Triton with gdc_wait")
+    results = {}
+    for mode, env, early in (("plain", "0", False), ("pdl", "1", False), ("pdl+early", "1", True)):
+        monkeypatch.setenv("SAMBAY_PDL", env)
+        results[mode] = _decode_chain(early, steps=4, graph=graph)
+    ys0, conv0, ssm0 = results["plain"]
+    for mode in ("pdl", "pdl+early"):
+        ys, conv, ssm = results[mode]
+        assert all(torch.equal(a, b) for a, b in zip(ys, ys0)), mode
+        assert torch.equal(conv, conv0) and torch.equal(ssm, ssm0), mode
+
+
+def test_back_to_back_updates_of_one_state_under_pdl_see_each_others_writes(monkeypatch):
+    """Without early_state_load a PDL kernel reads nothing before the previous kernel has finished, so two
+    SSM updates in a row on the same slots (nothing in between) chain exactly like plain launches."""
+    from sambay.ops.pdl import use_pdl
+
+    monkeypatch.setenv("SAMBAY_PDL", "1")
+    if not use_pdl(torch.empty(1, device=DEV)):
+        pytest.skip("programmatic dependent launch needs sm_90+ and a Triton with gdc_wait")
+    torch.manual_seed(7)
+    Bn, D, N, S = 64, 5120, 16, 64
+    x, dt, z = (torch.randn(Bn, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+    Bm, Cm = (torch.randn(Bn, N, device=DEV, dtype=torch.bfloat16) for _ in range(2))
+    A = -torch.exp(torch.rand(D, N, device=DEV))
+    Dv, dtb = torch.randn(D, device=DEV), torch.randn(D, device=DEV)
+    slots = torch.randperm(S, device=DEV).to(torch.int32)
+    st0 = torch.randn(S, D, N, device=DEV)
+    out = {}
+    for env in ("0", "1"):
+        monkeypatch.setenv("SAMBAY_PDL", env)
+        st = st0.clone()
+        ys = [ssu_tri.selective_state_update(x, dt, A, Bm, Cm, Dv, z, dtb, st, slots) for _ in range(8)]
+        out[env] = (ys, st)
+    assert all(torch.equal(a, b) for a, b in zip(out["0"][0], out["1"][0]))
+    assert torch.equal(out["0"][1], out["1"][1])
+
+
 def test_scan_and_conv_compile_fullgraph_with_inductor_and_backward():
     torch.manual_seed(5)
     Bn, T, D, N = 2, 300, 256, 16
