@@ -165,22 +165,12 @@ case "${1:-}" in
     timeout 150 python -m torch.distributed.run --nproc_per_node 2 benchmarks/train_throughput.py --preset sambay \
       --depth 8 --micro-batch 4 --parallel fsdp --steps 10 --warmup 3 --seq-len 4096 --dtype bf16 --json 2>&1 \
       | grep -v '^USDT' | tee "$OUT/train-sambay-d8-2gpu.txt" | tail -24 ;;
-  pdl)  # #5: programmatic dependent launch of the Mamba decode kernels: their GPU tests, the decode section of
-    # kernels.py (plain / pdl / pdl+early in one process), the engine's graphed step with and without PDL
-    # (same process, bitwise-equal check), then the engine GPU tests (which now launch with PDL)
-    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/ops/test_mamba_ops_gpu.py \
-      -k "decode or back_to_back" 2>&1 | tail -3 | tee "$OUT/gpu-tests-pdl.txt"
-    timeout 150 python benchmarks/kernels.py --sweep --only decode --out "$OUT/kernels-decode.txt" 2>&1 | tail -30
-    timeout 200 python benchmarks/engine_pdl_ab.py --batch 1 16 64 --context 4096 2>&1 | grep -v Warning \
-      | tee "$OUT/engine-pdl-ab.txt"
-    timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/engine/test_engine_gpu.py 2>&1 | tail -3 \
-      | tee -a "$OUT/gpu-tests-pdl.txt" ;;
   # Every GPU-marked test takes two calls: on a cold H200 the whole suite ran past 560 s (2026-12-04).
   gpu_tests)  # every GPU-marked test except the Mamba-kernel file (the slowest ones listed)
     timeout 560 python -m pytest -q -m gpu -p no:cacheprovider --durations=10 \
       --ignore=tests/ops/test_mamba_ops_gpu.py tests 2>&1 | tail -28 | tee "$OUT/gpu-tests.txt" ;;
   gpu_tests_mamba)  # the Mamba-kernel GPU tests
     scan_gpu_tests ;;
-  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|scan_ab|scan_ncu|scan_train_ab|train_ab|train_rounds|conv_train_ab|ce_scan_train|proj_train_ab|corpus_train|h200_round|train_d8|decode|pdl|generate|multi_gpu|gpu_tests|gpu_tests_mamba" >&2
+  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|scan_ab|scan_ncu|scan_train_ab|train_ab|train_rounds|conv_train_ab|ce_scan_train|proj_train_ab|corpus_train|h200_round|train_d8|decode|generate|multi_gpu|gpu_tests|gpu_tests_mamba" >&2
      exit 2 ;;
 esac

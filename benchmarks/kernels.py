@@ -261,22 +261,7 @@ def _empty_kernel(ptr):
     pass
 
 
-# How the decode kernels launch (sambay.ops.pdl): plainly, with programmatic dependent launch (the kernel
-# starts while the previous one finishes and waits before its first load), or with PDL and the slot-indexed
-# state read before that wait (what the engine's Mamba step does).
-LAUNCH_MODES = {"plain": ("0", False), "pdl": ("1", False), "pdl+early": ("1", True)}
-
-
-def set_launch_mode(mode: str) -> bool:
-    """Selects `mode` for the following launches (and graph captures); returns its early_state_load flag."""
-    env, early = LAUNCH_MODES[mode]
-    os.environ["SAMBAY_PDL"] = env
-    return early
-
-
 def bench_decode(copy_bw, sweep):
-    from sambay.ops.pdl import use_pdl
-
     Bn, D, N, W = 64, 5120, 16, 4
     ROT = 8  # 8 disjoint slot sets: 8 x 42 MB of state, more than the 50 MB L2, so replays read HBM
     S = Bn * ROT
@@ -294,87 +279,79 @@ def bench_decode(copy_bw, sweep):
     st = torch.randn(S, D, N, device=DEV, generator=g)
     y = torch.empty_like(x)
     nbytes = 2 * Bn * D * N * 4 + 4 * Bn * D * 2 + 2 * Bn * N * 2 + D * N * 4 + 2 * D * 4
-    set_launch_mode("pdl")
     say(f"## decode step  batch={Bn} d_inner={D} N={N} (fp32 state, slot-indexed, CUDA-graph replay)")
     say(f"   ssm update minimal bytes {nbytes / 1e6:.1f} MB -> roofline {nbytes / copy_bw / 1e3:.1f} us; each graph "
         f"replays {ROT} steps on disjoint slot sets of a {st.numel() * 4 / 1e6:.0f} MB pool (no L2 reuse)")
-    modes = list(LAUNCH_MODES) if use_pdl(x) else ["plain"]
-    say(f"   launch modes: {', '.join(modes)} (programmatic dependent launch needs sm_90+; sambay.ops.pdl)")
+    cfgs = [(ssu_tri.BD_DEFAULT, ssu_tri.WARPS_DEFAULT)]
+    if sweep:
+        cfgs += [(16, 2), (32, 2), (32, 4), (64, 4), (128, 8), (256, 8)]
+    best, best_ssu = None, cfgs[0]
+    for bd, wp in cfgs:
+        def steps():
+            for sl in slot_sets:
+                ssu_tri.ssu(x, dt, A, Bm, Cm, Dv, z, dtb, st, sl, True, out=y, block_d=bd, num_warps=wp)
+
+        t = ms(steps, graph=True) / ROT
+        frac = nbytes / t / 1e6 / copy_bw
+        say(f"   ssm update BD={bd:3d} warps={wp}: {t * 1e3:.1f} us, {nbytes / t / 1e6:.0f} GB/s = {frac:.1%} of copy bw")
+        if best is None or frac > best:
+            best, best_ssu = frac, (bd, wp)
     cs = torch.randn(S, D, W - 1, device=DEV, dtype=BF, generator=g)
     cw = torch.randn(D, W, device=DEV, dtype=BF, generator=g)
     cb = torch.randn(D, device=DEV, dtype=BF, generator=g)
     cbytes = 2 * Bn * D * (W - 1) * 2 + 2 * Bn * D * 2 + D * W * 2 + D * 2
-    tb = nbytes + cbytes
 
-    def ssu_steps(bd, wp, early):
-        def steps():
-            for sl in slot_sets:
-                ssu_tri.ssu(x, dt, A, Bm, Cm, Dv, z, dtb, st, sl, True, out=y, block_d=bd, num_warps=wp,
-                            early_state_load=early)
-        return ms(steps, graph=True) / ROT
+    def conv_steps():
+        for sl in slot_sets:
+            conv_tri.conv_update(x, cs, cw, cb, "silu", sl, out=y)
 
-    def conv_steps(early):
-        def steps():
-            for sl in slot_sets:
-                conv_tri.conv_update(x, cs, cw, cb, "silu", sl, out=y, early_state_load=early)
-        return ms(steps, graph=True) / ROT
-
-    def full_steps(ssu_cfg, early):
-        def steps():
-            for sl in slot_sets:
-                xc = conv_tri.conv_update(x, cs, cw, cb, "silu", sl, early_state_load=early)
-                ssu_tri.ssu(xc, dt, A, Bm, Cm, Dv, z, dtb, st, sl, True, out=y, block_d=ssu_cfg[0],
-                            num_warps=ssu_cfg[1], early_state_load=early)
-        return ms(steps, graph=True) / ROT
-
-    def frac(nb, t):
-        return nb / t / 1e6 / copy_bw
-
-    default = (ssu_tri.BD_DEFAULT, ssu_tri.WARPS_DEFAULT)
-    best = {}  # mode -> (ssm update fraction, full step fraction)
-    for mode in modes:  # each kernel alone, then the two as one step, in every launch mode
-        early = set_launch_mode(mode)
-        t_ssu, t_conv, t_full = ssu_steps(*default, early), conv_steps(early), full_steps(default, early)
-        say(f"   [{mode:9s}] ssm update BD={default[0]} warps={default[1]}: {t_ssu * 1e3:.1f} us = "
-            f"{frac(nbytes, t_ssu):.1%}; conv update BD={conv_tri.UPD_BD} warps={conv_tri.UPD_WARPS}: "
-            f"{t_conv * 1e3:.1f} us ({cbytes / 1e6:.1f} MB, {frac(cbytes, t_conv):.1%}); "
-            f"full step (conv + ssm update): {t_full * 1e3:.1f} us, {tb / t_full / 1e6:.0f} GB/s = "
-            f"{frac(tb, t_full):.1%} of copy bw")
-        best[mode] = (frac(nbytes, t_ssu), frac(tb, t_full))
-    # Why the conv update is slow without overlap: what a launch of its grid costs with no work, and the
-    # update without the slot-index load in front of the state load (rows b of a disjoint slice of the pool)
-    set_launch_mode("plain")
+    conv_cfgs = [(conv_tri.UPD_BD, conv_tri.UPD_WARPS)]
+    if sweep:
+        conv_cfgs += [(256, 4), (512, 4), (512, 8), (1024, 8), (64, 2)]
+    best_conv = None
+    for bd, wp in conv_cfgs:
+        conv_tri.UPD_BD, conv_tri.UPD_WARPS = bd, wp
+        t = ms(conv_steps, graph=True) / ROT
+        say(f"   conv update BD={bd:4d} warps={wp}: {t * 1e3:.1f} us, {cbytes / t / 1e6:.0f} GB/s = "
+            f"{cbytes / t / 1e6 / copy_bw:.1%} of copy bw ({cbytes / 1e6:.1f} MB; strided (D, W-1) state rows)")
+        if best_conv is None or t < best_conv[0]:
+            best_conv = (t, bd, wp)
+    conv_tri.UPD_BD, conv_tri.UPD_WARPS = conv_cfgs[0]
+    # Why the conv update is slow: what a launch of its grid costs with no work, and the update without the
+    # slot-index load in front of the state load (rows b of a disjoint slice of the pool per step).
     grid = (Bn, triton.cdiv(D, conv_tri.UPD_BD))
     t = ms(lambda: [_empty_kernel[grid](y, num_warps=conv_tri.UPD_WARPS) for _ in slot_sets], graph=True) / ROT
-    say(f"   [plain    ] launch floor, empty kernel on the conv update's grid {grid}: {t * 1e3:.1f} us")
+    say(f"   launch floor, empty kernel on the conv update's grid {grid}: {t * 1e3:.1f} us")
+    if sweep:  # what fewer, larger programs could save at most (several rows per program: measured slower)
+        for small in ((Bn // 4, triton.cdiv(D, 256)), (Bn // 8, triton.cdiv(D, 512))):
+            t = ms(lambda: [_empty_kernel[small](y, num_warps=4) for _ in slot_sets], graph=True) / ROT
+            say(f"   launch floor, empty kernel on a {small} grid: {t * 1e3:.1f} us")
     pool_slices = [cs[i * Bn:(i + 1) * Bn] for i in range(ROT)]
     t = ms(lambda: [conv_tri.conv_update(x, c, cw, cb, "silu", None, out=y) for c in pool_slices], graph=True) / ROT
-    say(f"   [plain    ] conv update without slot indirection (rows = slots): {t * 1e3:.1f} us")
-    if sweep:  # block sizes, in the last (engine's) launch mode
-        mode = modes[-1]
-        early = set_launch_mode(mode)
-        say(f"   sweep [{mode}]:")
-        best_ssu, best_t = default, None
-        for bd, wp in [(16, 2), (32, 2), (32, 4), (64, 4), (128, 8), (256, 8)]:
-            t = ssu_steps(bd, wp, early)
-            say(f"   ssm update BD={bd:3d} warps={wp}: {t * 1e3:.1f} us, {nbytes / t / 1e6:.0f} GB/s = "
-                f"{frac(nbytes, t):.1%} of copy bw")
-            if best_t is None or t < best_t:
-                best_t, best_ssu = t, (bd, wp)
-        conv_default, best_conv = (conv_tri.UPD_BD, conv_tri.UPD_WARPS), None
-        for bd, wp in [(256, 4), (512, 4), (512, 8), (1024, 8), (64, 2)]:
-            conv_tri.UPD_BD, conv_tri.UPD_WARPS = bd, wp
-            t = conv_steps(early)
-            say(f"   conv update BD={bd:4d} warps={wp}: {t * 1e3:.1f} us = {frac(cbytes, t):.1%} of copy bw")
-            if best_conv is None or t < best_conv[0]:
-                best_conv = (t, bd, wp)
+    say(f"   conv update without slot indirection (rows = slots): {t * 1e3:.1f} us")
+
+    def full_step(ssu_cfg):
+        def steps():
+            for sl in slot_sets:
+                xc = conv_tri.conv_update(x, cs, cw, cb, "silu", sl)
+                ssu_tri.ssu(xc, dt, A, Bm, Cm, Dv, z, dtb, st, sl, True, out=y, block_d=ssu_cfg[0],
+                            num_warps=ssu_cfg[1])
+        return ms(steps, graph=True) / ROT
+
+    tb = nbytes + cbytes
+    t = full_step(cfgs[0])
+    full = tb / t / 1e6 / copy_bw
+    say(f"   full decode step (conv update + ssm update): {t * 1e3:.1f} us, {tb / t / 1e6:.0f} GB/s = "
+        f"{full:.1%} of copy bw")
+    if sweep:  # the fastest conv and SSM configurations together
         conv_tri.UPD_BD, conv_tri.UPD_WARPS = best_conv[1:]
-        t = full_steps(best_ssu, early)
-        conv_tri.UPD_BD, conv_tri.UPD_WARPS = conv_default
-        say(f"   full step, conv BD={best_conv[1]} warps={best_conv[2]} + ssm BD={best_ssu[0]} warps={best_ssu[1]}: "
-            f"{t * 1e3:.1f} us = {frac(tb, t):.1%} of copy bw")
-    os.environ.pop("SAMBAY_PDL", None)
-    return best
+        t = full_step(best_ssu)
+        conv_tri.UPD_BD, conv_tri.UPD_WARPS = conv_cfgs[0]
+        frac = tb / t / 1e6 / copy_bw
+        full = max(full, frac)
+        say(f"   full decode step, conv BD={best_conv[1]} warps={best_conv[2]} + ssm BD={best_ssu[0]} "
+            f"warps={best_ssu[1]}: {t * 1e3:.1f} us, {tb / t / 1e6:.0f} GB/s = {frac:.1%} of copy bw")
+    return best, full
 
 
 def main():
@@ -402,9 +379,8 @@ def main():
         say(f"result:  scan fwd {scan_bytes(8, 4096, 4096, 16)[0] / t_inf / 1e6 / copy_bw:.1%}; "
             f"fwd+bwd {t_fb / t_inf:.2f}x")
     if "decode" in results:
-        for mode, (ssu, full) in results["decode"].items():
-            say(f"result:  [{mode}] ssm update {ssu:.1%}, full decode step (conv update + ssm update) {full:.1%} "
-                "(default block sizes)")
+        ssu, full = results["decode"]
+        say(f"result:  ssm update {ssu:.1%}, full decode step (conv update + ssm update) {full:.1%} (best cfgs)")
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(out_lines) + "\n")

@@ -100,12 +100,11 @@ def mamba_prefill(mixer: Mamba, h: torch.Tensor, batch: PrefillBatch, state: dic
 def mamba_step(mixer: Mamba, h: torch.Tensor, slots: torch.Tensor, state: dict[str, torch.Tensor]):
     """h (B, 1, d) -> (out (B, 1, d), memory (B, 1, E) or None); updates the slots' state in place."""
     x, z = mixer.in_proj(h[:, 0]).chunk(2, dim=-1)
-    # early_state_load: the kernels before the two updates (in_proj; x_proj, dt_proj, A) never write the state
     x = causal_conv1d_update(x, state["conv_state"], mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias,
-                             "silu", slots, early_state_load=True)
+                             "silu", slots)
     dt, B, C, A = mixer.ssm_inputs(x)
     y = selective_state_update(x, dt, A, B, C, mixer.D, None if mixer.writes_memory else z, mixer.dt_proj.bias,
-                               state["ssm_state"], slots, early_state_load=True)
+                               state["ssm_state"], slots)
     if mixer.writes_memory:
         return mixer.out_proj(swiglu(z, y))[:, None], y[:, None]
     return mixer.out_proj(y)[:, None], None

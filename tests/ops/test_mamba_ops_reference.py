@@ -150,12 +150,3 @@ def test_reference_ops_env_forces_the_reference_for_the_named_ops_only(monkeypat
     assert not use_triton("selective_scan", t)
     assert not use_triton("causal_conv1d_update", t)
     assert use_triton("causal_conv1d", t)
-
-
-def test_programmatic_dependent_launch_is_off_on_cpu_and_when_disabled(monkeypatch):
-    from sambay.ops.pdl import use_pdl
-
-    monkeypatch.setenv("SAMBAY_PDL", "1")
-    assert not use_pdl(torch.zeros(1))  # CPU tensors (and the interpreter) never launch with PDL
-    monkeypatch.setenv("SAMBAY_PDL", "0")
-    assert not use_pdl(torch.zeros(1))

@@ -49,7 +49,6 @@ def causal_conv1d_update(
     bias: torch.Tensor | None = None,
     activation: str | None = "silu",
     slot_idx: torch.Tensor | None = None,
-    early_state_load: bool = False,
 ) -> torch.Tensor:
     """One decode step: out = act(bias + weight . [state, x]) and the state shifts in x, in place.
 
@@ -59,19 +58,15 @@ def causal_conv1d_update(
         weight: (D, W); bias: (D,) or None; activation: "silu" or None.
         slot_idx: (B,) int slots (None: row b uses slot b); negative = padded row (state untouched,
             output 0). The Triton path has no host syncs and fixed shapes (CUDA-graph safe).
-        early_state_load: on sm_90+ the kernel launches before the previous kernel on the stream has
-            finished (`sambay.ops.pdl`); True lets it read slot_idx and conv_state during that overlap.
-            Pass True only when the previous kernel writes neither (e.g. it is the in_proj GEMM that
-            produced x); the result is then the same. The reference ignores it.
 
     Returns:
         out (B, D) in x's dtype.
     """
     if use_triton("causal_conv1d_update", x, conv_state, weight, bias, slot_idx):
-        from .triton import causal_conv1d_update
-
-        return causal_conv1d_update(x, conv_state, weight, bias, activation, slot_idx, early_state_load)
-    return reference.causal_conv1d_update(x, conv_state, weight, bias, activation, slot_idx)
+        from .triton import causal_conv1d_update as impl
+    else:
+        impl = reference.causal_conv1d_update
+    return impl(x, conv_state, weight, bias, activation, slot_idx)
 
 
 __all__ = ["causal_conv1d", "causal_conv1d_update"]

@@ -22,7 +22,6 @@ import triton
 import triton.language as tl
 
 from sambay.ops import triton_math as tm
-from sambay.ops.pdl import _wait_for_previous_kernel, launch_options, use_pdl
 
 FWD_BT, FWD_BD, FWD_WARPS = 64, 64, 4  # forward, and the backward's elementwise dpre kernel
 # backward dx / d weight kernel: BWD_TILES tiles of BWD_BT x BWD_BD per program, so the cross-thread sums of
@@ -223,13 +222,11 @@ def _conv_update_kernel(
     x_ptr, state_ptr, w_ptr, b_ptr, slot_ptr, out_ptr,
     DIM, s_x_b, s_st_s, s_st_d, s_st_w, s_o_b,
     W: tl.constexpr, WP: tl.constexpr, BD: tl.constexpr, ACT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_SLOT: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_SLOT: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     d = tl.program_id(1) * BD + tl.arange(0, BD)
     dmask = d < DIM
-    if PDL and not EARLY:
-        _wait_for_previous_kernel()
     if HAS_SLOT:
         slot = tl.load(slot_ptr + pid_b).to(tl.int64)
     else:
@@ -242,8 +239,6 @@ def _conv_update_kernel(
     m = dmask[:, None] & jmask[None, :] & live
     cur = tl.load(base + j[None, :] * s_st_w, mask=m, other=0.0).to(tl.float32)
     nxt = tl.load(base + (j[None, :] + 1) * s_st_w, mask=m & (j[None, :] + 1 < W - 1), other=0.0)
-    if PDL and EARLY:  # slot and state read above, while the previous kernel finishes; x may be its output
-        _wait_for_previous_kernel()
     x = tl.load(x_ptr + pid_b.to(tl.int64) * s_x_b + d, mask=dmask, other=0.0)
     w_hist = tl.load(w_ptr + d[:, None] * W + j[None, :], mask=dmask[:, None] & jmask[None, :], other=0.0).to(tl.float32)
     w_last = tl.load(w_ptr + d * W + (W - 1), mask=dmask, other=0.0).to(tl.float32)
@@ -367,10 +362,8 @@ def conv_bwd(dout, x, weight, bias, activation, initial_state, seq_idx, dfinal, 
     return dx, dw, db, dinit
 
 
-def conv_update(x, conv_state, weight, bias, activation, slot_idx, out=None, early_state_load=False):
-    """One decode step; conv_state (S, D, W-1) is updated in place. Returns out (B, D). With PDL,
-    `early_state_load` reads slot_idx and the state before the previous kernel has finished (`sambay.ops.pdl`)."""
-    pdl = use_pdl(x)
+def conv_update(x, conv_state, weight, bias, activation, slot_idx, out=None):
+    """One decode step; conv_state (S, D, W-1) is updated in place. Returns out (B, D)."""
     batch, dim = x.shape
     width = weight.shape[1]
     x = _unit_last(x)
@@ -382,8 +375,7 @@ def conv_update(x, conv_state, weight, bias, activation, slot_idx, out=None, ear
         weight if slot_idx is None else slot_idx, y,
         dim, x.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), y.stride(0),
         W=width, WP=triton.next_power_of_2(max(width - 1, 1)), BD=UPD_BD, ACT=_act_code(activation),
-        HAS_BIAS=bias is not None, HAS_SLOT=slot_idx is not None, PDL=pdl, EARLY=early_state_load,
-        num_warps=UPD_WARPS, **launch_options(pdl),
+        HAS_BIAS=bias is not None, HAS_SLOT=slot_idx is not None, num_warps=UPD_WARPS,
     )
     return y
 
@@ -478,19 +470,17 @@ def causal_conv1d(x, weight, bias=None, activation="silu", initial_state=None, s
 @torch.library.custom_op("sambay::causal_conv1d_update", mutates_args=("conv_state",))
 def _conv_update_op(
     x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-    activation: str, slot_idx: torch.Tensor | None, early_state_load: bool,
+    activation: str, slot_idx: torch.Tensor | None,
 ) -> torch.Tensor:
-    return conv_update(x, conv_state, weight, bias, None if activation == "none" else activation, slot_idx,
-                       early_state_load=early_state_load)
+    return conv_update(x, conv_state, weight, bias, None if activation == "none" else activation, slot_idx)
 
 
 @_conv_update_op.register_fake
-def _conv_update_fake(x, conv_state, weight, bias, activation, slot_idx, early_state_load):
+def _conv_update_fake(x, conv_state, weight, bias, activation, slot_idx):
     return torch.empty_like(x)
 
 
-def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu", slot_idx=None,
-                         early_state_load=False):
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation="silu", slot_idx=None):
     """Triton decode step; same contract as `reference.causal_conv1d_update` (no grad)."""
     act = "none" if activation in (None, "identity", "none") else activation
-    return _conv_update_op(x, conv_state, weight, bias, act, slot_idx, early_state_load)
+    return _conv_update_op(x, conv_state, weight, bias, act, slot_idx)

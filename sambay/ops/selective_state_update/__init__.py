@@ -28,7 +28,6 @@ def selective_state_update(
     ssm_state: torch.Tensor,
     slot_idx: torch.Tensor | None = None,
     dt_softplus: bool = True,
-    early_state_load: bool = False,
 ) -> torch.Tensor:
     """h = exp(dt A) h + dt B x in place at ssm_state[slot_idx[b]]; returns y = (C.h + D x) * silu(z).
 
@@ -38,20 +37,15 @@ def selective_state_update(
         ssm_state: (S, D, N) fp32 state pool, unit stride along N.
         slot_idx: (B,) int32/int64 slots (None: row b uses slot b); negative = padded row (state untouched,
             y = 0). Slots must be distinct.
-        early_state_load: on sm_90+ the kernel launches before the previous kernel on the stream has
-            finished (`sambay.ops.pdl`); True lets it read slot_idx and ssm_state during that overlap.
-            Pass True only when the previous kernel writes neither (in a Mamba step it computes dt, B, C
-            or A); the result is then the same. The reference ignores it.
 
     Returns:
         y (B, D) in x's dtype.
     """
     if use_triton("selective_state_update", x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx):
-        from .triton import selective_state_update
-
-        return selective_state_update(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus,
-                                      early_state_load)
-    return reference.selective_state_update(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus)
+        from .triton import selective_state_update as impl
+    else:
+        impl = reference.selective_state_update
+    return impl(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus)
 
 
 __all__ = ["selective_state_update"]

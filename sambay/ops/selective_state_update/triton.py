@@ -16,8 +16,6 @@ import torch
 import triton
 import triton.language as tl
 
-from sambay.ops.pdl import _wait_for_previous_kernel, launch_options, use_pdl
-
 BD_DEFAULT, WARPS_DEFAULT = 128, 4  # fastest of the H100 sweep (benchmarks/results)
 
 
@@ -39,7 +37,7 @@ def _ssu_kernel(
     s_x_b, s_dt_b, s_B_b, s_C_b, s_z_b, s_y_b, s_st_s, s_st_d,
     BD: tl.constexpr, NP: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr, HAS_SLOT: tl.constexpr,
-    SOFTPLUS: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
     pid_b64 = pid_b.to(tl.int64)
@@ -47,8 +45,6 @@ def _ssu_kernel(
     dmask = d < DIM
     n = tl.arange(0, NP)
     nmask = n < NSTATE
-    if PDL and not EARLY:
-        _wait_for_previous_kernel()
     if HAS_SLOT:
         slot = tl.load(slot_ptr + pid_b).to(tl.int64)
     else:
@@ -58,8 +54,6 @@ def _ssu_kernel(
     m = dmask[:, None] & nmask[None, :]
     sptr = state_ptr + slot * s_st_s + d[:, None] * s_st_d + n[None, :]
     h = tl.load(sptr, mask=m & live, other=0.0).to(tl.float32)
-    if PDL and EARLY:  # slot and state read above, while the previous kernel finishes (it may write A, dt, ...)
-        _wait_for_previous_kernel()
     x = tl.load(x_ptr + pid_b64 * s_x_b + d, mask=dmask, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + pid_b64 * s_dt_b + d, mask=dmask, other=0.0).to(tl.float32)
     if HAS_DTB:
@@ -85,11 +79,8 @@ def _unit_last(x):
     return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
 
-def ssu(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus=True, out=None, block_d=None, num_warps=None,
-        early_state_load=False):
-    """Launch the decode kernel; `ssm_state` (S, D, N) must have unit stride along N. Returns y (B, D). With PDL,
-    `early_state_load` reads slot_idx and the state before the previous kernel has finished (`sambay.ops.pdl`)."""
-    pdl = use_pdl(x)
+def ssu(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus=True, out=None, block_d=None, num_warps=None):
+    """Launch the decode kernel; `ssm_state` (S, D, N) must have unit stride along N. Returns y (B, D)."""
     x, dt, B, C, z = (_unit_last(t) for t in (x, dt, B, C, z))
     assert ssm_state.stride(-1) == 1, "ssm_state needs unit stride along N"
     batch, dim = x.shape
@@ -106,8 +97,7 @@ def ssu(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus=True, ou
         ssm_state.stride(0), ssm_state.stride(1),
         BD=bd, NP=triton.next_power_of_2(nstate),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, HAS_SLOT=slot_idx is not None,
-        SOFTPLUS=dt_softplus, PDL=pdl, EARLY=early_state_load, num_warps=num_warps or WARPS_DEFAULT,
-        **launch_options(pdl),
+        SOFTPLUS=dt_softplus, num_warps=num_warps or WARPS_DEFAULT,
     )
     return y
 
@@ -116,17 +106,16 @@ def ssu(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus=True, ou
 def _ssu_op(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: torch.Tensor | None, z: torch.Tensor | None, dt_bias: torch.Tensor | None, ssm_state: torch.Tensor,
-    slot_idx: torch.Tensor | None, dt_softplus: bool, early_state_load: bool,
+    slot_idx: torch.Tensor | None, dt_softplus: bool,
 ) -> torch.Tensor:
-    return ssu(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus, early_state_load=early_state_load)
+    return ssu(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus)
 
 
 @_ssu_op.register_fake
-def _ssu_fake(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus, early_state_load):
+def _ssu_fake(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus):
     return torch.empty_like(x)
 
 
-def selective_state_update(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx=None, dt_softplus=True,
-                           early_state_load=False):
+def selective_state_update(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx=None, dt_softplus=True):
     """Triton decode step; same contract as `reference.selective_state_update` (no grad)."""
-    return _ssu_op(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus, early_state_load)
+    return _ssu_op(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus)
