@@ -165,12 +165,18 @@ case "${1:-}" in
     timeout 150 python -m torch.distributed.run --nproc_per_node 2 benchmarks/train_throughput.py --preset sambay \
       --depth 8 --micro-batch 4 --parallel fsdp --steps 10 --warmup 3 --seq-len 4096 --dtype bf16 --json 2>&1 \
       | grep -v '^USDT' | tee "$OUT/train-sambay-d8-2gpu.txt" | tail -24 ;;
+  decode_compile)  # #5: the inductor-compiled decode step: its GPU tests, then eager vs compiled at batch 1, 16, 64
+    timeout 200 python -m pytest -v -m gpu -p no:cacheprovider tests/engine/test_cuda_graphs.py \
+      tests/ops/test_attention_gpu.py -k compile 2>&1 | grep -E "PASSED|FAILED|ERROR|passed|failed" \
+      | tee "$OUT/gpu-tests-compile.txt"
+    timeout 330 python benchmarks/decode_overhead.py --batch 1 16 64 --context 4096 --top 10 2>&1 \
+      | grep -v -i warn | tee "$OUT/decode-overhead.txt" | grep -E "^##|^eager|^graphed|^compiled|^logits" ;;
   # Every GPU-marked test takes two calls: on a cold H200 the whole suite ran past 560 s (2026-12-04).
   gpu_tests)  # every GPU-marked test except the Mamba-kernel file (the slowest ones listed)
     timeout 560 python -m pytest -q -m gpu -p no:cacheprovider --durations=10 \
       --ignore=tests/ops/test_mamba_ops_gpu.py tests 2>&1 | tail -28 | tee "$OUT/gpu-tests.txt" ;;
   gpu_tests_mamba)  # the Mamba-kernel GPU tests
     scan_gpu_tests ;;
-  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|scan_ab|scan_ncu|scan_train_ab|train_ab|train_rounds|conv_train_ab|ce_scan_train|proj_train_ab|corpus_train|h200_round|train_d8|decode|generate|multi_gpu|gpu_tests|gpu_tests_mamba" >&2
+  *) echo "usage: gpu_session.sh kernels_train|scan_train|scan_bwd|scan_ab|scan_ncu|scan_train_ab|train_ab|train_rounds|conv_train_ab|ce_scan_train|proj_train_ab|corpus_train|h200_round|train_d8|decode|decode_compile|generate|multi_gpu|gpu_tests|gpu_tests_mamba" >&2
      exit 2 ;;
 esac

@@ -47,6 +47,7 @@ class ModelReport:
     decode_tokens_per_s: float = 0.0
     peak_memory_gb: float = 0.0
     cuda_graphs: bool = False
+    compiled: bool = False
     long_prompt_len: int = 0  # one prompt of this many tokens, prefilled alone (0: not measured)
     long_prefill_s: float = 0.0
 
@@ -132,7 +133,7 @@ def _timer(device: torch.device):
 def bench_model(name: str, config: ModelConfig, *, batch: int | None, prompt_len: int, gen_len: int,
                 points: int, steps: int, dtype: torch.dtype, device: torch.device, bandwidth: float,
                 prefill_tokens: int = 8192, chunk_size: int = 4096, seed: int = 0,
-                long_prompt_len: int = 0) -> ModelReport:
+                long_prompt_len: int = 0, compile: bool = False) -> ModelReport:
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -177,8 +178,8 @@ def bench_model(name: str, config: ModelConfig, *, batch: int | None, prompt_len
     if device.type == "cuda":
         from sambay.engine.cuda_graphs import GraphedDecoder
 
-        step = GraphedDecoder(model, state, buckets=(batch,)).step
-        report.cuda_graphs = True
+        step = GraphedDecoder(model, state, buckets=(batch,), compile=compile).step
+        report.cuda_graphs, report.compiled = True, compile
     else:
         def step(tok, sl):
             return decode_step(model, state, tok, sl)
@@ -222,7 +223,7 @@ def format_report(reports: list[ModelReport], bandwidth: float) -> str:
         lines.append(f"measured copy bandwidth: {bandwidth / 1e12:.2f} TB/s")
     for r in reports:
         lines.append(f"\n{r.name}: {r.parameters / 1e6:,.1f}M params, batch {r.batch}, prompt {r.prompt_len}, "
-                     f"generation {r.gen_len}, cuda graphs {r.cuda_graphs}")
+                     f"generation {r.gen_len}, cuda graphs {r.cuda_graphs}, compiled {r.compiled}")
         lines.append(f"  prefill: {r.prefill_s:.3f} s for {r.batch} x {r.prompt_len} tokens "
                      f"({r.batch * r.prompt_len / r.prefill_s:,.0f} tokens/s)")
         if r.long_prompt_len:

@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
     g.add_argument("--tiny", action="store_true", help="tiny versions of the presets (CPU smoke runs)")
     g.add_argument("--hf-new-tokens", type=int, default=256, help="tokens generated in the HF comparison")
     g.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    g.add_argument("--compile", action="store_true",
+                   help="time the decode step compiled by inductor (CUDA graphs; sambay.engine.cuda_graphs)")
     g.set_defaults(func=run_generate)
 
 
@@ -64,6 +66,8 @@ def run_generate(args) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda but no CUDA device is available")
+    if args.compile and device.type != "cuda":
+        raise CLIError("--compile times the compiled CUDA-graph decode step; it needs a CUDA device")
     if device.type == "cpu" and args.batch is None:
         args.batch = 2  # --fill measures GPU memory
     dtype = getattr(torch, DTYPES[args.dtype])
@@ -81,7 +85,7 @@ def run_generate(args) -> int:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         reports.append(bench.bench_model(name, cfg, batch=args.batch, prompt_len=args.prompt_len,
                                          gen_len=args.gen_len, points=args.points, steps=args.steps, dtype=dtype,
-                                         device=device, bandwidth=bandwidth,
+                                         device=device, bandwidth=bandwidth, compile=args.compile,
                                          long_prompt_len=min(args.long_prompt, 64) if args.tiny else args.long_prompt))
     print(bench.format_report(reports, bandwidth))
     hf = None

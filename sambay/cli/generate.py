@@ -49,6 +49,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--chunk-size", type=int, default=512, help="prefill chunk length (default 512)")
     p.add_argument("--stats", action="store_true", help="print timings to stderr at the end")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the CUDA-graph decode step with inductor (CUDA only; faster steps after ~35 s of compiling)")
     p.set_defaults(func=run)
 
 
@@ -148,6 +150,8 @@ def run(args) -> int:
     from sambay.engine import ByteTokenizer, Generator
 
     params = _sampling(args)
+    if args.compile and not args.device.startswith("cuda"):
+        raise CLIError(f"--compile compiles the CUDA-graph decode step; it needs --device cuda (got {args.device})")
     if args.tokenizer is not None and not Path(args.tokenizer).expanduser().exists():
         raise CLIError(f"--tokenizer {args.tokenizer}: no such file or folder")
     model, tokenizer = _model(args)
@@ -161,7 +165,7 @@ def run(args) -> int:
     prompt = _chat_prompt(args, tokenizer) if args.chat is not None else args.prompt
     if not prompt:
         raise CLIError("--prompt is empty")
-    generator = Generator(model, tokenizer, max_batch=1, chunk_size=args.chunk_size)
+    generator = Generator(model, tokenizer, max_batch=1, chunk_size=args.chunk_size, compile=args.compile)
     try:
         stream = generator.stream(prompt, params)
         last = None

@@ -92,10 +92,13 @@ class Generator:
         chunk_size: prompts longer than this are prefilled in chunks (None: in one go).
         cuda_graphs: replay decode steps as CUDA graphs (`GraphedDecoder`); default: when the model is on a
             CUDA device. Same tokens as eager decode, far fewer kernel-launch gaps.
+        compile: capture the decode step compiled by inductor (needs CUDA graphs): phi4-mini-flash on an
+            H200 at context 4096 steps in 3.5 instead of 5.3 ms at batch 1 and 6.5 instead of 8.7 ms at
+            batch 64, for about 35 s of compilation at the first step and again at the first batch > 1.
     """
 
     def __init__(self, model: CausalLM, tokenizer=None, *, max_batch: int = 16, chunk_size: int | None = 512,
-                 cuda_graphs: bool | None = None):
+                 cuda_graphs: bool | None = None, compile: bool = False):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 (got {max_batch})")
         self.model = model.eval()
@@ -107,6 +110,9 @@ class Generator:
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")
+        if compile and not self.cuda_graphs:
+            raise ValueError("compile=True compiles the CUDA-graph decode step: it needs cuda_graphs and a CUDA device")
+        self.compile = compile
         self.state: InferenceState | None = None
         self._decoder = None  # GraphedDecoder over self.state (it holds one scratch slot)
         eos = set(self.codec.eos_token_ids if self.codec else ())
@@ -179,7 +185,7 @@ class Generator:
         if (s is None or s.max_len < need_len or s.max_batch - scratch < need_batch
                 or s.free_slots != s.max_batch - scratch):
             s = self.state = InferenceState(self.config, need_batch + scratch, need_len, self.dtype, self.device)
-            self._decoder = GraphedDecoder(self.model, s) if self.cuda_graphs else None
+            self._decoder = GraphedDecoder(self.model, s, compile=self.compile) if self.cuda_graphs else None
         return s, Sampler(s.max_batch, self.config.vocab_size, self.device)
 
     def _decode(self, state: InferenceState, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,8 @@ def test_bench_rejects_bad_arguments(capsys):
     assert main(["bench", "generate", "--tiny", "--gen-len", "0"]) == 2
     assert "--gen-len must be >= 1" in capsys.readouterr().err
     assert main(["bench", "generate", "--tiny", "--baseline", "gpt5"]) == 2
+    assert main(["bench", "generate", "--tiny", "--device", "cpu", "--compile"]) == 2
+    assert "--compile times the compiled CUDA-graph decode step" in capsys.readouterr().err
 
 
 def test_integrated_decode_time_is_exact_for_linear_step_times():

@@ -36,6 +36,7 @@ def test_generate_greedy_with_depth_and_chunking(capsys):
     (["--model", "tiny:sambay", "--prompt", "x", "--depth", "6"], "divisible by 4"),
     (["--model", "tiny:sambay", "--prompt", ""], "--prompt is empty"),
     (["--model", "tiny:sambay", "--prompt", "x", "--tokenizer", "/no/such/tok"], "no such file"),
+    (["--model", "tiny:sambay", "--prompt", "x", "--compile"], "--compile compiles the CUDA-graph decode step"),
 ])
 def test_bad_arguments_give_one_line_and_exit_code_2(capsys, argv, message):
     code, out, err = _run(capsys, *argv)

@@ -136,6 +136,11 @@ def test_bad_prompts_are_rejected_with_clear_errors():
         gen.generate([[1]], [GREEDY, GREEDY])
 
 
+def test_compile_without_cuda_graphs_is_rejected():
+    with pytest.raises(ValueError, match="compile=True compiles the CUDA-graph decode step"):
+        Generator(make_model("sambay"), compile=True)
+
+
 def test_an_abandoned_stream_gives_its_slots_back():
     gen = Generator(make_model("sambay"), max_batch=2)
     stream = gen.stream(_prompts([3, 4]), GREEDY)

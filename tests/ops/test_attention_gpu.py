@@ -120,6 +120,31 @@ def test_decode_cuda_graph_replay_follows_lengths_and_slots():
         assert rel(out, _ref_chunked(q, kc, vc, lens, slots)) < 1e-2
 
 
+@pytest.mark.parametrize("diff", [False, True], ids=["plain", "diff"])
+def test_decode_attention_compiles_with_inductor_and_matches_eager(diff):
+    # Inductor once re-generated this kernel from its source with the scale as an fp64 scalar, which failed
+    # to compile; as a registered op it is called as is.
+    from sambay.ops.attention.decode import decode_attention, decode_diff_attention
+
+    torch.manual_seed(4)
+    S, G, N, H, hs, B = 10, 4, 2048, 8, 64, 6
+    kc = torch.randn(S, G, N, hs, device=DEV, dtype=BF)
+    vc = torch.randn(S, G, N, hs, device=DEV, dtype=BF)
+    q = torch.randn(B, H, hs, device=DEV, dtype=BF)
+    lens = torch.randint(1, N + 1, (B,), device=DEV, dtype=torch.int32)
+    slots = torch.randperm(S, device=DEV)[:B].to(torch.int32)
+    slots[2] = -1
+
+    def f(q, lens, slots):
+        if diff:
+            return torch.cat(decode_diff_attention(q, kc, vc, lens, slots), dim=1) * 2.0
+        return decode_attention(q, kc, vc, lens, slots) * 2.0
+
+    torch._dynamo.reset()
+    out = torch.compile(f, fullgraph=False)(q, lens, slots)
+    assert torch.equal(out, f(q, lens, slots))
+
+
 def _docs(B, T):
     doc = torch.zeros(B, T, dtype=torch.int32, device=DEV)
     cuts = [[300, 1100, 1101, 1900], [777]]

@@ -235,18 +235,31 @@ def _check(q, k_cache, v_cache, cache_lens, slot_idx):
 
 
 def _launch(q, k_cache, v_cache, cache_lens, slot_idx, scale, diff, n_splits, block_n, num_warps, num_stages):
-    """Run the split kernel (+ merge) -> (B, H, dv) plain, or (B, H, 2·dv) = [o1 rows; o2 rows] for DIFF."""
+    """Resolve the defaults, then run the registered op: (B, H, dv) plain, or (B, H, 2·dv) = [o1 rows; o2 rows]
+    for DIFF."""
+    hs = q.shape[-1]
+    groups = k_cache.shape[1] // 2 if diff else k_cache.shape[1]  # programs along axis 1: KV heads or pairs
+    return _decode_op(
+        q, k_cache, v_cache, cache_lens, slot_idx, hs ** -0.5 if scale is None else float(scale), diff,
+        default_splits(q.shape[0], groups, k_cache.shape[2], q.device) if n_splits is None else n_splits,
+        BLOCK_N_DEFAULT if block_n is None else block_n, NUM_WARPS_DEFAULT if num_warps is None else num_warps,
+        NUM_STAGES_DEFAULT if num_stages is None else num_stages,
+    )
+
+
+# A custom op, so that torch.compile calls the kernels as they are instead of re-generating them (inductor's
+# copy of this kernel received the float scale as fp64, which broke the fp32 softmax loop; H200, 2026-12-04).
+@torch.library.custom_op("sambay::decode_attention", mutates_args=())
+def _decode_op(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
+    slot_idx: torch.Tensor | None, scale: float, diff: bool, n_splits: int, block_n: int, num_warps: int,
+    num_stages: int,
+) -> torch.Tensor:
     batch, n_head, hs = q.shape
-    n_kv, n_max, dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[-1]
-    groups = n_kv // 2 if diff else n_kv  # programs along axis 1: KV heads, or KV head pairs
+    n_kv, dv = k_cache.shape[1], v_cache.shape[-1]
+    groups = n_kv // 2 if diff else n_kv
     hpg = n_head // n_kv  # plain: query heads per KV head; DIFF: differential heads per KV pair
     dvt = 2 * dv if diff else dv
-    scale = hs ** -0.5 if scale is None else float(scale)
-    if n_splits is None:
-        n_splits = default_splits(batch, groups, n_max, q.device)
-    block_n = BLOCK_N_DEFAULT if block_n is None else block_n
-    num_warps = NUM_WARPS_DEFAULT if num_warps is None else num_warps
-    num_stages = NUM_STAGES_DEFAULT if num_stages is None else num_stages
     dot_f32 = q.dtype == torch.float32 or triton_interpreting()
 
     out = _empty(batch, n_head, dvt, device=q.device, dtype=q.dtype)
@@ -275,6 +288,12 @@ def _launch(q, k_cache, v_cache, cache_lens, slot_idx, scale, diff, n_splits, bl
             num_warps=1 if dvt <= 128 else 2,
         )
     return out
+
+
+@_decode_op.register_fake
+def _decode_fake(q, k_cache, v_cache, cache_lens, slot_idx, scale, diff, n_splits, block_n, num_warps, num_stages):
+    dv = v_cache.shape[-1]
+    return q.new_empty(q.shape[0], q.shape[1], 2 * dv if diff else dv)
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
