@@ -1,13 +1,16 @@
 """Plot a `sambay bench generate --json` result: decode throughput and per-step latency vs generation length.
 
-    python benchmarks/plot_generate.py benchmarks/results/generate-h100-2026-11-23.json [--out plot.png]
+    python benchmarks/plot_generate.py benchmarks/results/generate-h100.json [--out plot.png]
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from sambay.bench.generate import integrate_steps
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sambay.bench.generate import integrate_steps  # noqa: E402
 
 
 def main() -> None:

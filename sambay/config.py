@@ -1,7 +1,8 @@
 """`ModelConfig`: every architecture of the SambaY family as plain, serialisable data.
 
 Presets are named functions of the depth (`ModelConfig.from_preset("sambay", depth=16)`); nothing is ever
-parsed out of a name. The layer plan is stored in the config as a list of kinds (see `sambay.plan`).
+parsed out of a name. The layer plan is stored in the config as a list of kind strings (see `sambay.plan`);
+`config.layers` gives the parsed entries (mixer + role).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class ModelConfig:
     d_conv: int = 4
     mamba_expand: int = 2
     dt_rank: int | None = None  # None -> ceil(d_model / 16)
+    ssm_head_dim: int = 64  # Mamba-2: channels per head (heads = d_inner / ssm_head_dim)
+    ssm_groups: int = 1  # Mamba-2: groups of heads sharing B and C
     gmu_norm: bool = False  # nGMU: RMSNorm after gating (for linear-attention memories)
     parametrization: str = "mup++"  # "sp" or "mup++"
     mup_base_depth: int = 16  # d0 of the μP++ transfer rules
@@ -72,19 +75,30 @@ class ModelConfig:
         return len(self.layer_plan)
 
     @property
+    def layers(self) -> list[plans.LayerSpec]:
+        """The plan's entries (mixer name + role), one per layer."""
+        return plans.parse_plan(self.layer_plan)
+
+    @property
     def split_index(self) -> int:
         """First cross-decoder layer (== n_layer when there is no cross-decoder)."""
         return plans.split_index(self.layer_plan)
 
     @property
     def is_yoco(self) -> bool:
-        return "full_kv" in self.layer_plan
+        """True when one layer publishes a shared K/V for a cross-decoder."""
+        return any(spec.role == "shared_kv" for spec in self.layers)
+
+    @property
+    def last_stateful_layer(self) -> int:
+        """Index of the last layer that keeps inference state (-1 if none): every later layer is token-wise
+        given what earlier layers published, so a prefill needs their outputs for the last token only."""
+        return max((i for i, spec in enumerate(self.layers) if spec.mixer_class.keeps_state), default=-1)
 
     @property
     def attention_windows(self) -> set[int | None]:
         """Key windows of the plan's attention layers (None: full causal; cross-attention is full)."""
-        return {self.window if kind == "swa" else None for kind in self.layer_plan
-                if kind in ("swa", "full", "full_kv", "cross")}
+        return {w for cls in {spec.mixer_class for spec in self.layers} for w in cls.attention_windows(self)}
 
     @property
     def rotary_dim(self) -> int:
@@ -105,7 +119,7 @@ class ModelConfig:
         except plans.PlanError as e:
             raise ConfigError(f"layer_plan: {e}") from None
         for name in ("d_model", "n_head", "n_kv_head", "head_dim", "d_ff", "vocab_size", "d_state", "d_conv",
-                     "mamba_expand", "dt_rank", "mup_base_depth", "max_seq_len"):
+                     "mamba_expand", "dt_rank", "ssm_head_dim", "ssm_groups", "mup_base_depth", "max_seq_len"):
             value = getattr(self, name)
             need(isinstance(value, int) and value > 0, f"{name} must be a positive integer (got {value!r})")
         need(self.n_head % self.n_kv_head == 0,
@@ -114,10 +128,11 @@ class ModelConfig:
             need(self.n_head % 2 == 0 and self.n_kv_head % 2 == 0,
                  f"differential attention pairs heads (2i, 2i+1): n_head ({self.n_head}) and n_kv_head "
                  f"({self.n_kv_head}) must both be even")
-        uses_window = any(k == "swa" for k in self.layer_plan)
         if self.window is not None:
             need(isinstance(self.window, int) and self.window > 0, f"window must be a positive integer (got {self.window!r})")
-        need(not uses_window or self.window is not None, "the plan has 'swa' layers but window is None")
+        for cls in dict.fromkeys(spec.mixer_class for spec in self.layers):
+            problem = cls.check_config(self)
+            need(problem is None, problem)
         need(self.positional in POSITIONAL, f"positional must be one of {POSITIONAL} (got {self.positional!r})")
         need(self.norm in NORMS, f"norm must be one of {NORMS} (got {self.norm!r})")
         need(self.parametrization in PARAMETRIZATIONS,
@@ -243,6 +258,9 @@ PRESETS: dict[str, tuple[Callable[[int], ModelConfig], tuple[int, ...]]] = {
                                       positional="none", diff_attn=True), (16, 8, 24)),
     "mambay": (lambda L: _research("mambay", L, 120, plans.yoco_plan(L, 1, gmu=True), window=None,
                                    positional="none"), RESEARCH_DEPTHS),
+    # SambaY with Mamba-2 (SSD, 64-channel heads, 64 states) in place of Mamba-1, memory layer included
+    "sambay-mamba2": (lambda L: _research("sambay-mamba2", L, 124, plans.yoco_plan(L, 2, gmu=True, ssm="mamba2"),
+                                          window=128, positional="none").replace(d_state=64), RESEARCH_DEPTHS),
     "phi4-mini-flash": (_phi4_mini_flash, (32,)),
     "phi4-mini": (_phi4_mini, (32,)),
 }
@@ -259,7 +277,7 @@ def tiny(preset: str, *, depth: int = 8, d_model: int = 64, vocab_size: int = 25
     settings = dict(
         layer_plan=plan, d_model=d_model, n_head=n_head, n_kv_head=2, head_dim=d_model // n_head, d_ff=2 * d_model,
         vocab_size=vocab_size, window=None if base.window is None else 8, max_seq_len=512,
-        eos_token_id=None,
+        eos_token_id=None, d_state=min(base.d_state, 16), ssm_head_dim=16,
     )
     settings.update(overrides)
     return base.replace(**settings)

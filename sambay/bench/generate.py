@@ -15,8 +15,6 @@ reads, Mamba state read + write) over the copy bandwidth measured in the same ru
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import statistics
 import time
@@ -75,19 +73,11 @@ def measure_bandwidth(device: torch.device, nbytes: int = 2 * 2**30) -> float:
 
 
 def step_bytes(config: ModelConfig, n_params: int, batch: int, context: int, dtype: torch.dtype) -> int:
-    """Minimal bytes one decode step moves: every weight once, each sequence's K/V reads, Mamba state r+w."""
-    el = torch.empty((), dtype=dtype).element_size()
-    kv_token = 2 * config.n_kv_head * config.head_dim * el
-    mamba_state = config.d_inner * config.d_state * 4 + config.d_inner * (config.d_conv - 1) * el
-    per_seq = 0
-    for kind in config.layer_plan:
-        if kind in ("full", "full_kv", "cross"):
-            per_seq += context * kv_token
-        elif kind == "swa":
-            per_seq += min(context, config.window) * kv_token
-        elif kind in ("mamba", "mamba_memory"):
-            per_seq += 2 * mamba_state
-    return n_params * el + batch * per_seq
+    """Minimal bytes one decode step moves: every weight once, plus each sequence's state traffic as each
+    mixer declares it (`Mixer.decode_state_bytes`: K/V reads, recurrent state read + write)."""
+    itemsize = dtype.itemsize
+    per_seq = sum(spec.mixer_class.decode_state_bytes(config, context, itemsize) for spec in config.layers)
+    return n_params * itemsize + batch * per_seq
 
 
 def random_model(config: ModelConfig, dtype: torch.dtype, device: torch.device) -> CausalLM:
@@ -241,7 +231,3 @@ def format_report(reports: list[ModelReport], bandwidth: float) -> str:
             lines.append(f"\n{base.name} / {r.name}: decode throughput x{base.decode_tokens_per_s / r.decode_tokens_per_s:.2f}, "
                          f"prefill time per sequence x{(r.prefill_s / r.batch) / (base.prefill_s / base.batch):.2f} faster")
     return "\n".join(lines)
-
-
-def to_json(reports: list[ModelReport], meta: dict) -> str:
-    return json.dumps({"meta": meta, "models": [dataclasses.asdict(r) for r in reports]}, indent=2)

@@ -1,9 +1,12 @@
-"""`sambay bench generate`: long-generation throughput of a SambaY model vs its baselines, one process."""
+"""`sambay bench BENCH`: the benchmark suite, one subcommand per benchmark (benchmarks/README.md).
+
+generate: long-generation throughput of a SambaY model vs its baselines, one process; train: training
+tokens/s and MFU; kernels: the Mamba-1 Triton kernels; attention: decode and prefill attention. Each
+prints a report and, with --json PATH, writes its numbers with `sambay.bench.meta.metadata()` under "meta".
+"""
 
 from __future__ import annotations
 
-import datetime
-import shlex
 import sys
 from pathlib import Path
 
@@ -34,10 +37,60 @@ def add_parser(sub) -> None:
     g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     g.add_argument("--tiny", action="store_true", help="tiny versions of the presets (CPU smoke runs)")
     g.add_argument("--hf-new-tokens", type=int, default=256, help="tokens generated in the HF comparison")
-    g.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    _json_option(g)
     g.add_argument("--compile", action="store_true",
                    help="time the decode step compiled by inductor (CUDA graphs; sambay.engine.cuda_graphs)")
     g.set_defaults(func=run_generate)
+
+    t = bsub.add_parser("train", help="training tokens/s and MFU of one preset/depth (torchrun for several GPUs)",
+                        description="Training throughput: the real trainer step, `--warmup` untimed steps, then "
+                        "`--steps` timed ones; tokens/s and MFU against the bf16 matmul rate measured in the same "
+                        "process. Several GPUs: torchrun --nproc_per_node N -m sambay bench train --parallel fsdp")
+    t.add_argument("--preset", default="sambay")
+    t.add_argument("--depth", type=int, default=8)
+    t.add_argument("--tiny", action="store_true", help="toy widths (CPU smoke runs)")
+    t.add_argument("--data", default="synthetic", help="token shards (a directory) or 'synthetic'")
+    t.add_argument("--steps", type=int, default=20, help="timed steps")
+    t.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, autotuning)")
+    t.add_argument("--seq-len", type=int, default=4096)
+    t.add_argument("--micro-batch", type=int, default=2)
+    t.add_argument("--batch-tokens", type=int, help="default: one micro-batch per rank (no accumulation)")
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    t.add_argument("--dtype", choices=("fp32", "bf16"))
+    t.add_argument("--parallel", default="auto", choices=("auto", "none", "ddp", "fsdp"))
+    t.add_argument("--compile", action="store_true")
+    t.add_argument("--activation-checkpointing", action="store_true")
+    t.add_argument("--document-ids", action="store_true")
+    t.add_argument("--profile", type=int, default=0, metavar="K",
+                   help="after timing, profile one more step and print its K most expensive device kernels")
+    _json_option(t)
+    t.set_defaults(func=run_train)
+
+    k = bsub.add_parser("kernels", help="Mamba-1 Triton kernels (scan, conv, decode step) vs measured ceilings",
+                        description="The selective scan, causal conv1d and Mamba decode step against the copy "
+                        "bandwidth and bf16 matmul rate measured in the same process (one CUDA GPU).")
+    k.add_argument("--sweep", action="store_true", help="also time block-size variants")
+    k.add_argument("--only", choices=("scan", "conv", "decode"), help="benchmark one kernel family")
+    _json_option(k)
+    k.set_defaults(func=run_kernels)
+
+    a = bsub.add_parser("attention", help="decode (split-K Triton) and prefill (SDPA / flex / varlen) attention",
+                        description="Decode attention at 64 x 32K context and prefill at 8 x 4096 tokens against "
+                        "the copy bandwidth and bf16 matmul rate measured in the same process (one CUDA GPU).")
+    a.add_argument("--sweep", action="store_true", help="also time n_splits variants")
+    a.add_argument("--full-sweep", action="store_true", help="also decode tiles and SDPA EFFICIENT")
+    a.add_argument("--budget", type=float, default=1e9, metavar="SECONDS",
+                   help="start no new case after this many seconds")
+    section = a.add_mutually_exclusive_group()
+    section.add_argument("--skip-prefill", action="store_true")
+    section.add_argument("--skip-decode", action="store_true")
+    _json_option(a)
+    a.set_defaults(func=run_attention)
+
+
+def _json_option(p) -> None:
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="write the numbers here, with the git commit, device, date, versions and command")
 
 
 def _config(name: str, base: str, small: bool) -> ModelConfig:
@@ -55,6 +108,7 @@ def run_generate(args) -> int:
     import torch
 
     from sambay.bench import generate as bench
+    from sambay.bench.meta import metadata, write_json
 
     for flag in ("prompt_len", "gen_len", "points", "steps", "hf_new_tokens"):
         if getattr(args, flag) < 1:
@@ -92,11 +146,8 @@ def run_generate(args) -> int:
     if "hf" in baselines:
         hf = _hf_comparison(args, configs, reports, dtype, device)
     if args.json is not None:
-        meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                "date": datetime.date.today().isoformat(), "command": "sambay " + shlex.join(args.argv),
-                "torch": torch.__version__, "bandwidth_bytes_per_s": bandwidth, "hf_comparison": hf}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(bench.to_json(reports, meta))
+        write_json(args.json, {"meta": metadata(device, args.argv), "bandwidth_bytes_per_s": bandwidth,
+                               "models": reports, "hf_comparison": hf})
     return 0
 
 
@@ -124,3 +175,69 @@ def _hf_comparison(args, configs, reports, dtype, device):
     del model
     torch.cuda.empty_cache()
     return out
+
+
+def run_train(args) -> int:
+    import torch
+
+    from sambay.bench import train
+    from sambay.bench.meta import metadata, write_json
+    from sambay.data.sources import DataError
+    from sambay.train.config import TrainConfigError
+
+    for flag in ("depth", "steps", "seq_len", "micro_batch"):
+        if getattr(args, flag) < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
+    if args.warmup < 0 or args.profile < 0:
+        raise CLIError("--warmup and --profile must be >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda but no CUDA device is available")
+    try:
+        result = train.run(args.preset, args.depth, tiny=args.tiny, data=args.data, steps=args.steps,
+                           warmup=args.warmup, seq_len=args.seq_len, micro_batch=args.micro_batch,
+                           batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype,
+                           parallel=args.parallel, compile=args.compile,
+                           activation_checkpointing=args.activation_checkpointing,
+                           document_ids=args.document_ids, profile=args.profile)
+    except (TrainConfigError, ConfigError, DataError) as e:
+        raise CLIError(str(e)) from None
+    if result is None:  # not the main rank
+        return 0
+    print(train.format_result(result))
+    if args.json is not None:
+        meta = metadata("cpu" if args.device == "cpu" else None, args.argv)
+        write_json(args.json, {"meta": meta, "result": result})
+    return 0
+
+
+def _gpu_report(args, name: str):
+    """The report of a one-GPU kernel benchmark; a CLIError where there is no CUDA device or no Triton."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CLIError(f"{name} times Triton kernels on a CUDA GPU; no CUDA device is available")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise CLIError(f"{name} needs the triton package") from None
+    from sambay.bench.meta import metadata
+    from sambay.bench.report import Report
+
+    return Report(name, metadata("cuda", args.argv), args.json)
+
+
+def run_kernels(args) -> int:
+    report = _gpu_report(args, "kernels")
+    from sambay.bench import kernels
+
+    kernels.run(report, sweep=args.sweep, only=args.only)
+    return 0
+
+
+def run_attention(args) -> int:
+    report = _gpu_report(args, "attention")
+    from sambay.bench import attention
+
+    attention.run(report, sweep=args.sweep or args.full_sweep, full_sweep=args.full_sweep, budget_s=args.budget,
+                  decode=not args.skip_decode, prefill=not args.skip_prefill)
+    return 0

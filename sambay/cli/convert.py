@@ -74,7 +74,7 @@ def _copy_aux(src: Path, dst: Path, dst_format: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from sambay.config import ConfigError
     from sambay.interop.errors import CheckpointError
-    from sambay.interop.io import parse_size
+    from sambay.interop.sharded_save import parse_size
 
     src, out = Path(args.source), Path(args.out)
     try:

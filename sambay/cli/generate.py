@@ -89,7 +89,7 @@ def _chat_prompt(args, tokenizer) -> str:
 
 
 def _load_tokenizer(path):
-    from sambay.interop.tokenizer import load_tokenizer
+    from sambay.tokenizer import load_tokenizer
 
     try:
         return load_tokenizer(path)

@@ -1,4 +1,4 @@
-"""``sambay scaling fit``: fit L(X) = A·X^(-b) + C per architecture (ARCHITECTURE.md §16)."""
+"""``sambay scaling fit``: fit L(X) = A·X^(-b) + C per architecture (`sambay.analysis.scaling`)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ def add_parser(subparsers) -> None:
     f.add_argument("--axis", choices=("compute", "tokens"), default="compute")
     f.add_argument("--plot", metavar="OUT.png", help="write a plot (needs matplotlib)")
     f.add_argument("--published", action="store_true",
-                   help="also fit the published SlimPajama losses (ARCHITECTURE.md §16.2)")
+                   help="also fit the published SlimPajama losses of the SambaY paper (depths 8-24)")
     f.add_argument("--json", action="store_true", help="print the fits as JSON")
     f.set_defaults(func=run_fit)
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from sambay.train.scaling import PUBLISHED_FITS, fit_runs, load_runs, plot_fits, published_runs
+    from sambay.analysis.scaling import PUBLISHED_FITS, fit_runs, load_runs, plot_fits, published_runs
 
     try:
         runs = load_runs(args.runs)

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from sambay.data.sources import DataError
-    from sambay.data.tokenizer import load_tokenizer, train_tokenizer_from_files
+    from sambay.tokenizer import load_tokenizer, train_tokenizer_from_files
 
     try:
         path = train_tokenizer_from_files(args.input, args.vocab_size, args.output,

@@ -1,8 +1,8 @@
-"""Data pipeline: tokenizer training, corpus -> token shards, and shard loaders.
+"""Data pipeline: corpus -> token shards, and shard loaders (tokenizers live in `sambay.tokenizer`).
 
-Modules: ``tokenizer`` (train/load byte-level BPE), ``sources`` (input files -> documents),
-``shards`` (binary shard format), ``prepare`` (resumable tokenization job), ``dataset`` (a shard
-directory as one token stream), ``loader`` (training/validation batches; needs torch).
+Modules: ``sources`` (input files -> documents), ``shards`` (binary shard format), ``prepare``
+(resumable tokenization job), ``dataset`` (a shard directory as one token stream), ``loader``
+(training/validation batches; needs torch).
 
 Names are imported lazily so that ``sambay data prepare`` does not pay for importing torch.
 """
@@ -12,11 +12,9 @@ from importlib import import_module
 _EXPORTS = {
     "DataError": "sources", "expand_inputs": "sources", "iter_documents": "sources",
     "ShardError": "shards", "read_shard": "shards", "write_shard": "shards", "read_header": "shards",
-    "train_tokenizer": "tokenizer", "train_tokenizer_from_files": "tokenizer",
-    "load_tokenizer": "tokenizer", "EOS_TOKEN": "tokenizer",
     "PrepareConfig": "prepare",  # the function is sambay.data.prepare.prepare (name = module)
     "TokenStream": "dataset",
-    "TokenLoader": "loader", "ValidationLoader": "loader", "document_ids": "loader",
+    "TokenLoader": "loader", "ValidationLoader": "loader", "document_ids": "loader", "MissingEOSError": "loader",
 }
 
 __all__ = sorted(_EXPORTS)

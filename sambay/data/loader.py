@@ -33,12 +33,16 @@ STATE_VERSION = 1
 _MIX_STREAM = 0x6D6978  # separates the mixture RNG from the permutation RNGs
 
 
+class MissingEOSError(DataError):
+    """``document_ids=True`` but no EOS id: the data has no manifest naming one and none was passed."""
+
+
 def document_ids(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     """Per-token document index within each row, shape (B, T) int32.
 
     The EOS token belongs to the document it ends; the token after an EOS starts a new one, so row
     ``[a, b, EOS, c, EOS, d]`` gives ``[0, 0, 0, 1, 1, 2]``. Equivalent to ArchScale's varlen
-    boundaries ``cu_seqlens = [0, eos_positions + 1, ..., T]`` (ARCHITECTURE.md §15.3).
+    boundaries ``cu_seqlens = [0, eos_positions + 1, ..., T]``.
     """
     starts = torch.zeros_like(input_ids, dtype=torch.int32)
     starts[:, 1:] = (input_ids[:, :-1] == eos_id).to(torch.int32)
@@ -105,8 +109,8 @@ class TokenLoader:
                 raise DataError(f"{s.name}: {s.num_tokens} tokens is less than one block of "
                                 f"{seq_len + 1}")
         if document_ids and self.eos_id is None:
-            raise DataError("document_ids=True needs an EOS id: pass eos_id= or use a prepared "
-                            "directory with a manifest.json")
+            raise MissingEOSError("document_ids=True needs an EOS id: pass eos_id= or use a prepared "
+                                  "directory with a manifest.json")
         self.document_ids = document_ids
         self.step = 0  # batches produced so far (identical on every rank)
         self.consumed = [0] * len(self.streams)  # global samples consumed per dataset
@@ -212,7 +216,7 @@ class ValidationLoader:
             raise DataError(f"{self.stream.name}: {self.stream.num_tokens} tokens give no full validation "
                             f"batch of {world_size}x{batch_size}x{seq_len + 1}")
         if document_ids and self.eos_id is None:
-            raise DataError("document_ids=True needs an EOS id")
+            raise MissingEOSError("document_ids=True needs an EOS id")
         self.document_ids = document_ids
 
     def __len__(self) -> int:

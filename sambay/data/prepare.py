@@ -1,6 +1,6 @@
 """Tokenize text corpora into binary token shards (``sambay data prepare``).
 
-Every document becomes ``encode(text) + [EOS]`` (no BOS; ARCHITECTURE.md §15.2); documents are packed
+Every document becomes ``encode(text) + [EOS]`` (EOS only, never a BOS); documents are packed
 back-to-back and cut into shards of at most ``shard_tokens`` tokens. Each input file gets its own
 shards (the last one usually shorter), which is what makes the job resumable per input:
 
@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sambay.tokenizer import TOKENIZER_FILE, Tokenizer, TokenizerError, load_tokenizer
+
 from .shards import dtype_for_vocab, write_shard
 from .sources import DataError, expand_inputs, iter_documents
-from .tokenizer import LoadedTokenizer, load_tokenizer
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "sambay-token-shards"
@@ -63,6 +64,22 @@ def shard_prefix(path: Path) -> str:
     return f"{stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
 
 
+def open_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """The tokenizer of ``path`` (a tokenizer.json or the directory holding it) with its document EOS id
+    resolved; every problem is a :class:`DataError`."""
+    file = Path(path)
+    if file.is_dir():
+        file = file / TOKENIZER_FILE
+    if not file.is_file():
+        raise DataError(f"tokenizer not found: {file} (pass a tokenizer.json or the directory holding it)")
+    try:
+        tok = load_tokenizer(file)
+        tok.eos_id  # noqa: B018 - raises now, not in a worker, when the EOS token is not in the vocabulary
+    except TokenizerError as e:
+        raise DataError(str(e)) from None
+    return tok
+
+
 # ---- worker side ---------------------------------------------------------------------------------
 
 _WORKER: dict = {}
@@ -72,9 +89,9 @@ def _init_worker(tokenizer_file: str, counter, quiet_rust: bool) -> None:
     if quiet_rust:
         # N processes each spawning a Rust thread pool oversubscribes the cores
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    tok = load_tokenizer(tokenizer_file)
+    tok = open_tokenizer(tokenizer_file)
     # a literal "<|endoftext|>" inside a document is text, not a document boundary
-    tok.tokenizer.encode_special_tokens = True
+    tok.backend.encode_special_tokens = True
     _WORKER.update(tok=tok, counter=counter)
 
 
@@ -82,7 +99,8 @@ def _process_input(task: tuple[str, str, int, str]) -> dict:
     """Tokenize one input file into ``<prefix>-NNNNN.bin`` shards. Runs in a worker process."""
     path_s, out_dir, shard_tokens, text_field = task
     path = Path(path_s)
-    tok: LoadedTokenizer = _WORKER["tok"]
+    tok: Tokenizer = _WORKER["tok"]
+    eos_id = tok.eos_id
     stat = path.stat()
     prefix = shard_prefix(path)
     pending: list[np.ndarray] = []
@@ -107,8 +125,8 @@ def _process_input(task: tuple[str, str, int, str]) -> dict:
             batch.append(text)
             batch_chars += len(text)
         if batch and (text is None or batch_chars >= ENCODE_BATCH_CHARS):
-            encodings = tok.tokenizer.encode_batch(batch, add_special_tokens=False)
-            ids = [np.append(np.asarray(e.ids, dtype=np.int64), tok.eos_id) for e in encodings]
+            encodings = tok.backend.encode_batch(batch, add_special_tokens=False)
+            ids = [np.append(np.asarray(e.ids, dtype=np.int64), eos_id) for e in encodings]
             arr = np.concatenate(ids)
             pending.append(arr)
             n_pending += len(arr)
@@ -140,11 +158,11 @@ def _bump(n: int) -> None:
 # ---- driver side ---------------------------------------------------------------------------------
 
 
-def _load_manifest(out: Path, tok: LoadedTokenizer, config: PrepareConfig) -> dict:
+def _load_manifest(out: Path, tok: Tokenizer, config: PrepareConfig) -> dict:
     path = out / MANIFEST
     fresh = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION,
-             "tokenizer": {"file": str(tok.path), "sha256": tok.sha256, "vocab_size": tok.vocab_size,
-                           "eos_id": tok.eos_id, "eos_token": tok.eos_token},
+             "tokenizer": {"file": str(tok.file), "sha256": tok.sha256, "vocab_size": tok.vocab_size,
+                           "eos_id": tok.eos_id, "eos_token": tok.id_to_token(tok.eos_id)},
              "dtype": dtype_for_vocab(tok.vocab_size).name, "text_field": config.text_field,
              "shard_tokens": config.shard_tokens, "total_tokens": 0, "inputs": {}}
     if not path.exists():
@@ -159,7 +177,7 @@ def _load_manifest(out: Path, tok: LoadedTokenizer, config: PrepareConfig) -> di
     if old["sha256"] != tok.sha256 or old["vocab_size"] != tok.vocab_size:
         raise DataError(
             f"{out} was prepared with a different tokenizer ({old['file']}, vocab {old['vocab_size']}, "
-            f"sha256 {old['sha256'][:12]}) than {tok.path} (vocab {tok.vocab_size}, sha256 "
+            f"sha256 {old['sha256'][:12]}) than {tok.file} (vocab {tok.vocab_size}, sha256 "
             f"{tok.sha256[:12]}); use a new --output directory or delete {out}")
     return manifest
 
@@ -186,7 +204,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     if config.shard_tokens <= 0:
         raise ValueError("shard_tokens must be positive")
     files = expand_inputs(config.inputs)
-    tok = load_tokenizer(config.tokenizer)
+    tok = open_tokenizer(config.tokenizer)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _load_manifest(out, tok, config)
@@ -199,7 +217,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     progress = _Progress(len(tasks), len(skipped), config.progress)
     workers = max(1, min(config.workers, len(tasks)))
     if workers == 1:
-        _init_worker(str(tok.path), progress.add, quiet_rust=False)
+        _init_worker(str(tok.file), progress.add, quiet_rust=False)
         try:
             for task in tasks:
                 _record(out, manifest, _process_input(task), progress)
@@ -210,7 +228,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         # Safe here because the parent has not run the tokenizer (no Rust thread pool to inherit).
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         counter = ctx.Value("q", 0)
-        with ctx.Pool(workers, _init_worker, (str(tok.path), counter, True)) as pool:
+        with ctx.Pool(workers, _init_worker, (str(tok.file), counter, True)) as pool:
             it = pool.imap_unordered(_process_input, tasks)
             for _ in range(len(tasks)):
                 while True:

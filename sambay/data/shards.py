@@ -13,7 +13,7 @@ Layout (little-endian)::
 uint16 is used when ``vocab_size <= 65536`` (every id fits), else uint32. The header's token count
 lets a reader detect truncation without trusting the file size alone.
 
-ArchScale/litgpt ``LITPKDS`` shards (ARCHITECTURE.md §15.2: 7-byte magic, uint64 version, uint8 dtype
+ArchScale/litgpt ``LITPKDS`` shards (their header: 7-byte magic, uint64 version, uint8 dtype
 code, uint64 chunk size) can be read too, so their pre-tokenized data needs no re-tokenization;
 their header carries no vocab size (reported as 0).
 """

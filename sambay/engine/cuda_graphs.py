@@ -43,7 +43,7 @@ class GraphedDecoder:
     max_batch live sequences). Graphs are captured lazily, the first time a bucket is needed.
     With `compile=True` the captured step is `compiled_decode_step()`: inductor compiles it at the first
     capture of batch 1 and once more, with a dynamic batch size, for all larger buckets (about 35 s each
-    for phi4-mini-flash on an H200; benchmarks/results/decode-compile-h200-2026-12-04.txt).
+    for phi4-mini-flash on an H200; benchmarks/results/experiments/decode-compile-h200.txt).
     """
 
     def __init__(self, model: CausalLM, state: InferenceState, buckets: tuple[int, ...] = DEFAULT_BUCKETS,

@@ -25,8 +25,9 @@ from sambay.engine.decode import decode_step
 from sambay.engine.prefill import prefill
 from sambay.engine.sampling import Sampler, SamplingParams
 from sambay.engine.state import InferenceState
-from sambay.engine.text import IncrementalText, TextCodec, find_stop, held_back
+from sambay.engine.text import TextCodec, find_stop, held_back
 from sambay.model.model import CausalLM
+from sambay.tokenizer.detokenizer import IncrementalDecoder
 
 Prompt = str | Sequence[int]
 
@@ -68,7 +69,7 @@ class _Request:
     params: SamplingParams
     max_new: int
     stop_ids: frozenset[int]
-    detok: IncrementalText | None
+    detok: IncrementalDecoder | None
     slot: int = -1
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -171,9 +172,10 @@ class Generator:
             if p.stop and self.codec is None:
                 raise ValueError("stop strings need a tokenizer")
             stop_ids = set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.eos_token_ids))
+            # special tokens are not part of the generated text (as in vLLM and HF)
+            detok = None if self.codec is None else IncrementalDecoder(self.codec, skip_special_tokens=True)
             out.append(_Request(index=i, prompt=ids, params=p, max_new=min(p.max_new_tokens, limit - len(ids)),
-                                stop_ids=frozenset(stop_ids),
-                                detok=None if self.codec is None else IncrementalText(self.codec)))
+                                stop_ids=frozenset(stop_ids), detok=detok))
         return out
 
     def _pool(self, requests: list[_Request]) -> tuple[InferenceState, Sampler]:

@@ -1,15 +1,16 @@
 """Prefill: run prompts into fresh state slots and return the next-token logits of each.
 
-Linear prefill for YOCO plans (PHI4_FLASH_CHECKPOINT.md §8): the self-decoder runs on every prompt token;
-the `full_kv` layer projects and stores K/V for every token, but its attention output, its MLP and the whole
-cross-decoder run for the last token of each prompt only. That is exact for the next-token logits: the
-cross-decoder keeps no state, GMU and MLP are token-wise and cross-attention reads only the stored K/V.
+Linear prefill: every layer up to the last one that keeps inference state runs on every prompt token; that
+layer writes its state for every token but computes its output for the last token only, and every later
+layer (all token-wise: in SambaY the whole cross-decoder, which reads the shared K/V cache and the memory
+in place) runs on the last token only. That is exact for the next-token logits. In a chunk that does not end
+its prompt, nothing after that layer runs at all.
 
 Chunking: a prompt longer than `chunk_size` is cut so that its *first* piece takes the remainder and every
-later piece is exactly `chunk_size` long. Pieces are processed in rounds, aligned on the prompts' ends, so
-in every round but the last the participating rows are mid-prompt (YOCO: stop after storing full_kv's K/V),
-and in the last round every row ends its prompt (run the last-token path). Only a row's first piece is
-padded, and it starts from a zero state, which is what makes the left padding exact.
+later piece is exactly `chunk_size` long. Pieces are processed in rounds, aligned on the prompts' ends, so in
+every round but the last the participating rows are mid-prompt, and in the last round every row ends its
+prompt. Only a row's first piece is padded, and it starts from a zero state, which is what makes the left
+padding exact.
 """
 
 from __future__ import annotations
@@ -19,13 +20,9 @@ from collections.abc import Sequence
 
 import torch
 
-from sambay.engine import layers
-from sambay.engine.layers import PrefillBatch
 from sambay.engine.state import InferenceState
-from sambay.model.context import ForwardContext
+from sambay.model.context import InferenceContext
 from sambay.model.model import CausalLM
-
-MAMBA = ("mamba", "mamba_memory")
 
 
 def split_prompt(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
@@ -58,46 +55,28 @@ def prefill(model: CausalLM, state: InferenceState, prompts: Sequence[Sequence[i
     for r in range(rounds):
         rows = [i for i, pl in enumerate(plans) if len(pl) >= rounds - r]
         pieces = [plans[i][r - (rounds - len(plans[i]))] for i in rows]
-        batch, ids = PrefillBatch.build([list(prompts[i][a:b]) for i, (a, b) in zip(rows, pieces)],
-                                        [slots[i] for i in rows], [a for a, _ in pieces], state.device)
-        logits = prefill_piece(model, state, batch, ids, last=r == rounds - 1)
-        state.lengths[batch.slots] = batch.positions[:, -1] + 1
+        ctx, ids = InferenceContext.prefill([list(prompts[i][a:b]) for i, (a, b) in zip(rows, pieces)],
+                                            [slots[i] for i in rows], [a for a, _ in pieces], state.device)
+        logits = prefill_chunk(model, state, ctx, ids, last=r == rounds - 1)
+        state.lengths[ctx.slots] = ctx.positions[:, -1] + 1
     return logits
 
 
-def prefill_piece(model: CausalLM, state: InferenceState, batch: PrefillBatch, ids: torch.Tensor,
+def prefill_chunk(model: CausalLM, state: InferenceState, ctx: InferenceContext, ids: torch.Tensor,
                   last: bool) -> torch.Tensor | None:
-    """One round: ids (B, T) left-padded. Returns logits (B, V) when `last`, else None."""
+    """One chunk, ids (B, T) left-padded, continuing the slots' state. Returns the logits (B, V) after each
+    row's last token when `last` (the chunk ends every row's prompt), else None."""
+    tail = model.config.last_stateful_layer  # after it, only each row's last token matters
     x = model.embed(ids).float()
-    memory = None
-    for block, st in zip(model.layers, state.layers):
-        kind, mixer = block.kind, block.mixer
-        if kind in MAMBA:
-            x, published = layers.around_mamba(block, x, lambda h, mixer=mixer, st=st: layers.mamba_prefill(mixer, h, batch, st))
-            memory = published if kind == "mamba_memory" else memory
-        elif kind in ("swa", "full"):
-            x = block.around(x, lambda h, mixer=mixer, st=st: layers.self_attention_prefill(mixer, h, batch, st))
-        elif kind == "full_kv":
-            if not last:  # nothing after this layer leaves state behind: store K/V and stop
-                layers.write_kv_only(mixer, block.norm1(x.to(block.norm1.weight.dtype)), batch, st)
-                return None
-            # K/V of every token are stored; the rest of the model runs on the last column only.
-            h_all = block.norm1(x.to(block.norm1.weight.dtype))
-            attn_out = layers.self_attention_prefill(mixer, h_all, batch, st, last_only=True)
-            x = block.around(x[:, -1:], lambda h: attn_out)
-            memory = None if memory is None else memory[:, -1:]
-            pos, shared = batch.positions[:, -1], st  # cross layers read this layer's cache in place
-        elif kind == "gmu":
-            x = block.around(x, lambda h, mixer=mixer, m=memory: gmu(mixer, h, m))
-        elif kind == "cross":
-            x = block.around(x, lambda h, mixer=mixer: layers.cross_attention(mixer, h, pos, batch.slots, shared))
-        else:  # pragma: no cover - plans are validated
-            raise ValueError(f"unknown layer kind {kind!r}")
-    if not last:
-        return None
-    return model.logits(x[:, -1:])[:, 0]
-
-
-def gmu(mixer, h: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """h (B, T, d), memory (B, T, E) -> (B, T, d). The GMU's forward reads only ctx.memory: reuse it."""
-    return mixer(h, ForwardContext(positions=None, memory=memory))
+    for i, (block, layer_state) in enumerate(zip(model.layers, state.layers)):
+        if i < tail:
+            x = block.prefill(x, ctx, layer_state)
+        elif i == tail and not last:
+            block.prefill(x, ctx, layer_state, outputs="none")
+            return None
+        elif i == tail:
+            x = block.prefill(x, ctx, layer_state, outputs="last")
+            ctx = ctx.last_column()
+        else:
+            x = block.prefill(x, ctx, layer_state)
+    return model.logits(x[:, -1:])[:, 0] if last else None

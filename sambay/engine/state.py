@@ -1,13 +1,14 @@
 """The inference state of a batch of sequences: a static slot pool sized from the layer plan.
 
-The model defines what each layer keeps (`sambay.model.state.layer_state_shapes`); the engine owns the
-tensors. Every tensor is allocated once, with `max_batch` slots on its first dim, and never resized:
+Each mixer declares what it keeps per slot (`Mixer.state_spec`, read through
+`sambay.model.state.layer_state_shapes`); the engine owns the tensors. Every tensor is allocated once, with
+`max_batch` slots on its first dim, and never resized. For SambaY:
 
-    mamba, mamba_memory   conv_state (S, E, d_conv-1) model dtype, ssm_state (S, E, N) fp32
-    swa                   ring buffer k, v (S, G, window, hs): position p lives at index p % window
-    full, full_kv         k, v (S, G, max_len, hs): position p lives at index p (full_kv's is shared by
-                          every cross-attention layer; Transformer++ has one per layer)
-    gmu, cross            nothing
+    mamba (M)     conv_state (S, E, d_conv-1) model dtype, ssm_state (S, E, N) fp32
+    swa (S)       ring buffer k, v (S, G, window, hs): position p lives at index p % window
+    full (F)      k, v (S, G, max_len, hs): position p lives at index p (the shared-K/V layer's is read by
+                  every cross-attention layer; Transformer++ has one per layer)
+    gmu, cross    nothing
 
 plus `lengths` (S,) int64: tokens already in each slot's state (= the position of its next token).
 
@@ -34,7 +35,7 @@ class InferenceState:
     """Static state pool for up to `max_batch` sequences of at most `max_len` tokens (prompt + generated).
 
     Attributes:
-        layers: one dict per layer, name -> tensor (see the module docstring); empty for gmu / cross.
+        layers: one dict per layer, name -> tensor (see the module docstring); empty for stateless mixers.
         lengths: (max_batch,) int64 on `device`.
     """
 
@@ -47,13 +48,11 @@ class InferenceState:
         self.dtype, self.device = dtype, torch.device(device)
         self.layers: list[dict[str, torch.Tensor]] = [
             {name: torch.zeros(shape, dtype=dt, device=self.device)
-             for name, (shape, dt) in layer_state_shapes(config, kind, max_batch, max_len, dtype).items()}
-            for kind in config.layer_plan
+             for name, (shape, dt) in layer_state_shapes(config, i, max_batch, max_len, dtype).items()}
+            for i in range(config.n_layer)
         ]
         self.lengths = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self._free = list(range(max_batch))
-        # The full_kv layer's K/V is the one every cross layer reads.
-        self.shared_kv_layer = config.layer_plan.index("full_kv") if config.is_yoco else None
 
     # ------------------------------------------------------------------ slots
     @property

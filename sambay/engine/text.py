@@ -1,5 +1,5 @@
-"""Text around the token ids: a tokenizer adapter, a byte-level fallback, incremental detokenisation and
-stop strings."""
+"""Text around the token ids: a tokenizer adapter, a byte-level fallback and stop strings (incremental
+detokenisation is `sambay.tokenizer.IncrementalDecoder`)."""
 
 from __future__ import annotations
 
@@ -33,17 +33,15 @@ class ByteTokenizer:
 class TextCodec:
     """The three things the generator needs from any tokenizer: encode, decode, EOS ids.
 
-    Accepts `sambay.interop.tokenizer` objects (encode -> list[int], decode, eos_token_ids), a
-    `tokenizers.Tokenizer` (encode -> Encoding with .ids) and the data pipeline's `LoadedTokenizer`
-    (.tokenizer and .eos_id).
+    Accepts a `sambay.tokenizer.Tokenizer` (encode -> list[int], decode, eos_token_ids), a
+    `tokenizers.Tokenizer` (encode -> Encoding with .ids) and `ByteTokenizer`.
     """
 
     def __init__(self, tokenizer):
-        inner = getattr(tokenizer, "tokenizer", None)
-        self._tok = inner if inner is not None and hasattr(inner, "encode") and not hasattr(tokenizer, "encode") else tokenizer
+        self._tok = tokenizer
         eos = getattr(tokenizer, "eos_token_ids", None)
         if eos is None:
-            one = getattr(tokenizer, "eos_token_id", getattr(tokenizer, "eos_id", None))
+            one = getattr(tokenizer, "eos_token_id", None)
             eos = () if one is None else (one,)
         self.eos_token_ids = tuple(int(e) for e in (eos if isinstance(eos, (list, tuple, set, frozenset)) else (eos,)))
 
@@ -51,37 +49,11 @@ class TextCodec:
         out = self._tok.encode(text)
         return list(getattr(out, "ids", out))
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         try:  # as vLLM and HF do by default: special tokens are not part of the generated text
-            return self._tok.decode(list(ids), skip_special_tokens=True)
+            return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
         except TypeError:
             return self._tok.decode(list(ids))
-
-
-class IncrementalText:
-    """Token ids in, text deltas out, never splitting a multi-byte character (vLLM's offsets method:
-    re-decode a few tokens of context and emit only once the text no longer ends in U+FFFD)."""
-
-    def __init__(self, codec):
-        self.codec = codec
-        self.ids: list[int] = []
-        self.prefix_offset = self.read_offset = 0
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        prefix = self.codec.decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self.codec.decode(self.ids[self.prefix_offset:])
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return full[len(prefix):]
-        return ""
-
-    def flush(self) -> str:
-        """Whatever is still held back (an incomplete character decodes as U+FFFD)."""
-        prefix = self.codec.decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self.codec.decode(self.ids[self.prefix_offset:])
-        self.prefix_offset = self.read_offset = len(self.ids)
-        return full[len(prefix):]
 
 
 def find_stop(text: str, stops: Sequence[str], new_from: int) -> tuple[int, str] | None:

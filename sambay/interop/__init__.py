@@ -8,9 +8,9 @@ __all__ = ["CheckpointError", "from_pretrained", "save_pretrained", "load_tokeni
 
 
 def __getattr__(name: str):
-    # Imported lazily: the tokenizer module pulls in `tokenizers`/jinja2, which model-only users never need.
+    # Imported on use: the tokenizer package pulls in `tokenizers` and jinja2, which model-only users never need.
     if name == "load_tokenizer":
-        from sambay.interop.tokenizer import load_tokenizer
+        from sambay.tokenizer import load_tokenizer
 
         return load_tokenizer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

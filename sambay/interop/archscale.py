@@ -14,6 +14,7 @@ ArchScale parameter names (release ``1fbcceb``, `lit_gpt/model.py`, `mamba_simpl
     transformer.h.{i}.mlp.w1.weight             layers.{i}.mlp.fc1.weight  ([gate | value], same order)
     transformer.h.{i}.mlp.w3.weight             layers.{i}.mlp.fc2.weight
     (legacy) mlp.swiglu.w1 / w2 / w3            fc1 = [w1 ; w2], fc2 = w3
+    (the per-mixer renames below are declared by each mixer class, `checkpoint_names["archscale"]`)
     self-attention layers (swa, full, full_kv):
       attn.attn.{weight,bias}                   mixer.qkv.*   fused *grouped-interleaved* -> [q | k | v]
       attn.proj.{weight,bias}                   mixer.out_proj.*
@@ -45,8 +46,9 @@ from typing import Any
 import torch
 
 from sambay.config import ConfigError, ModelConfig
-from sambay.interop import io
 from sambay.interop.errors import CheckpointError
+from sambay.interop.layer_names import rename_mixer_param
+from sambay.interop.state_dict_check import check_state_dict
 
 __all__ = [
     "read_archscale_checkpoint",
@@ -61,7 +63,6 @@ __all__ = [
 ]
 
 _WRAPPER_PREFIXES = ("_forward_module.", "_orig_mod.", "module.")
-_SELF_ATTN = ("swa", "full", "full_kv")
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -209,24 +210,15 @@ def sambay_to_archscale_name(name: str, layer_plan: list[str]) -> str:
     if not m:
         raise CheckpointError(f"parameter {name!r} has no ArchScale name")
     i, rest = int(m.group(1)), m.group(2)
-    kind = layer_plan[i]
     prefix = f"transformer.h.{i}."
     simple = {"norm1.": "norm_1.", "norm2.": "norm_2.", "mlp.fc1.": "mlp.w1.", "mlp.fc2.": "mlp.w3."}
     for ours, theirs in simple.items():
         if rest.startswith(ours):
             return prefix + theirs + rest[len(ours):]
-    if not rest.startswith("mixer."):
+    theirs = rename_mixer_param(layer_plan[i], rest.removeprefix("mixer."), "archscale", to_format=True)
+    if not rest.startswith("mixer.") or theirs is None:
         raise CheckpointError(f"parameter {name!r} has no ArchScale name")
-    rest = rest[len("mixer."):]
-    if kind == "gmu":
-        return prefix + "attn.gmu." + rest
-    if kind in _SELF_ATTN or kind == "cross":
-        for ours, theirs in (("qkv.", "attn.attn."), ("q_proj.", "attn.attn."), ("out_proj.", "attn.proj."),
-                             ("diff.", "attn.da.")):
-            if rest.startswith(ours):
-                return prefix + theirs + rest[len(ours):]
-        raise CheckpointError(f"parameter {name!r} has no ArchScale name")
-    return prefix + "attn." + rest  # Mamba: same names under attn.
+    return prefix + theirs
 
 
 def _legacy_mlp(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -265,12 +257,11 @@ def archscale_to_sambay(state: Mapping[str, torch.Tensor], config: ModelConfig, 
             raise CheckpointError(f"{source}: lm_head.weight differs from transformer.wte.weight but the config "
                                   "ties them; convert with tie_embeddings=false")
         found.pop("lm_head.weight")
-    io.check_state_dict(expected, {k: tuple(v.shape) for k, v in found.items()}, context=f"{source} (ArchScale)")
+    check_state_dict(expected, {k: tuple(v.shape) for k, v in found.items()}, context=f"{source} (ArchScale)")
     out = {}
     for n in ours:
         t = found[to_arch[n]]
-        kind = config.layer_plan[int(n.split(".")[1])] if n.startswith("layers.") else None
-        if kind in _SELF_ATTN and ".mixer.qkv." in n:
+        if ".mixer.qkv." in n:  # self-attention's fused projection
             t = qkv_grouped_to_concat(t, config.n_head, config.n_kv_head, config.head_dim)
         if dtype is not None and t.is_floating_point() and not n.endswith(KEEP_STORED_DTYPE):
             t = t.to(dtype)
@@ -290,8 +281,7 @@ def sambay_to_archscale(model_or_state: Any, config: ModelConfig | None = None) 
         raise ValueError("pass a CausalLM or a state dict together with its config")
     out = {}
     for n, t in state.items():
-        kind = config.layer_plan[int(n.split(".")[1])] if n.startswith("layers.") else None
-        if kind in _SELF_ATTN and ".mixer.qkv." in n:
+        if ".mixer.qkv." in n:  # self-attention's fused projection
             t = qkv_concat_to_grouped(t, config.n_head, config.n_kv_head, config.head_dim)
         out[sambay_to_archscale_name(n, config.layer_plan)] = t
     if config.tie_embeddings:

@@ -34,6 +34,7 @@ from typing import Any
 from sambay import plan as plans
 from sambay.config import ConfigError, ModelConfig
 from sambay.interop.errors import CheckpointError
+from sambay.interop.layer_names import rename_mixer_param
 
 __all__ = [
     "MODEL_TYPE",
@@ -257,34 +258,22 @@ def hf_to_sambay_name(name: str, layer_plan: list[str]) -> str | None:
     for hf, ours in _BLOCK_TO_OURS:
         if rest.startswith(hf):
             return f"layers.{i}.{ours}{rest[len(hf):]}"
-    if not rest.startswith("attn."):
-        return None
-    rest = rest[len("attn."):]
-    if rest.startswith("inner_cross_attn."):
-        return f"layers.{i}.mixer.diff.{rest[len('inner_cross_attn.'):]}"
-    if rest.startswith("Wqkv."):
-        proj = "q_proj" if layer_plan[i] == "cross" else "qkv"
-        return f"layers.{i}.mixer.{proj}.{rest[len('Wqkv.'):]}"
-    return f"layers.{i}.mixer.{rest}"
+    ours = rename_mixer_param(layer_plan[i], rest, "phi4flash", to_format=False)
+    return None if ours is None else f"layers.{i}.mixer.{ours}"
 
 
-def sambay_to_hf_name(name: str) -> str:
+def sambay_to_hf_name(name: str, layer_plan: list[str]) -> str:
     """phi4flash tensor name of a sambay parameter name (inverse of `hf_to_sambay_name`)."""
     if name in _GLOBAL_TO_HF:
         return _GLOBAL_TO_HF[name]
     m = _OUR_LAYER.fullmatch(name)
-    if not m:
+    if not m or int(m.group(1)) >= len(layer_plan):
         raise CheckpointError(f"parameter {name!r} has no phi4flash name")
     i, rest = m.group(1), m.group(2)
     for hf, ours in _BLOCK_TO_OURS:
         if rest.startswith(ours):
             return f"model.layers.{i}.{hf}{rest[len(ours):]}"
-    if not rest.startswith("mixer."):
+    theirs = rename_mixer_param(layer_plan[int(i)], rest.removeprefix("mixer."), "phi4flash", to_format=True)
+    if not rest.startswith("mixer.") or theirs is None:
         raise CheckpointError(f"parameter {name!r} has no phi4flash name")
-    rest = rest[len("mixer."):]
-    if rest.startswith("diff."):
-        return f"model.layers.{i}.attn.inner_cross_attn.{rest[len('diff.'):]}"
-    for proj in ("qkv.", "q_proj."):
-        if rest.startswith(proj):
-            return f"model.layers.{i}.attn.Wqkv.{rest[len(proj):]}"
-    return f"model.layers.{i}.attn.{rest}"
+    return f"model.layers.{i}.{theirs}"

@@ -25,9 +25,14 @@ import torch
 from torch import nn
 
 from sambay.config import ModelConfig
-from sambay.interop import io, sambay_format
 from sambay.interop import phi4flash as p4f
+from sambay.interop import sambay_format
 from sambay.interop.errors import CheckpointError
+from sambay.interop.json_files import read_json_file
+from sambay.interop.sharded_save import save_safetensors_sharded
+from sambay.interop.state_dict_check import check_state_dict
+from sambay.interop.tensor_loading import ProgressPrinter, iter_tensors
+from sambay.interop.weight_files import CONFIG_NAME, list_weight_files, read_checkpoint_header, read_config_json
 from sambay.model import CausalLM
 
 __all__ = [
@@ -97,15 +102,15 @@ def detect_format(raw: dict, source: str = "config.json") -> str:
 def _read_optional_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
-    data = io.read_json_file(path, what="generation config")
+    data = read_json_file(path, what="generation config")
     return data if isinstance(data, dict) else None
 
 
 def read_folder_config(folder: str | os.PathLike[str]) -> tuple[str, ModelConfig]:
     """(format, ModelConfig) of a checkpoint folder, from its config.json only."""
     folder = Path(folder)
-    raw = io.read_config_json(folder)
-    source = str(folder / io.CONFIG_NAME)
+    raw = read_config_json(folder)
+    source = str(folder / CONFIG_NAME)
     fmt = detect_format(raw, source)
     if fmt == "phi4flash":
         gen = _read_optional_json(folder / "generation_config.json")
@@ -117,7 +122,8 @@ def _layout(fmt: str, config: ModelConfig) -> _Layout:
     if fmt == "sambay":
         return _Layout(fmt, config, to_ours=lambda n: n, to_ckpt=lambda n: n)
     plan = config.layer_plan
-    return _Layout(fmt, config, to_ours=lambda n: p4f.hf_to_sambay_name(n, plan), to_ckpt=p4f.sambay_to_hf_name,
+    return _Layout(fmt, config, to_ours=lambda n: p4f.hf_to_sambay_name(n, plan),
+                   to_ckpt=lambda n: p4f.sambay_to_hf_name(n, plan),
                    tied_head_name="lm_head.weight" if config.tie_embeddings else None)
 
 
@@ -170,7 +176,7 @@ def _progress_callback(progress: Any, total: int, label: str) -> Callable[[int, 
     if progress is None:
         progress = total >= PROGRESS_THRESHOLD_BYTES
     if progress is True:
-        return io.ProgressPrinter(label)
+        return ProgressPrinter(label)
     if progress is False:
         return None
     if callable(progress):
@@ -204,8 +210,8 @@ def from_pretrained(path: str | os.PathLike[str], dtype: torch.dtype | str | Non
     device = torch.device(device) if device is not None else torch.device("cpu")
     fmt, config = read_folder_config(folder)
     layout = _layout(fmt, config)
-    files = io.list_weight_files(folder)
-    header = io.read_checkpoint_header(folder)
+    files = list_weight_files(folder)
+    header = read_checkpoint_header(folder)
 
     model = empty_model(config)
     ours = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -213,7 +219,7 @@ def from_pretrained(path: str | os.PathLike[str], dtype: torch.dtype | str | Non
     head = layout.tied_head_name
     if head is not None and head in header:
         expected[head] = ours["embed.weight"]
-    io.check_state_dict(expected, header, context=f"{folder} ({fmt} format)")
+    check_state_dict(expected, header, context=f"{folder} ({fmt} format)")
     unmapped = [n for n in header if n != head and layout.to_ours(n) not in ours]
     if unmapped:  # cannot happen when the names check passed; kept as a guard against mapping bugs
         raise CheckpointError(f"{folder}: cannot map tensor(s) {unmapped[:10]} to the model")
@@ -222,11 +228,11 @@ def from_pretrained(path: str | os.PathLike[str], dtype: torch.dtype | str | Non
     if dtype is None:
         dtype = _stored_torch_dtype(header[embed_name].dtype, embed_name)
     names = [n for n in header if n != head]
-    total = sum(_nbytes(header[n]) for n in names)
+    total = sum(header[n].nbytes for n in names)
     callback = _progress_callback(progress, total, f"loading {folder.name}")
 
     def mapped() -> Iterator[tuple[str, torch.Tensor]]:
-        for name, tensor in io.iter_tensors(files, names=names, device=device, progress=callback):
+        for name, tensor in iter_tensors(files, names=names, device=device, progress=callback):
             yield layout.to_ours(name), tensor
 
     load_state_into(model, mapped(), dtype=dtype)
@@ -236,8 +242,6 @@ def from_pretrained(path: str | os.PathLike[str], dtype: torch.dtype | str | Non
     return model
 
 
-_ST_BITS = {"F64": 64, "I64": 64, "U64": 64, "C64": 64, "F32": 32, "I32": 32, "U32": 32, "BF16": 16, "F16": 16,
-            "I16": 16, "U16": 16}
 _ST_TO_TORCH = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 
 
@@ -248,18 +252,11 @@ def _stored_torch_dtype(st_dtype: str, name: str) -> torch.dtype:
     return _ST_TO_TORCH[st_dtype]
 
 
-def _nbytes(info: io.TensorInfo) -> int:
-    n = 1
-    for d in info.shape:
-        n *= d
-    return n * _ST_BITS.get(info.dtype, 8) // 8
-
-
 def _check_tied_head(files: list[Path], head: str, embed: torch.Tensor, device: torch.device,
                      folder: Path) -> None:
     """A stored lm_head of a tied model must equal the embedding (read after it, so never two big copies
     beyond this one tensor)."""
-    for _, tensor in io.iter_tensors(files, names=[head], device=device):
+    for _, tensor in iter_tensors(files, names=[head], device=device):
         if not torch.equal(tensor.to(embed.dtype), embed.detach()):
             diff = (tensor.float() - embed.detach().float()).abs().max().item()
             raise CheckpointError(
@@ -307,12 +304,15 @@ def save_pretrained(model: CausalLM, path: str | os.PathLike[str], format: str =
     dtype = model.embed.weight.dtype
     folder.mkdir(parents=True, exist_ok=True)
     metadata = {"sambay_format": sambay_format.FORMAT_VERSION} if format == "sambay" else None
-    io.save_safetensors_sharded(state, folder, max_shard_size=max_shard_size, metadata=metadata)
+    save_safetensors_sharded(state, folder, max_shard_size=max_shard_size, metadata=metadata)
     if format == "sambay":
-        _write_json(folder / io.CONFIG_NAME, sambay_format.config_to_dict(config))
+        _write_json(folder / CONFIG_NAME, sambay_format.config_to_dict(config))
     else:
-        _write_json(folder / io.CONFIG_NAME, p4f.config_to_hf(config, str(dtype).removeprefix("torch.")))
+        _write_json(folder / CONFIG_NAME, p4f.config_to_hf(config, str(dtype).removeprefix("torch.")))
         gen = folder / "generation_config.json"
         if config.eos_token_id is not None and not gen.exists():
             _write_json(gen, {"eos_token_id": config.eos_token_id})
     return folder
+
+
+CausalLM.checkpoint_writer = save_pretrained  # `model.save_pretrained(...)` writes through this module

@@ -1,8 +1,9 @@
-"""What flows through the stack beside the residual stream during one forward pass.
+"""What flows through the stack beside the residual stream: `ForwardContext` for a whole-sequence forward,
+`InferenceContext` for one engine call (a prefill chunk or a decode step).
 
-Built once per batch (positions, document ids, masks are computed once and reused by every layer) and
-filled in on the way: the `mamba_memory` layer publishes `memory`, the `full_kv` layer publishes
-`shared_kv`, and the cross-decoder reads both.
+Each is built once per call (positions, document ids, masks are computed once and reused by every layer) and
+filled in on the way: the layer with the "memory" role publishes `memory`, the layer with the "shared_kv"
+role publishes `shared_kv`, and the cross-decoder reads both.
 """
 
 from __future__ import annotations
@@ -89,3 +90,70 @@ def document_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.
         raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at the sequence length {total}")
     lengths = cu[1:] - cu[:-1]
     return torch.repeat_interleave(torch.arange(len(lengths), device=cu.device), lengths)[None]
+
+
+class InferenceContext:
+    """One engine call over a batch of state slots: a prefill chunk (B, T) or a decode step (B, 1).
+
+    Prefill rows are left-padded: every row's last token sits in the last column, and padded columns are a
+    separate leading document (`document_ids`), so conv taps and scans reset at the first real token and a
+    padded position never reaches a state, a window or a K/V cache.
+
+    slots (B,) int64 state slots; positions (B, T) int64 absolute positions (negative on padding);
+    real (B, T) bool, False on padding (None: nothing is padded); starts (B,) int64 tokens already in each
+    slot before this call; max_start: max(starts) and max_keys: max(positions) + 1, as Python ints (they size
+    key slices without a device sync; None in a decode step, whose attention reads lengths on the device).
+    `memory` and `shared_kv` are
+    what the memory / shared-K/V layers publish on the way (the latter is that layer's cache dict).
+    """
+
+    __slots__ = ("slots", "positions", "real", "starts", "max_start", "max_keys", "memory", "shared_kv")
+
+    def __init__(self, slots: torch.Tensor, positions: torch.Tensor, real: torch.Tensor | None,
+                 starts: torch.Tensor, max_start: int | None = None, max_keys: int | None = None):
+        self.slots, self.positions, self.real = slots, positions, real
+        self.starts, self.max_start, self.max_keys = starts, max_start, max_keys
+        self.memory: torch.Tensor | None = None
+        self.shared_kv: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def decode(cls, slots: torch.Tensor, positions: torch.Tensor) -> InferenceContext:
+        """One token per row: slots (B,), positions (B,) = tokens already in each slot."""
+        return cls(slots, positions[:, None], None, positions)
+
+    @classmethod
+    def prefill(cls, pieces: list[list[int]], slots: list[int], starts: list[int],
+                device) -> tuple[InferenceContext, torch.Tensor]:
+        """Left-pad the pieces (piece b continues slot slots[b] at position starts[b]); returns the context
+        and the (B, T) input ids (padding uses id 0)."""
+        width = max(len(p) for p in pieces)
+        ids = torch.zeros(len(pieces), width, dtype=torch.long)
+        real = torch.zeros(len(pieces), width, dtype=torch.bool)
+        positions = torch.empty(len(pieces), width, dtype=torch.long)
+        for b, (piece, start) in enumerate(zip(pieces, starts)):
+            pad = width - len(piece)
+            ids[b, pad:] = torch.as_tensor(piece, dtype=torch.long)
+            real[b, pad:] = True
+            positions[b] = torch.arange(width) - pad + start
+        ctx = cls(torch.as_tensor(slots, dtype=torch.long, device=device), positions.to(device),
+                  None if bool(real.all()) else real.to(device),
+                  torch.as_tensor(starts, dtype=torch.long, device=device), max(starts),
+                  max(s + len(p) for s, p in zip(starts, pieces)))
+        return ctx, ids.to(device)
+
+    @property
+    def document_ids(self) -> torch.Tensor | None:
+        """(B, T): padding is document 0, the real tokens document 1 (None when nothing is padded)."""
+        return None if self.real is None else self.real.long()
+
+    @property
+    def real_mask(self) -> torch.Tensor:
+        """(B, T) bool, True on real tokens."""
+        return torch.ones_like(self.positions, dtype=torch.bool) if self.real is None else self.real
+
+    def last_column(self) -> InferenceContext:
+        """The same call restricted to each row's last token (which is always real); published values too."""
+        ctx = InferenceContext(self.slots, self.positions[:, -1:], None, self.starts, self.max_start, self.max_keys)
+        ctx.memory = None if self.memory is None else self.memory[:, -1:]
+        ctx.shared_kv = self.shared_kv
+        return ctx

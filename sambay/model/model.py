@@ -1,14 +1,17 @@
 """`CausalLM`: token embedding -> self-decoder -> cross-decoder -> final norm -> LM head.
 
-For SambaY the self-decoder is Samba (Mamba-1 / SWA alternating), then the `mamba_memory` layer that
-publishes the GMU memory and the `full_kv` layer that publishes the one shared K/V; the cross-decoder
-alternates GMUs (gating that memory) and cross-attention (reading that K/V). Other architectures of the
-family are other layer plans through the same code (a plan without `full_kv` has no cross-decoder).
+For SambaY the self-decoder is Samba (Mamba-1 / SWA alternating), then a Mamba layer that publishes the GMU
+memory (`mamba_memory`) and a full-attention layer that publishes the one shared K/V (`full_kv`); the
+cross-decoder alternates GMUs (gating that memory) and cross-attention (reading that K/V). Other
+architectures of the family are other layer plans through the same code (a plan without a shared-K/V layer
+has no cross-decoder).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -47,14 +50,6 @@ class CausalLM(nn.Module):
         self.logit_scale = config.mup_base_depth / config.n_layer if config.parametrization == "mup++" else 1.0
         if init:
             parametrization.init_weights(self)
-
-    @property
-    def self_decoder(self) -> nn.ModuleList:
-        return self.layers[: self.config.split_index]
-
-    @property
-    def cross_decoder(self) -> nn.ModuleList:
-        return self.layers[self.config.split_index :]
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -111,14 +106,18 @@ class CausalLM(nn.Module):
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         return CausalLMOutput(logits=logits, loss=loss, hidden_states=hidden)
 
+    # Installed by `sambay.interop` (which builds on the model, never the other way round): the function that
+    # writes a model to a checkpoint folder, save_pretrained(model, path, format=, max_shard_size=).
+    checkpoint_writer: ClassVar[Callable | None] = None
+
     def save_pretrained(self, path, format: str = "sambay", max_shard_size: int | str = "5GB"):
         """Write config.json + safetensors to `path` in the "sambay" or "phi4flash" (Hugging Face) format.
 
         See `sambay.interop.pretrained.save_pretrained`; load back with `sambay.from_pretrained(path)`.
         """
-        from sambay.interop.pretrained import save_pretrained
-
-        return save_pretrained(self, path, format=format, max_shard_size=max_shard_size)
+        if CausalLM.checkpoint_writer is None:
+            raise RuntimeError("no checkpoint writer installed: import sambay (or sambay.interop) first")
+        return CausalLM.checkpoint_writer(self, path, format=format, max_shard_size=max_shard_size)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -5,8 +5,9 @@ Init (ArchScale release semantics):
     divided by sqrt(2L); untied head N(0, init_std²).
   * μP++: every Linear U(±1/sqrt(fan_in)); untied head zero ("zero readout"); with tied embeddings the output
     projections are also divided by sqrt(2L) (a quirk of the reference code, kept for fidelity).
-  * Both: embeddings N(0, 1e-4²) when untied, N(0, init_std²) when tied; Linear biases 0; Mamba A_log/D/dt
-    bias by the S4D rules (dt_proj.bias kept); DA λ vectors N(0, 0.1²); norm gains 1, biases 0.
+  * Both: embeddings N(0, 1e-4²) when untied, N(0, init_std²) when tied; Linear biases 0 except those a mixer
+    keeps (`Mixer.init_preserves`: Mamba's dt_proj.bias, set by the S4D rules with A_log and D); whatever
+    else a mixer needs in `Mixer.init_extra_parameters` (DA λ vectors N(0, 0.1²)); norm gains 1, biases 0.
 Forward multipliers (μP++ only) live where they act: branch × 1/sqrt(2L) in `Block`, logits × d0/L in
 `CausalLM`.
 Optimizer groups (μP++): matrices (every Linear weight except the head) get LR × d0/L and weight decay;
@@ -50,11 +51,12 @@ def init_weights(model: nn.Module) -> None:
             nn.init.normal_(w, std=config.init_std)
         if _is_output_projection(name) and (not mup or config.tie_embeddings):
             w.mul_(depth_scale)
-    for name, p in params.items():
-        if name.endswith(".bias") and "dt_proj" not in name and "conv1d" not in name and "norm" not in name:
-            p.zero_()  # Linear biases (qkv, q_proj, out_proj)
-        elif name.endswith(("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")):
-            nn.init.normal_(p, std=0.1)
+    for block in model.layers:
+        keep = {f"mixer.{n}" for n in block.mixer.init_preserves}
+        for name, module in block.named_modules():
+            if isinstance(module, nn.Linear) and module.bias is not None and f"{name}.bias" not in keep:
+                module.bias.zero_()  # qkv, q_proj, out_proj biases
+        block.mixer.init_extra_parameters()  # e.g. the DA λ vectors
     nn.init.normal_(model.embed.weight, std=config.init_std if config.tie_embeddings else 1e-4)
     if model.lm_head is not None:
         if mup:

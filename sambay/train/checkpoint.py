@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from sambay.interop.io import fsync_dir
+from sambay.interop.sharded_save import fsync_dir
 from sambay.train import distributed as D
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -151,7 +151,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
     Restores model weights, optimizer state and this rank's RNG; returns the saved `extra` dict (step,
     tokens, loader state, ...). With `optimizer=None` only the weights are loaded.
     """
-    from sambay.interop.io import load_safetensors_folder
+    from sambay.interop.tensor_loading import load_safetensors_folder
 
     path = Path(path)
     state = torch.load(path / TRAIN_STATE, map_location="cpu", weights_only=True)

@@ -1,10 +1,10 @@
 """`TrainConfig` (what the user asked for) and `TrainPlan` (what it resolves to for one launch).
 
-Resolution follows ArchScale `pretrain.setup` (ARCHITECTURE.md §13.6-13.8), with every rule a typed field
+Resolution follows ArchScale's `pretrain.setup`, with every rule a typed field
 instead of a run-name substring:
 
 * tokens: `--tokens N`, or `--budget chinchilla`: T = t0 · N / n0 with N the model's non-embedding
-  parameter count (t0 = 1e11, n0 = 237568 · 16³, §13.7 / §14.1);
+  parameter count (t0 = 1e11, n0 = 237568 · 16³: the paper's d16 model trains on 100B tokens);
 * global batch b in tokens must be a multiple of m = world · micro_batch · seq_len (accumulation
   steps = b / m). Default: 2^21 rounded down to a multiple of m, but at most tokens/100 so a short run
   still takes ≥ ~100 optimizer steps (never below one micro-batch per rank);

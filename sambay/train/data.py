@@ -116,15 +116,14 @@ def build_loaders(cfg, model_config, seq_len: int, micro_batch: int, rank: int, 
             vals["val_loss_2x"] = SyntheticValidation(train, 2 * seq_len, max(1, micro_batch // 2),
                                                       cfg.eval_batches)
         return train, vals
-    from sambay.data.loader import TokenLoader, ValidationLoader
-    from sambay.data.sources import DataError
+    from sambay.data.loader import MissingEOSError, TokenLoader, ValidationLoader
 
     def make(cls, *args, **kwargs):
         # the prepared data's manifest names its EOS id; fall back to the model's only for bare shards
         try:
             return cls(*args, **kwargs, document_ids=cfg.document_ids, vocab_size=model_config.vocab_size)
-        except DataError as e:
-            if not (cfg.document_ids and eos is not None and "EOS id" in str(e)):
+        except MissingEOSError:  # raised only with document_ids=True
+            if eos is None:
                 raise
             return cls(*args, **kwargs, document_ids=True, eos_id=eos, vocab_size=model_config.vocab_size)
 

@@ -3,11 +3,11 @@
 FLOPs per trained token (forward + backward = 3 × forward):
 * matmuls: 6 · N, N = every weight applied per token = non-embedding parameters + the LM head (the input
   embedding is a lookup, not a matmul; with tied embeddings the head is still one V×d matmul);
-* attention scores and values: 12 · n_head · head_dim · c per attention layer (swa / full / full_kv / cross),
-  with c the mean number of keys a query sees under the causal (and sliding-window) mask — so causal
-  attention counts T/2, not T (PaLM's 12·L·H·Q·T counts the masked half too).
-The selective scan and convolutions (O(d_inner · d_state) per token) are left out: < 1 % at the research
-widths. MFU = FLOPs/token × tokens/s ÷ (peak FLOP/s per device × devices).
+* what each mixer adds beyond its weights (`Mixer.flops_per_token`, forward, times 3): for attention
+  4 · n_head · head_dim · c, with c the mean number of keys a query sees under the causal (and
+  sliding-window) mask — so causal attention counts T/2, not T (PaLM's 12·L·H·Q·T counts the masked half
+  too). The selective scan and convolutions (O(d_inner · d_state) per token) are left out: < 1 % at the
+  research widths. MFU = FLOPs/token × tokens/s ÷ (peak FLOP/s per device × devices).
 """
 
 from __future__ import annotations
@@ -20,27 +20,16 @@ from pathlib import Path
 
 import torch
 
-ATTENTION_KINDS = ("swa", "full", "full_kv", "cross")
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets; matched as substrings of the name.
 KNOWN_BF16_PEAKS = (("H200", 989.4e12), ("H100 PCIe", 756.0e12), ("H100", 989.4e12), ("A100", 312.0e12),
                     ("L40S", 362.1e12), ("A10G", 70.0e12))
-
-
-def mean_keys(seq_len: int, window: int | None) -> float:
-    """Average number of keys per query under a causal mask limited to `window` keys (incl. itself)."""
-    w = seq_len if window is None else min(window, seq_len)
-    return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
 
 
 def flops_per_token(model_config, seq_len: int, non_embedding_params: int) -> float:
     """Training FLOPs per token (see the module docstring)."""
     c = model_config
     dense = 6.0 * (non_embedding_params + c.vocab_size * c.d_model)
-    attn = 0.0
-    for kind in c.layer_plan:
-        if kind in ATTENTION_KINDS:
-            attn += 12.0 * c.n_head * c.head_dim * mean_keys(seq_len, c.window if kind == "swa" else None)
-    return dense + attn
+    return dense + 3.0 * sum(spec.mixer_class.flops_per_token(c, seq_len) for spec in c.layers)
 
 
 def known_peak_flops(device: torch.device, dtype: str) -> float | None:

@@ -4,7 +4,7 @@ Groups come from `CausalLM.optimizer_groups(lr, weight_decay)`: μP++ -> "matric
 "vectors" (LR × 1, no decay); SP -> one "all" group with decay. Each group keeps its `lr_multiplier`; the
 schedule sets `group["lr"] = peak_lr · lr_multiplier · factor(step)`.
 
-Schedules (ARCHITECTURE.md §13.6, step = optimizer step counted from 0):
+Schedules (as in ArchScale's pretraining script; step = optimizer step counted from 0):
 * warm-up: factor = (step + 1) / warmup for step < warmup (never a zero-LR first step);
 * "linear": then linear decay reaching 0 one step after the last (the last step has factor 1/(S-W));
 * "cosine": then 0.5·(1 + cos(π·p)) with the same progress p;

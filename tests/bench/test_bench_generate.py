@@ -19,6 +19,9 @@ def test_bench_generate_cli_runs_tiny_models_on_cpu_and_reports_sane_numbers(tmp
         assert m["long_prompt_len"] == 40 and m["long_prefill_s"] > 0
         assert len(m["contexts"]) == len(m["step_ms"]) == 2 and all(t > 0 for t in m["step_ms"])
     assert data["meta"]["command"].startswith("sambay bench generate")
+    assert data["meta"]["device"] == "cpu" and data["meta"]["versions"]["sambay"]
+    assert data["bandwidth_bytes_per_s"] is None  # no copy bandwidth on CPU: null, never a bare NaN
+    assert "NaN" not in out.read_text()
 
 
 def test_bench_rejects_bad_arguments(capsys):

@@ -1,4 +1,4 @@
-"""`benchmarks/sass.py`'s loop report: the load-to-use distance that exposes a prefetch defeated by a copy."""
+"""`tools/sass.py`'s loop report: the load-to-use distance that exposes a prefetch defeated by a copy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("triton")
 _spec = importlib.util.spec_from_file_location(
-    "sass_tool", Path(__file__).resolve().parents[2] / "benchmarks" / "sass.py")
+    "sass_tool", Path(__file__).resolve().parents[2] / "tools" / "sass.py")
 sass = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sass)
 

@@ -40,7 +40,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(corpus, tmp_path_factory):
-    from sambay.data.tokenizer import train_tokenizer_from_files
+    from sambay.tokenizer import train_tokenizer_from_files
 
     root, _ = corpus
     out = tmp_path_factory.mktemp("tok")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sambay.data.dataset import TokenStream
-from sambay.data.loader import TokenLoader, ValidationLoader, document_ids
+from sambay.data.loader import MissingEOSError, TokenLoader, ValidationLoader, document_ids
 from sambay.data.shards import write_shard
 from sambay.data.sources import DataError
 
@@ -163,9 +163,18 @@ def test_mismatched_vocab_or_missing_data_is_a_clear_error(tmp_path, ds):
         ValidationLoader({ds: 1.0}, T, 2)
 
 
+def test_missing_eos_id_is_a_typed_error(ds):
+    # the trainer falls back to the model's EOS id on this type (never on a message)
+    assert issubclass(MissingEOSError, DataError)
+    with pytest.raises(MissingEOSError):
+        TokenLoader(ds, T, 2, document_ids=True)
+    with pytest.raises(MissingEOSError):
+        ValidationLoader(ds, T, 2, document_ids=True)
+
+
 def test_prepared_directory_feeds_the_loader_with_its_manifest_eos(corpus, tokenizer_dir, tmp_path):
     from sambay.data.prepare import PrepareConfig, prepare
-    from sambay.data.tokenizer import load_tokenizer
+    from sambay.tokenizer import load_tokenizer
 
     prepare(PrepareConfig(str(tokenizer_dir), [str(corpus[0] / "*")], str(tmp_path), shard_tokens=300,
                           progress=False))

@@ -8,7 +8,7 @@ import pytest
 from sambay.data.prepare import MANIFEST, PrepareConfig, prepare
 from sambay.data.shards import read_shard
 from sambay.data.sources import DataError
-from sambay.data.tokenizer import load_tokenizer
+from sambay.tokenizer import load_tokenizer
 
 
 def _decode_docs(out_dir, tok):

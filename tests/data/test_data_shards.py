@@ -52,7 +52,7 @@ def test_corrupt_magic_version_and_trailing_bytes_are_rejected(tmp_path):
 
 
 def test_litpkds_shard_from_archscale_is_readable(tmp_path):
-    # ARCHITECTURE.md §15.2 layout: LITPKDS, u64 version 1, u8 dtype code 8 (uint16), u64 chunk size
+    # litgpt's packed-dataset layout: 7-byte magic LITPKDS, u64 version 1, u8 dtype code 8 (uint16), u64 chunk size
     tokens = np.arange(20, dtype=np.uint16)
     path = tmp_path / "lit.bin"
     path.write_bytes(b"LITPKDS" + struct.pack("<QBQ", 1, 8, 20) + tokens.tobytes())

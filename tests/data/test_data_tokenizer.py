@@ -1,7 +1,9 @@
 import argparse
+import hashlib
 import json
 
-from sambay.data.tokenizer import EOS_TOKEN, load_tokenizer
+import sambay
+from sambay.tokenizer import EOS_TOKEN, Tokenizer, load_tokenizer
 
 
 def test_trained_tokenizer_encodes_every_digit_as_its_own_token(tokenizer_dir):
@@ -39,3 +41,12 @@ def test_cli_tokenizer_train_writes_tokenizer_json_and_config(corpus, tmp_path):
     assert args.func(args) == 0
     assert (out / "tokenizer.json").is_file() and (out / "tokenizer_config.json").is_file()
     assert load_tokenizer(out).vocab_size <= 300
+
+
+def test_trained_tokenizer_loads_as_the_one_tokenizer_type(tokenizer_dir):
+    tok = load_tokenizer(tokenizer_dir)
+    assert isinstance(tok, Tokenizer) and sambay.load_tokenizer is load_tokenizer
+    assert tok.file == tokenizer_dir / "tokenizer.json" and tok.tokenizer is tok.backend
+    assert tok.sha256 == hashlib.sha256(tok.file.read_bytes()).hexdigest()
+    assert tok.eos_token_ids == [tok.eos_id] and tok.chat_template is None
+    assert tok.encode("room 42") == tok.backend.encode("room 42").ids

@@ -17,11 +17,11 @@ RTOL = 1e-5
 
 def randomize(model: CausalLM, seed: int = 1) -> CausalLM:
     """Give every weight O(1) influence (μP++ zero-initialises the head and biases, which would hide bugs):
-    matrices ~ N(0, 1/fan_in), norm gains 1 + 0.1 N, biases / D / λ 0.1 N; A_log and dt bias keep their init."""
+    matrices ~ N(0, 1/fan_in), norm gains 1 + 0.1 N, biases / D / λ 0.1 N; A_log and dt biases keep their init."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("A_log", "dt_proj.bias")):
+            if name.endswith(("A_log", "dt_proj.bias", "dt_bias")):
                 continue
             if p.ndim >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))

@@ -9,7 +9,7 @@ from sambay.engine.state import InferenceState
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("preset", ["sambay", "phi4-mini-flash", "transformer++", "samba"])
+@pytest.mark.parametrize("preset", ["sambay", "phi4-mini-flash", "transformer++", "samba", "sambay-mamba2"])
 def test_cuda_graph_decode_gives_the_eager_greedy_tokens(preset):
     from sambay.engine.cuda_graphs import GraphedDecoder
 

@@ -12,7 +12,7 @@ from sambay.engine import InferenceState, decode_step, prefill
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("preset", ["sambay", "sambay-da", "samba", "transformer++"])
+@pytest.mark.parametrize("preset", ["sambay", "sambay-da", "samba", "transformer++", "sambay-mamba2"])
 def test_prefill_and_decode_match_forward_on_cuda(preset):
     model = make_model(preset).cuda()
     seqs = torch.randint(0, 256, (3, 24), device="cuda", generator=torch.Generator("cuda").manual_seed(0))

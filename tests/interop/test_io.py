@@ -1,4 +1,5 @@
-"""Tests for sambay.interop.io: safetensors folder reading, validation and sharded writing (CPU, fast)."""
+"""Tests for the safetensors IO of sambay.interop (json_files, safetensors_header, weight_files, tensor_loading,
+sharded_save, state_dict_check): folder reading, validation and sharded writing (CPU, fast)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sambay.interop.errors import CheckpointError
-from sambay.interop.io import (
-    ProgressPrinter,
-    TensorInfo,
-    check_state_dict,
-    iter_tensors,
-    list_weight_files,
-    load_safetensors_folder,
-    parse_size,
-    read_checkpoint_header,
-    read_config_json,
-    read_header,
-    read_safetensors_metadata,
-    save_safetensors_sharded,
-)
+from sambay.interop.safetensors_header import TensorInfo, read_header, read_safetensors_metadata
+from sambay.interop.sharded_save import parse_size, save_safetensors_sharded
+from sambay.interop.state_dict_check import check_state_dict
+from sambay.interop.tensor_loading import ProgressPrinter, iter_tensors, load_safetensors_folder
+from sambay.interop.weight_files import list_weight_files, read_checkpoint_header, read_config_json
 
 
 def _state() -> dict[str, torch.Tensor]:
@@ -123,7 +115,7 @@ def test_resave_replaces_old_layout(tmp_path: Path) -> None:
 
 
 def test_failed_save_leaves_no_partial_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sambay.interop.io as sio
+    import sambay.interop.sharded_save as sio
 
     calls = {"n": 0}
     real = sio._write_safetensors_file

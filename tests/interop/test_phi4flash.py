@@ -18,7 +18,7 @@ import sambay
 from sambay.config import tiny
 from sambay.interop import phi4flash as p4f
 from sambay.interop.errors import CheckpointError
-from sambay.interop.io import read_checkpoint_header
+from sambay.interop.weight_files import read_checkpoint_header
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "phi4flash-A"
 
@@ -260,9 +260,9 @@ def test_name_mapping_round_trips_for_every_parameter():
     config = tiny("phi4-mini-flash")
     model = sambay.CausalLM(config, init=False)
     for name, _ in model.named_parameters():
-        hf = p4f.sambay_to_hf_name(name)
+        hf = p4f.sambay_to_hf_name(name, config.layer_plan)
         assert p4f.hf_to_sambay_name(hf, config.layer_plan) == name
-    assert p4f.sambay_to_hf_name("layers.7.mixer.q_proj.weight") == "model.layers.7.attn.Wqkv.weight"
+    assert p4f.sambay_to_hf_name("layers.7.mixer.q_proj.weight", config.layer_plan) == "model.layers.7.attn.Wqkv.weight"
     assert p4f.hf_to_sambay_name("model.layers.5.attn.Wqkv.bias", config.layer_plan) == "layers.5.mixer.qkv.bias"
     assert p4f.hf_to_sambay_name("model.layers.1.attn.inner_cross_attn.subln.weight", config.layer_plan) == \
         "layers.1.mixer.diff.subln.weight"

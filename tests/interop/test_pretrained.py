@@ -18,8 +18,10 @@ from safetensors.torch import load_file, save_file
 import sambay
 from sambay.cli.main import main as cli_main
 from sambay.config import tiny
-from sambay.interop import io, pretrained
+from sambay.interop import pretrained
 from sambay.interop.errors import CheckpointError
+from sambay.interop.safetensors_header import read_header, read_safetensors_metadata
+from sambay.interop.weight_files import list_weight_files, read_checkpoint_header
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "phi4flash-A"
 IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -57,14 +59,14 @@ def test_sambay_format_round_trip_is_bit_identical(tmp_path, preset):
 def test_sambay_format_config_json_is_plain_model_config(saved):
     model, folder = saved
     assert sambay.ModelConfig.from_json(folder / "config.json") == model.config
-    assert io.read_safetensors_metadata(folder / "model.safetensors")["sambay_format"] == "1"
-    assert "lm_head.weight" not in io.read_header(folder / "model.safetensors") or model.lm_head is not None
+    assert read_safetensors_metadata(folder / "model.safetensors")["sambay_format"] == "1"
+    assert "lm_head.weight" not in read_header(folder / "model.safetensors") or model.lm_head is not None
 
 
 def test_sharded_sambay_format_loads_identically(tmp_path):
     model = random_model(tiny("sambay"))
     model.save_pretrained(tmp_path / "s", max_shard_size="64KB")
-    files = io.list_weight_files(tmp_path / "s")
+    files = list_weight_files(tmp_path / "s")
     assert len(files) > 5
     assert _same_parameters(model, sambay.from_pretrained(tmp_path / "s"))
 
@@ -114,7 +116,7 @@ def test_progress_is_reported_per_tensor(saved):
     calls = []
     sambay.from_pretrained(folder, progress=lambda done, total: calls.append((done, total)))
     assert calls[0][0] == 0 and calls[-1][0] == calls[-1][1] > 0
-    assert len(calls) == len(io.read_checkpoint_header(folder)) + 1
+    assert len(calls) == len(read_checkpoint_header(folder)) + 1
 
 
 def _status_bytes(field: str) -> int:
@@ -242,7 +244,7 @@ def test_missing_folder_and_file_path_give_clear_errors(tmp_path):
 def test_missing_shard_of_an_index_is_named(tmp_path):
     model = random_model(tiny("sambay"))
     model.save_pretrained(tmp_path / "s", max_shard_size="64KB")
-    victim = io.list_weight_files(tmp_path / "s")[2]
+    victim = list_weight_files(tmp_path / "s")[2]
     victim.unlink()
     with pytest.raises(CheckpointError, match=victim.name):
         sambay.from_pretrained(tmp_path / "s")
@@ -257,7 +259,7 @@ def test_cli_convert_phi4flash_to_sambay_and_back(tmp_path, capsys):
     assert "wrote phi4flash-format checkpoint" in capsys.readouterr().out
     a, b = sambay.from_pretrained(FIXTURE), sambay.from_pretrained(tmp_path / "h")
     assert _same_parameters(a, b)
-    assert set(io.read_checkpoint_header(tmp_path / "h")) == set(io.read_checkpoint_header(FIXTURE))
+    assert set(read_checkpoint_header(tmp_path / "h")) == set(read_checkpoint_header(FIXTURE))
 
 
 def test_cli_convert_bad_arguments_exit_2_with_one_line(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Tests for sambay.interop.tokenizer with a tiny byte-level BPE trained in the fixture (CPU, fast)."""
+"""Tests for sambay.tokenizer (loading, chat templates, incremental decoding) with a tiny byte-level BPE trained
+in the fixture (CPU, fast)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sambay.interop.errors import ChatTemplateError, CheckpointError, TokenizerError
-from sambay.interop.tokenizer import IncrementalDecoder, Tokenizer, load_tokenizer
+from sambay.tokenizer import IncrementalDecoder, Tokenizer, load_tokenizer
 
 SPECIALS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
@@ -100,7 +101,7 @@ def copy_dir(tok_dir: Path, tmp_path: Path) -> Path:
 def test_no_transformers_import() -> None:
     import sys
 
-    import sambay.interop.tokenizer  # noqa: F401
+    import sambay.tokenizer  # noqa: F401
 
     assert "transformers" not in sys.modules
 

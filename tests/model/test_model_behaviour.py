@@ -12,7 +12,7 @@ from sambay.model.context import masked_core
 from sambay.ops.attention.reference import masked_attention
 
 ALL_PRESETS = list(PRESETS)
-TABLE_M = {  # ARCHITECTURE.md §14.2 non-embedding parameters (millions)
+TABLE_M = {  # the paper's table of non-embedding parameters (millions) per depth
     8: [121.7, 121.7, 125.7, 128.8, 124.1, 126.9],
     12: [410.6, 410.6, 423.8, 428.9, 417.6, 424.6],
     16: [973.1, 973.1, 1003.8, 1009.7, 988.4, 1002.3],
@@ -124,10 +124,14 @@ def test_diff_attention_equals_explicit_per_head_formula():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_gmu_gradients_reach_the_memory_producing_mamba_through_the_memory():
-    config = tiny("sambay")
+@pytest.mark.parametrize("preset,memory_kind,gated_after", [
+    ("sambay", "mamba_memory", ("out_proj",)),  # the memory is taken before the z gate and out_proj
+    ("sambay-mamba2", "mamba2_memory", ("out_proj", "norm")),  # ... and before the gated norm
+])
+def test_gmu_gradients_reach_the_memory_producing_layer_through_the_memory(preset, memory_kind, gated_after):
+    config = tiny(preset)
     model = CausalLM(config)
-    mem_layer = config.layer_plan.index("mamba_memory")
+    mem_layer = config.layer_plan.index(memory_kind)
     gmu_layers = [i for i, k in enumerate(config.layer_plan) if k == "gmu"]
     captured = []
     # Cut every path into the GMUs except the memory: detach their normalised inputs.
@@ -139,11 +143,13 @@ def test_gmu_gradients_reach_the_memory_producing_mamba_through_the_memory():
     for h in hooks:
         h.remove()
     sum(o.sum() for o in captured).backward()
-    mamba = model.layers[mem_layer].mixer
-    for name in ("in_proj", "x_proj", "dt_proj"):
-        assert getattr(mamba, name).weight.grad.abs().sum() > 0, name
-    assert mamba.A_log.grad.abs().sum() > 0 and mamba.D.grad.abs().sum() > 0
-    assert mamba.out_proj.weight.grad is None  # the memory is taken before out_proj
+    mixer = model.layers[mem_layer].mixer
+    for name in ("in_proj", "x_proj", "dt_proj", "conv1d"):
+        if hasattr(mixer, name):
+            assert getattr(mixer, name).weight.grad.abs().sum() > 0, name
+    assert mixer.A_log.grad.abs().sum() > 0 and mixer.D.grad.abs().sum() > 0
+    for name in gated_after:
+        assert getattr(mixer, name).weight.grad is None, name
 
 
 def test_loss_is_next_token_cross_entropy_with_labels_or_targets():

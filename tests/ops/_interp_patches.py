@@ -1,7 +1,7 @@
 """Test-harness patch for the Triton interpreter (TRITON_INTERPRET=1); imported by _interp_cases.py.
 
-Multi-config `@triton.autotune` needs a GPU to benchmark configs (KERNELS_AND_ENGINE.md section 7); the stub
-reports equal timings so the first config is used. Our kernels do not autotune today; the stub keeps that
+Multi-config `@triton.autotune` benchmarks its configs by timing them on a GPU, which the interpreter cannot do;
+the stub reports equal timings so the first config is used. Our kernels do not autotune today; the stub keeps that
 from breaking CPU tests if one ever does.
 """
 

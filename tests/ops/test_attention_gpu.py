@@ -14,6 +14,7 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():  # pragma: no cover - CPU CI
     pytest.skip("needs a CUDA device", allow_module_level=True)
 
+from sambay.ops import triton_math as tm  # noqa: E402
 from sambay.ops.attention import decode_reference as dref  # noqa: E402
 from sambay.ops.attention import decode_triton as dtri  # noqa: E402
 from sambay.ops.attention import masked_attention, prefill_attention  # noqa: E402
@@ -25,9 +26,9 @@ BF = torch.bfloat16
 
 @pytest.fixture(autouse=True)
 def _poison():
-    dtri.POISON = True
+    tm.POISON = True
     yield
-    dtri.POISON = False
+    tm.POISON = False
 
 
 def rel(a, b):
@@ -101,7 +102,7 @@ def test_decode_cuda_graph_replay_follows_lengths_and_slots():
     q = torch.randn(B, H, hs, device=DEV, dtype=BF)
     lens = torch.full((B,), 100, device=DEV, dtype=torch.int32)
     slots = torch.arange(B, device=DEV, dtype=torch.int32)
-    dtri.POISON = False
+    tm.POISON = False
     dtri.decode_attention(q, kc, vc, lens, slots)  # compile outside the capture
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())

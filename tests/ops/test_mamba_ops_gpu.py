@@ -1,6 +1,6 @@
 """GPU checks of the Mamba-1 Triton kernels at realistic sizes in bf16 (skipped without CUDA).
 
-Every kernel-written buffer is filled with NaN first (`POISON`), so an element a kernel forgets to write
+Every kernel-written buffer is filled with NaN first (`triton_math.POISON`), so an element a kernel forgets to write
 fails the check. References run in fp32 (float64 for the small decode checks) on the same bf16 inputs
 upcast; errors are ||out - ref|| / ||ref||.
 """
@@ -15,6 +15,7 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():  # pragma: no cover - CPU CI
     pytest.skip("needs a CUDA device", allow_module_level=True)
 
+from sambay.ops import triton_math as tm  # noqa: E402
 from sambay.ops.causal_conv1d import reference as conv_ref  # noqa: E402
 from sambay.ops.causal_conv1d import triton as conv_tri  # noqa: E402
 from sambay.ops.selective_scan import reference as scan_ref  # noqa: E402
@@ -27,12 +28,9 @@ DEV = "cuda"
 
 @pytest.fixture(autouse=True)
 def _poison():
-    mods = (scan_tri, conv_tri, ssu_tri)
-    for m in mods:
-        m.POISON = True
+    tm.POISON = True
     yield
-    for m in mods:
-        m.POISON = False
+    tm.POISON = False
 
 
 def rel(a, b):

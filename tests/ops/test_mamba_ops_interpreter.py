@@ -2,7 +2,7 @@
 
 They run in a subprocess with TRITON_INTERPRET=1 and SAMBAY_KERNELS=triton: the interpreter must be
 switched on before triton compiles anything, and an out-of-bounds access there segfaults the process
-(KERNELS_AND_ENGINE.md section 7), which must not take the whole test session down.
+(the interpreter runs loads as raw host-memory reads), which must not take the whole test session down.
 """
 
 from __future__ import annotations

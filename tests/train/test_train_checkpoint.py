@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-import sambay.interop.io as interop_io
+import sambay.interop.sharded_save as interop_io
 from sambay.interop import from_pretrained
 from sambay.train import checkpoint as ckpt
 from sambay.train.config import TrainConfig

@@ -1,4 +1,4 @@
-"""μP++ learning-rate transfer (ARCHITECTURE.md §13.6-13.8), parameter groups, schedules, plan resolution."""
+"""μP++ learning-rate transfer (ArchScale's rules), parameter groups, schedules, plan resolution."""
 
 import math
 
@@ -24,7 +24,7 @@ def _meta_model(config: ModelConfig) -> CausalLM:
 
 
 def _plan_and_optimizer(depth: int, parametrization: str = "mup++"):
-    """The §13.8 setting: 8 GPUs x micro-batch 2 x seq 4096, b = b0 = 2^21 (32 accumulation steps)."""
+    """The paper's setting: 8 GPUs x micro-batch 2 x seq 4096, b = b0 = 2^21 (32 accumulation steps)."""
     mc = ModelConfig.from_preset("sambay", depth=depth, parametrization=parametrization)
     model = _meta_model(mc)
     cfg = TrainConfig(depth=depth, budget="chinchilla", micro_batch=2, seq_len=4096, batch_tokens=2**21)
@@ -82,7 +82,7 @@ def test_square_root_batch_scaling():
 def test_chinchilla_budget_uses_non_embedding_count():
     mc = ModelConfig.from_preset("sambay", depth=8)
     n = _meta_model(mc).num_parameters(exclude_embeddings=True)
-    assert 126e6 < n < 128e6  # ARCHITECTURE.md §14.2: 126.9M
+    assert 126e6 < n < 128e6  # the paper's table: 126.9M
     cfg = TrainConfig(budget="chinchilla", micro_batch=2, seq_len=4096)
     plan = resolve(cfg, mc, n, world_size=8, parallel="ddp", dtype="bf16")
     assert chinchilla_tokens(n) == int(1e11 * n / BUDGET_N0)

@@ -18,45 +18,28 @@ K/V heads 2g and 2g+1 once and runs both softmaxes of its differential heads ove
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from sambay.ops.triton_math import triton_interpreting
+from sambay.ops import triton_math as tm
 
-# Tuned on the H100 (benchmarks/attention.py; results in benchmarks/results/attention-h100-*.txt): at
-# B 64 x 32K (H 40, G 20, hs 64) every tile among (32..256 keys, 2..8 warps, 2..4 stages) ran within 2 % of
-# the copy bandwidth; 4-16 splits beat 1-2 by ~2 %; at B 4 one split reached 63 %, 4-64 splits 90-93 %.
+# Tuned on the H100 (sambay/bench/attention.py): at large batch every tile ran within 2 % of the copy bandwidth,
+# at small batch only enough splits fill the GPU (the sweep: docs/ops.md, "Measurement history").
 BLOCK_N_DEFAULT = 64
 NUM_WARPS_DEFAULT = 4
 NUM_STAGES_DEFAULT = 3
 TARGET_PROGRAMS_PER_SM = 64  # n_splits grows until B*G*n_splits >= this * SM count ...
 MIN_KEYS_PER_SPLIT = 512  # ... but each split keeps at least this many keys of the cache capacity
 MAX_SPLITS = 64
-
-# Debug switch for tests: fill every kernel-written buffer with NaN first, so an element the kernel fails
-# to write (or a neutral partial it forgets) shows up instead of passing on whatever memory held.
-POISON = False
-
-
-def _empty(*shape, device, dtype):
-    if POISON and dtype.is_floating_point:
-        return torch.full(shape, float("nan"), device=device, dtype=dtype)
-    return torch.empty(*shape, device=device, dtype=dtype)
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+CPU_SM_COUNT = 8  # the SM count `default_splits` assumes off CUDA (interpreter tests)
 
 
 def default_splits(batch: int, n_kv: int, n_max: int, device: torch.device) -> int:
     """n_splits for a call shape: B*G*n_splits >= TARGET_PROGRAMS_PER_SM * SMs, each split >= MIN_KEYS."""
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
-        if device.type == "cuda" else 8
+    sms = tm.sm_count(device, CPU_SM_COUNT)
     want = math.ceil(TARGET_PROGRAMS_PER_SM * sms / max(1, batch * n_kv))
     cap = max(1, math.ceil(n_max / MIN_KEYS_PER_SPLIT))
     return int(max(1, min(want, cap, MAX_SPLITS)))
@@ -248,7 +231,7 @@ def _launch(q, k_cache, v_cache, cache_lens, slot_idx, scale, diff, n_splits, bl
 
 
 # A custom op, so that torch.compile calls the kernels as they are instead of re-generating them (inductor's
-# copy of this kernel received the float scale as fp64, which broke the fp32 softmax loop; H200, 2026-12-04).
+# copy of this kernel received the float scale as fp64, which broke the fp32 softmax loop).
 @torch.library.custom_op("sambay::decode_attention", mutates_args=())
 def _decode_op(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
@@ -260,19 +243,19 @@ def _decode_op(
     groups = n_kv // 2 if diff else n_kv
     hpg = n_head // n_kv  # plain: query heads per KV head; DIFF: differential heads per KV pair
     dvt = 2 * dv if diff else dv
-    dot_f32 = q.dtype == torch.float32 or triton_interpreting()
+    dot_f32 = q.dtype == torch.float32 or tm.triton_interpreting()
 
-    out = _empty(batch, n_head, dvt, device=q.device, dtype=q.dtype)
+    out = tm.empty(batch, n_head, dvt, device=q.device, dtype=q.dtype)
     direct = n_splits == 1
     if direct:
         part_o = part_lse = out  # unused
     else:
-        part_o = _empty(batch, n_head, n_splits, dvt, device=q.device, dtype=torch.float32)
-        part_lse = _empty(batch, n_head, n_splits, device=q.device, dtype=torch.float32)
+        part_o = tm.empty(batch, n_head, n_splits, dvt, device=q.device, dtype=torch.float32)
+        part_lse = tm.empty(batch, n_head, n_splits, device=q.device, dtype=torch.float32)
     slot = slot_idx if slot_idx is not None else cache_lens  # unused pointer when HAS_SLOT is False
     _decode_split_kernel[(batch, groups, n_splits)](
         q, k_cache, v_cache, cache_lens, slot, part_o, part_lse, out,
-        scale * 1.4426950408889634,
+        scale * tm.LOG2E.value,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),

@@ -11,7 +11,7 @@ Backends (`backend=None` picks one; the names can also be forced, for tests and 
                take it; O(T^2) memory, only for small T.
   * "sdpa"   – full causal, no documents (or window >= T): SDPA `is_causal=True` on the backend chosen by
                measurement (cuDNN, native GQA; SDPA_TRAIN / SDPA_INFER below; numbers in
-               benchmarks/results/attention-h100-*.txt); FLASH with V split is the fallback.
+               docs/ops.md); FLASH with V split is the fallback.
   * "flex"   – sliding window and/or documents: compiled `flex_attention` with a cached block mask built
                from the mask_mod (q >= kv) & (q - kv < window) & (doc[q] == doc[kv]); only the blocks inside
                the band/document are computed, never a dense T x T mask.
@@ -34,24 +34,18 @@ import torch.nn.functional as F
 
 from sambay.ops.backend import kernel_mode, use_triton
 
-# ---- choices made from measurements on the H100 (benchmarks/attention.py,
-# benchmarks/results/attention-h100-*.txt; B 8, T 4096, H 16, G 4, hs 128, bf16) ----
-# Full causal: cuDNN with native GQA ran fwd 1.01 ms (79 % of the measured matmul peak) and fwd+bwd 4.07 ms
-# (68 %) against FLASH's 1.74 / 6.73 ms; EFFICIENT cannot do native GQA and was 2-3x slower than cuDNN with
-# repeated heads. With dv = 2*hs FLASH refuses (it needs dv == hs) and cuDNN takes it directly (fwd 1.69 ms,
-# fwd+bwd 8.74 ms; splitting V was no faster). Each entry: (sdpa backend, GQA native (True) or by
-# repeating K/V heads (False), split V into hs-wide pieces when dv != hs). If the chosen backend refuses
-# the inputs in the forward, `FALLBACK` runs instead, and the math backend if that refuses too.
+# ---- backend choices, measured on the H100 (the numbers: docs/ops.md, "Measurement history") ----
+# Full causal: cuDNN with native GQA was the fastest forward and backward, for dv == hs and for dv = 2*hs (which
+# FLASH refuses). Each entry: (sdpa backend, GQA native (True) or by repeating K/V heads (False), split V into
+# hs-wide pieces when dv != hs). If the chosen backend refuses the inputs in the forward, `FALLBACK` runs
+# instead, and the math backend if that refuses too.
 SDPA_TRAIN: dict[str, tuple[str, bool, bool]] = {"dv_eq": ("cudnn", True, False), "dv_ne": ("cudnn", True, False)}
 SDPA_INFER: dict[str, tuple[str, bool, bool]] = {"dv_eq": ("cudnn", True, False), "dv_ne": ("cudnn", True, False)}
 FALLBACK: tuple[str, bool, bool] = ("flash", True, True)
-# Backend for sliding window / documents on CUDA: "flex" or "varlen". Window 512: flex fwd 0.57 ms, fwd+bwd
-# 2.37 ms; varlen (FA2, K/V heads repeated since 2.11 has no enable_gqa) 0.95 / 2.85 ms.
+# Backend for sliding window / documents on CUDA: "flex" or "varlen"; flex was faster forward and backward.
 WINDOW_BACKEND = "flex"
-# flex backward with dv = 2*hs = 256 needs more shared memory than the H100 has (247808 > 232448 bytes with
-# the default kernel options): in training, split V into hs-wide pieces instead (window 512, dv 256: fwd
-# 0.68 ms native, fwd+bwd 6.2 ms split -- the weakest path; smaller backward tiles via FLEX_KERNEL_OPTIONS
-# are untested).
+# flex's backward with dv = 2*hs = 256 needs more shared memory than the H100 has with the default kernel
+# options, so training splits V into hs-wide pieces (smaller backward tiles via FLEX_KERNEL_OPTIONS: untested).
 FLEX_SPLIT_V_TRAIN = True
 FLEX_KERNEL_OPTIONS: dict | None = None
 

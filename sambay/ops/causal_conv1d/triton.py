@@ -31,17 +31,6 @@ UPD_BD, UPD_WARPS = 128, 4
 MAX_INT32_OFFSET = 2**31 - 1  # past it, time offsets are computed in int64 (`_needs_i64`)
 
 
-# Debug switch for tests: fill every kernel-written output buffer with NaN first, so an element the kernel
-# fails to write shows up instead of passing on whatever memory held.
-POISON = False
-
-
-def _empty(*shape, device, dtype):
-    if POISON and dtype.is_floating_point:
-        return torch.full(shape, float("nan"), device=device, dtype=dtype)
-    return torch.empty(*shape, device=device, dtype=dtype)
-
-
 def _needs_i64(seqlen: int, dim: int, *tensors: torch.Tensor | None) -> bool:
     """Whether a time offset (token x time stride; rows of D in the fp32 dpre buffer) can pass int32: the kernels
     then index time with int64 (I64), slower address arithmetic that only such long sequences pay."""
@@ -254,10 +243,6 @@ def _conv_update_kernel(
     tl.store(base + j[None, :] * s_st_w, new.to(state_ptr.dtype.element_ty), mask=m)
 
 
-def _unit_last(x):
-    return x if x is None or x.stride(-1) == 1 else x.contiguous()
-
-
 def _final_state(x, initial_state, seq_idx, width):
     """(B, D, W-1) last W-1 raw inputs of the last document (torch gathers; no host sync)."""
     batch, seqlen, dim = x.shape
@@ -284,11 +269,11 @@ def _final_state(x, initial_state, seq_idx, width):
 
 def conv_fwd(x, weight, bias, activation, initial_state, seq_idx, out=None):
     """out (B, T, D) in x's dtype. `out` lets tests pass a poisoned buffer."""
-    x = _unit_last(x)
+    x = tm.unit_last(x)
     batch, seqlen, dim = x.shape
     width = weight.shape[1]
     weight = weight.contiguous()
-    y = _empty(batch, seqlen, dim, device=x.device, dtype=x.dtype) if out is None else out
+    y = tm.empty(batch, seqlen, dim, device=x.device, dtype=x.dtype) if out is None else out
     init = initial_state
     grid = (batch, triton.cdiv(seqlen, FWD_BT), triton.cdiv(dim, FWD_BD))
     if seqlen > 0:
@@ -308,7 +293,7 @@ def conv_fwd(x, weight, bias, activation, initial_state, seq_idx, out=None):
 
 def conv_bwd(dout, x, weight, bias, activation, initial_state, seq_idx, dfinal, want_dinit):
     """Returns (dx, dweight fp32 (D, W), dbias fp32 (D,) or None, dinit fp32 (B, D, W-1) or None)."""
-    x, dout = _unit_last(x), _unit_last(dout)
+    x, dout = tm.unit_last(x), tm.unit_last(dout)
     batch, seqlen, dim = x.shape
     width = weight.shape[1]
     if width > BWD_MAX_WIDTH:
@@ -316,12 +301,12 @@ def conv_bwd(dout, x, weight, bias, activation, initial_state, seq_idx, dfinal, 
                          f"{width}; run the reference with SAMBAY_REFERENCE_OPS=causal_conv1d")
     weight = weight.contiguous()
     dev = x.device
-    dpre = _empty(batch, seqlen, dim, device=dev, dtype=torch.float32)
+    dpre = tm.empty(batch, seqlen, dim, device=dev, dtype=torch.float32)
     n_groups = triton.cdiv(seqlen + width - 1, BWD_BT * BWD_TILES)
-    dw = _empty(batch * n_groups, dim, width, device=dev, dtype=torch.float32)
-    db = _empty(batch * n_groups, dim, device=dev, dtype=torch.float32) if bias is not None else None
-    dx = _empty(batch, seqlen, dim, device=dev, dtype=x.dtype)
-    dinit = _empty(batch, dim, width - 1, device=dev, dtype=torch.float32) if want_dinit else None
+    dw = tm.empty(batch * n_groups, dim, width, device=dev, dtype=torch.float32)
+    db = tm.empty(batch * n_groups, dim, device=dev, dtype=torch.float32) if bias is not None else None
+    dx = tm.empty(batch, seqlen, dim, device=dev, dtype=x.dtype)
+    dinit = tm.empty(batch, dim, width - 1, device=dev, dtype=torch.float32) if want_dinit else None
     init = initial_state
     seq_strides = (0, 0) if seq_idx is None else seq_idx.stride()
     init_strides = (0, 0, 0) if init is None else init.stride()
@@ -366,9 +351,9 @@ def conv_update(x, conv_state, weight, bias, activation, slot_idx, out=None):
     """One decode step; conv_state (S, D, W-1) is updated in place. Returns out (B, D)."""
     batch, dim = x.shape
     width = weight.shape[1]
-    x = _unit_last(x)
+    x = tm.unit_last(x)
     weight = weight.contiguous()
-    y = _empty(batch, dim, device=x.device, dtype=x.dtype) if out is None else out
+    y = tm.empty(batch, dim, device=x.device, dtype=x.dtype) if out is None else out
     grid = (batch, triton.cdiv(dim, UPD_BD))
     _conv_update_kernel[grid](
         x, conv_state, weight, weight if bias is None else bias.contiguous(),

@@ -30,68 +30,38 @@ All loads are cast to fp32 at once (the Triton interpreter cannot do bf16 arithm
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from sambay.ops import triton_math as tm
 
-LOG2E = 1.4426950408889634
-
-# Checkpoint interval: the forward saves the state at every CHUNK-th token and the backward reruns each
-# CHUNK-token chunk from it (H100, B=8 T=4096 D=4096: 16-token checkpoints 11.3 vs 10.2 ms for the backward;
-# the saved states are B*T/CHUNK*D*N*4 bytes). Overridable for tuning; the fake (meta) kernels read it too.
+# Tuning constants (the measurements behind their values: docs/ops.md, "Measurement history").
+# Checkpoint interval: the forward saves the state entering every CHUNK-th token (B*T/CHUNK*D*N*4 bytes) and the
+# backward reruns each CHUNK-token chunk from it; 16 halves the saved states but slows the backward far more.
+# Overridable for tuning; the fake (meta) kernels read it too.
 CHUNK = 8
-# Forward: one channel per thread (FWD_WARPS warps per program, fewer when that would leave SMs idle), one
-# token per step, with loads in flight through prefetch rings (see `_scan_fwd_kernel`): FWD_ONEPASS_RING tokens
-# for u / delta / z and FWD_ONEPASS_BC_RING for the B / C rows in a one-pass forward, FWD_RING / FWD_BC_RING in
-# the passes of a segmented one (powers of two, BC ring | ring | CHUNK). H200, B=8 T=4096 D=4096
-# (benchmarks/results/kernels-h200-2026-12-03.txt): rings 1 / 2 / 4 / 8 took 2.07 / 1.79 / 1.40 / 1.21 ms
-# (2.47 ms before the rings), and with saved states 4 / 8 took 1.42 / 1.38 ms (-b.txt); at the segmented
-# training shape (B=4, D=1984) 4 beats 8 (0.53 vs 0.61 ms: 255 registers). B / C rings shorter than the stream
-# ring let ptxas move the rows to uniform registers right after loading them (an R2UR that waits for the
-# load): 8 / 2 took 2.21 ms. Re-checked after the round pointers (scan-experiments-h200-2026-12-03c.txt): one-pass
-# 8 / 4 (1.17 vs 1.04 ms) and 4 / 4, segmented 4 / 2 and 2 / 2 were all slower.
+# Forward: one channel per thread, FWD_WARPS warps per program (fewer when that would leave SMs idle), loads in
+# flight through prefetch rings (see `_scan_fwd_kernel`): FWD_ONEPASS_RING tokens for u / delta / z and
+# FWD_ONEPASS_BC_RING for the B / C rows in a one-pass forward, FWD_RING / FWD_BC_RING in the passes of a
+# segmented one (powers of two, BC ring | ring | CHUNK). The fastest measured: 8 in one pass, 4 in the segmented
+# passes (8 needs 255 registers there); a B / C ring shorter than the stream ring makes ptxas wait on the rows.
 FWD_WARPS, FWD_RING, FWD_BC_RING, FWD_ONEPASS_RING, FWD_ONEPASS_BC_RING = 8, 4, 4, 8, 8
-# FWD_CLAMP: a forward that saves no states loads without masks: prefetches past the segment re-read its last
-# row and channels past DIM the last channel (never computed or stored), which drops the zero-fill and the
-# predicate of every masked load (offline SASS at B=8: 190 -> 170 instructions per token). H200, same process
-# (benchmarks/results/kernels-h200-2026-12-03b.txt): B=8 1.22 -> 1.14 ms, d8 shape 0.507 -> 0.488 ms. Not with
-# saved states, where it lost (scan-experiments-h200-2026-12-03b.txt): ptxas then kept 233 instead of 168
-# registers at the d8 shape (0.53 -> 0.58 ms), and in the backward it scheduled the one-ahead prefetches late
-# (5.39 -> 5.65 ms; offline load-to-use 228 -> 45 instructions).
+# A forward that saves no states loads without masks (prefetches past the segment re-read its last row, channels
+# past DIM the last channel; neither is computed or stored), which drops each load's zero-fill and predicate.
+# Not with saved states, where ptxas then needs more registers and the forward gets slower.
 FWD_CLAMP = True
-# The time strides of u / delta / z / B / C / y are constexpr (one compile per layout): the forward's main rounds
-# then address every token as a round pointer plus a constant, folded into the load. Offline SASS at B=8: 170 -> 151
-# instructions per token. H200, same process, outputs bitwise equal (benchmarks/results/scan-ab-h200-2026-12-03c.txt):
-# B=8 inference 1.138 -> 1.044 ms, saving states 1.415 -> 1.222 ms; d8 shape 0.487 -> 0.471 / 0.536 -> 0.524 ms.
-# Time segments. One program walks its whole sequence at a fixed latency per token, so with few (batch,
-# channel) sequences (training shapes: B=4, D=1984 gives ~2 warps per SM) the forward is latency-bound. Cutting
-# the sequence into S segments multiplies the parallelism by S for about twice the arithmetic (pass 1 finds each
-# segment's final state from zero, pass 3 reruns it from the true entering state). FWD_SEGMENTS = 0: automatic,
-# only when the grid has fewer than FWD_SEG_BELOW warps per SM. H100 (kernels-h100-2026-11-23.txt, run 6): at
-# B=4, D=1984 (1.9 warps/SM) 1 / 4 / 8 / 16 segments took 2.15 / 1.13 / 0.77 / 0.76 ms; at B=8, D=4096 (7.8
-# warps/SM) 1 / 2 / 4 / 8 took 2.27 / 3.13 / 2.92 / 2.83 ms, so that shape stays one pass.
+# Time segments: with few (batch, channel) sequences the forward is latency-bound, and cutting the sequence into S
+# segments multiplies its parallelism by S for about twice the arithmetic (pass 1 finds each segment's final
+# state from zero, pass 3 reruns it from the true entering state). FWD_SEGMENTS = 0: automatic, only when the
+# grid has fewer than FWD_SEG_BELOW warps per SM (then about FWD_SEG_WARPS_PER_SM), since doubling the
+# exponentials loses once the single pass has enough warps to hide its latency.
 FWD_SEGMENTS, FWD_SEG_BELOW, FWD_SEG_WARPS_PER_SM, FWD_MIN_SEG_LEN, FWD_MAX_SEGMENTS = 0, 4, 16, 256, 16
-# Backward: one channel per thread, up to BWD_WARPS warps per program (fewer while the grid is smaller than
-# the SM count; one warp is what the dB / dC reduce-scatter needs, more fall back to tl.sum), BWD_SEGMENTS
-# time segments (0: the forward's automatic rule). H100, B=8 T=4096 D=4096 (kernels-h100-2026-11-23.txt,
-# runs 7-15): 6.7 ms; 10.2 ms before the reduce-scatter and the unaligned scratch tile, 19.5 ms for the
-# earlier (time, channel, state) tile kernel (removed); 2 warps 11.1 ms; 16-token checkpoints 8.4 ms; B and C
-# upcast to fp32 first 7.9 ms; capping registers spilled; reducing dB / dC once per chunk through a scratch
-# tile was slower. Training shape B=4 D=1984: 2.1 ms (3.2 ms before, 5.0 ms for the tile kernel).
-# BWD_PREFETCH: at each chunk's start, ask L2 for the next chunk's rows of u, delta, dy, z, B, C and its
-# checkpoint (`prefetch.global.L2`, no registers): its recompute loop then waits on L2, not DRAM. H200
-# (benchmarks/results/kernels-h200-2026-12-03.txt): 6.03 -> 5.39 ms at B=8, 1.84 -> 1.67 ms at B=4, D=1984.
-# Tried on the H200 and slower (scan-experiments-h200-2026-12-03b.txt): the reverse loop unrolled by 2 (5.53
-# vs 5.38 ms; by 4 only with unmasked loads, 5.99 vs 5.65), 2 time segments at B=8 (7.0 ms, unmasked loads),
-# sums over states as 2 or 4 interleaved partial sums (5.43 / 5.49 ms; ncu's top stall besides issuing is the
-# fixed-latency "wait", but shorter add chains did not move it).
-# Also slower (scan-ab-h200-2026-12-04.txt): constexpr time strides and a per-chunk clamped prefetch window in
-# the backward (977 instead of 1185 SASS instructions per chunk, but 6 spills at 168 registers: 5.74 vs 5.40 ms
-# at B=8) and CHUNK = 16 (backward 7.33 ms).
+# Backward: one channel per thread, up to BWD_WARPS warps per program (fewer while the grid is smaller than the
+# SM count); one warp is what the dB / dC reduce-scatter needs (more fall back to tl.sum). BWD_SEGMENTS time
+# segments (0: the forward's automatic rule). BWD_PREFETCH: at each chunk's start, ask L2 for the next chunk's
+# rows of u, delta, dy, z, B, C and its checkpoint (`prefetch.global.L2`, no registers), so that its recompute
+# loop waits on L2, not DRAM.
 BWD_WARPS, BWD_SEGMENTS, BWD_PREFETCH = 1, 0, True
 # Time offsets inside the kernels are int32; `selective_scan` cuts longer sequences into pieces (`max_piece_len`).
 MAX_INT32_OFFSET = 2**31 - 1
@@ -101,15 +71,9 @@ MAX_INT32_OFFSET = 2**31 - 1
 # the benchmark's report.
 LAUNCHED: dict = {}
 
-# Debug switch for tests: fill every kernel-written output buffer with NaN first, so an element the kernel
-# fails to write shows up instead of passing on whatever memory held.
-POISON = False
-
-
-def _empty(*shape, device, dtype):
-    if POISON and dtype.is_floating_point:
-        return torch.full(shape, float("nan"), device=device, dtype=dtype)
-    return torch.empty(*shape, device=device, dtype=dtype)
+# The SM count the launch heuristics read (1 off CUDA); a module global so that tools/sass.py can stand in
+# a GPU's when it compiles on a machine without one.
+_sm_count = tm.sm_count
 
 
 def _np2(n: int) -> int:
@@ -280,10 +244,8 @@ def _decay(dt, A2, reset, HAS_SEQ: tl.constexpr):
 # The prefetch rings. h_t = exp(dt A) h_{t-1} + dt B u is a serial chain per channel, so a token's loads
 # must be in flight long before it is computed. Loading token t+1 while computing token t is not enough when
 # the loaded value is a loop-carried register: where its old value is still live after the new load is
-# issued, the compiler copies it at the end of the loop body, and that copy waits for the load (offline sm_90
-# SASS of the previous kernel: z and one B / C row of token t+1 were copied at the end of iteration t, so
-# every token waited out one memory latency: 2.47 ms at B=8, T=4096, D=4096 on an H200, 1.39 ms with a ring
-# of 4). Here the loop body is unrolled over RING tokens and each ring slot is reloaded right after its
+# issued, the compiler copies it at the end of the loop body, and that copy waits for the load, so every
+# token waits out one memory latency. Here the loop body is unrolled over RING tokens and each ring slot is reloaded right after its
 # token's values are read out of it, so a load lands in the register its next use reads, no copy is needed
 # and the tokens in between hide its latency. u, delta and z (per channel, from HBM) cycle through RING
 # slots; the B and C rows (shared by all channels, mostly L2 hits, 16 registers a slot) through BC_RING.
@@ -355,7 +317,7 @@ def _scan_fwd_kernel(
            s_u_b, s_u_t, s_dt_b, s_dt_t, s_B_b, s_B_t, s_C_b, s_C_t, s_z_b, s_z_t, s_seq_b, s_seq_t)
     dn = d3 * NSTATE + n3
     dnmask = dmask & nmask
-    A2 = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32) * tm.LOG2E
     if HAS_DTB:
         dtb = tl.load(dtb_ptr + d3, mask=dmask, other=0.0).to(tl.float32)
     else:
@@ -422,15 +384,14 @@ def _scan_fwd_kernel(
         seq_r += RING * s_seq_t
         y_r += RING * s_y_t
     # The last one or two rounds: prefetches past the segment are clamped or masked, tokens past it skipped
-    # (absolute token indices; moving these onto the round pointers too cost registers in the forward that saves
-    # states: 0.58 vs 0.52 ms at the d8 shape).
+    # (absolute token indices: on the round pointers these cost registers in the forward that saves states).
     for r in range(n_main, tl.cdiv(t_end - t0, RING)):
         t = t0 + r * RING
         if STORE_HS:  # RING divides CKPT and segments start on checkpoints: a checkpoint is always a slot-0 token
             if t % CKPT == 0:
                 tl.store(hs_row + (t // CKPT) * NSTATE * s_hs_n, h, mask=dnmask)
-        # The round's first token is always inside the segment; only the others are guarded. (A guard on the
-        # first one too let ptxas schedule the loads so that they were waited on again: 2.35 vs 1.40 ms.)
+        # The round's first token is always inside the segment; only the others are guarded (a guard on the
+        # first one too lets ptxas schedule the loads so that they are waited on again).
         h, dtsum, alive, stream, row = _fwd_token(
             h, dtsum, alive, streams[0], rows[0], t, t_end, A2, dtb, Dv, pid_b64, d3, d_ld, dmask, nb3, nbmask, src,
             y_ptr, s_y_b, s_y_t, RING, BC_RING, PACK, EVEN_N, CLAMP, HAS_D, HAS_Z, HAS_DTB, HAS_SEQ, SOFTPLUS,
@@ -567,7 +528,7 @@ def _scan_bwd_kernel(
         B_ptr, C_ptr, s_B_b, s_B_t, s_C_b, s_C_t, NSTATE, NP, PACK)
     dn = d3 * NSTATE + n3
     dnmask = dmask & nmask
-    A2 = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32) * 1.4426950408889634  # A·log2(e)
+    A2 = tl.load(A_ptr + dn, mask=dnmask, other=0.0).to(tl.float32) * tm.LOG2E  # A·log2(e)
     if HAS_DTB:
         dtb = tl.load(dtb_ptr + d3, mask=dmask, other=0.0).to(tl.float32)
     else:
@@ -690,7 +651,7 @@ def _scan_bwd_kernel(
                 if HAS_D:
                     du += dy * Dv
                     dD_acc += dy * u
-                ddt = gB * u + tl.sum(gah * A2, axis=0, keep_dims=True) * 0.6931471805599453  # A = A2·ln 2
+                ddt = gB * u + tl.sum(gah * A2, axis=0, keep_dims=True) * tm.LN2  # A = A2·ln 2
                 dA_acc += gah * dt
                 if SOFTPLUS:
                     ddt = tl.where(xr > 20.0, ddt, ddt * tm.sigmoid(xr, FAST))
@@ -723,20 +684,6 @@ def _scan_bwd_kernel(
             tl.store(dD_ptr + seg_d, dD_acc, mask=dmask)
         if HAS_DTB:
             tl.store(ddtb_ptr + seg_d, ddtb_acc, mask=dmask)
-
-
-def _unit_last(x: torch.Tensor | None) -> torch.Tensor | None:
-    """Kernels take any batch/time strides but need unit stride on the last dim."""
-    if x is None or x.stride(-1) == 1:
-        return x
-    return x.contiguous()
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _thread_per_channel_block(batch: int, dim: int, device: torch.device, max_warps: int) -> tuple[int, int]:
@@ -810,18 +757,18 @@ def scan_fwd(
     if u.numel() == 0:
         raise ValueError(f"the scan kernels need a non-empty (B, T, D) input (got {tuple(u.shape)}); "
                          "sambay.ops.selective_scan handles empty ones")
-    u, delta, z, B, C = (_unit_last(t) for t in (u, delta, z, B, C))
+    u, delta, z, B, C = (tm.unit_last(t) for t in (u, delta, z, B, C))
     batch, seqlen, dim = u.shape
     nstate = A.shape[1]
     A = A.contiguous()
-    y = _empty(batch, seqlen, dim, device=u.device, dtype=u.dtype) if y_out is None else y_out
-    hT = _empty(batch, dim, nstate, device=u.device, dtype=torch.float32)
+    y = tm.empty(batch, seqlen, dim, device=u.device, dtype=u.dtype) if y_out is None else y_out
+    hT = tm.empty(batch, dim, nstate, device=u.device, dtype=torch.float32)
     if save_states:
         # room past the last slab for the backward's L2 prefetch of padding states and channels (its loads
         # are masked; `_bwd_prefetch_chunk`)
         n_hs = batch * num_chunks(seqlen) * nstate * dim
         margin = (_np2(nstate) - nstate) * dim + 32 * BWD_WARPS
-        hs = _empty(n_hs + margin, device=u.device, dtype=torch.float32)[:n_hs].view(
+        hs = tm.empty(n_hs + margin, device=u.device, dtype=torch.float32)[:n_hs].view(
             batch, num_chunks(seqlen), nstate, dim)
     else:
         hs = torch.empty(0, device=u.device, dtype=torch.float32)
@@ -868,10 +815,10 @@ def scan_fwd(
     # Segmented: (1) each segment's final state from zero and its total decay, in parallel; (2) a short
     # sequential pass over segments gives the true state entering each; (3) every segment again from it.
     seg_shape = (batch, n_seg, dim, nstate)
-    hloc = _empty(*seg_shape, device=u.device, dtype=torch.float32)
-    P = _empty(*seg_shape, device=u.device, dtype=torch.float32)
+    hloc = tm.empty(*seg_shape, device=u.device, dtype=torch.float32)
+    P = tm.empty(*seg_shape, device=u.device, dtype=torch.float32)
     launch(None, hloc, P, True, z=None, D=None)
-    init = _empty(*seg_shape, device=u.device, dtype=torch.float32)
+    init = tm.empty(*seg_shape, device=u.device, dtype=torch.float32)
     _carry_across_segments(hloc, P, h0, init, hT)
     launch(init, None, None, False)
     return y, hT, hs
@@ -883,7 +830,7 @@ def scan_bwd(
 ):
     """Launch the backward kernel; returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0), with None
     for inputs that were not given (dh0 only when `want_dh0`). `states`: the forward's chunk-start states."""
-    u, delta, z, B, C, dy = (_unit_last(t) for t in (u, delta, z, B, C, dy))
+    u, delta, z, B, C, dy = (tm.unit_last(t) for t in (u, delta, z, B, C, dy))
     batch, seqlen, dim = u.shape
     if seqlen * dy.stride(1) + dim > MAX_INT32_OFFSET:  # a widely strided dy: rows of D keep its int32 offsets in range
         dy = dy.contiguous()
@@ -895,14 +842,14 @@ def scan_bwd(
     n_pd = triton.cdiv(dim, block)
     seg_len, n_seg = _segment_layout(
         _time_segments(BWD_SEGMENTS, batch, n_pd * warps, seqlen, dev), seqlen)
-    du = _empty(batch, seqlen, dim, device=dev, dtype=u.dtype)
-    ddt = _empty(batch, seqlen, dim, device=dev, dtype=delta.dtype)
-    dz = None if z is None else _empty(batch, seqlen, dim, device=dev, dtype=z.dtype)
-    dBp = _empty(batch, n_pd, seqlen, nstate, device=dev, dtype=f32)  # per channel block, summed below
-    dCp = _empty(batch, n_pd, seqlen, nstate, device=dev, dtype=f32)
-    dA = _empty(batch, n_seg, dim, nstate, device=dev, dtype=f32)
-    dD = None if D is None else _empty(batch, n_seg, dim, device=dev, dtype=f32)
-    ddtb = None if delta_bias is None else _empty(batch, n_seg, dim, device=dev, dtype=f32)
+    du = tm.empty(batch, seqlen, dim, device=dev, dtype=u.dtype)
+    ddt = tm.empty(batch, seqlen, dim, device=dev, dtype=delta.dtype)
+    dz = None if z is None else tm.empty(batch, seqlen, dim, device=dev, dtype=z.dtype)
+    dBp = tm.empty(batch, n_pd, seqlen, nstate, device=dev, dtype=f32)  # per channel block, summed below
+    dCp = tm.empty(batch, n_pd, seqlen, nstate, device=dev, dtype=f32)
+    dA = tm.empty(batch, n_seg, dim, nstate, device=dev, dtype=f32)
+    dD = None if D is None else tm.empty(batch, n_seg, dim, device=dev, dtype=f32)
+    ddtb = None if delta_bias is None else tm.empty(batch, n_seg, dim, device=dev, dtype=f32)
     scratch = torch.empty(batch * n_pd * n_seg * CHUNK * nprow * block + 1, device=dev, dtype=f32)
     dhT = None if dhT is None else dhT.float().contiguous()
     dummy = dA
@@ -931,15 +878,15 @@ def scan_bwd(
         )
 
     if n_seg == 1:
-        dh0 = _empty(batch, dim, nstate, device=dev, dtype=f32) if want_dh0 else None
+        dh0 = tm.empty(batch, dim, nstate, device=dev, dtype=f32) if want_dh0 else None
         launch(dhT, dh0, None, False)
     else:
         # (1) each segment's outgoing carry from a zero incoming one, and its total decay; (2) the true
         # incoming carry of every segment (last to first); (3) the full backward of every segment from it
         seg_shape = (batch, n_seg, dim, nstate)
-        local, P = _empty(*seg_shape, device=dev, dtype=f32), _empty(*seg_shape, device=dev, dtype=f32)
+        local, P = tm.empty(*seg_shape, device=dev, dtype=f32), tm.empty(*seg_shape, device=dev, dtype=f32)
         launch(None, local, P, True)
-        cin, dh0 = _empty(*seg_shape, device=dev, dtype=f32), _empty(batch, dim, nstate, device=dev, dtype=f32)
+        cin, dh0 = tm.empty(*seg_shape, device=dev, dtype=f32), tm.empty(batch, dim, nstate, device=dev, dtype=f32)
         _carry_across_segments(local, P, dhT, cin, dh0)
         launch(cin, None, None, False)
         dh0 = dh0 if want_dh0 else None

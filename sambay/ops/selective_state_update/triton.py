@@ -16,18 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
+from sambay.ops import triton_math as tm
+
 BD_DEFAULT, WARPS_DEFAULT = 128, 4  # fastest of the H100 sweep (benchmarks/results)
-
-
-# Debug switch for tests: fill every kernel-written output buffer with NaN first, so an element the kernel
-# fails to write shows up instead of passing on whatever memory held.
-POISON = False
-
-
-def _empty(*shape, device, dtype):
-    if POISON and dtype.is_floating_point:
-        return torch.full(shape, float("nan"), device=device, dtype=dtype)
-    return torch.empty(*shape, device=device, dtype=dtype)
 
 
 @triton.jit
@@ -63,7 +54,7 @@ def _ssu_kernel(
     A = tl.load(A_ptr + d[:, None] * NSTATE + n[None, :], mask=m, other=0.0).to(tl.float32)
     Bv = tl.load(B_ptr + pid_b64 * s_B_b + n, mask=nmask, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + pid_b64 * s_C_b + n, mask=nmask, other=0.0).to(tl.float32)
-    h = tl.exp2(dt[:, None] * A * 1.4426950408889634) * h + (dt * x)[:, None] * Bv[None, :]
+    h = tl.exp2(dt[:, None] * A * tm.LOG2E) * h + (dt * x)[:, None] * Bv[None, :]
     tl.store(sptr, h.to(state_ptr.dtype.element_ty), mask=m & live)
     y = tl.sum(h * Cv[None, :], axis=1)
     if HAS_D:
@@ -75,18 +66,14 @@ def _ssu_kernel(
     tl.store(y_ptr + pid_b64 * s_y_b + d, y.to(y_ptr.dtype.element_ty), mask=dmask)
 
 
-def _unit_last(x):
-    return x if x is None or x.stride(-1) == 1 else x.contiguous()
-
-
 def ssu(x, dt, A, B, C, D, z, dt_bias, ssm_state, slot_idx, dt_softplus=True, out=None, block_d=None, num_warps=None):
     """Launch the decode kernel; `ssm_state` (S, D, N) must have unit stride along N. Returns y (B, D)."""
-    x, dt, B, C, z = (_unit_last(t) for t in (x, dt, B, C, z))
+    x, dt, B, C, z = (tm.unit_last(t) for t in (x, dt, B, C, z))
     assert ssm_state.stride(-1) == 1, "ssm_state needs unit stride along N"
     batch, dim = x.shape
     nstate = A.shape[1]
     A = A.contiguous()
-    y = _empty(batch, dim, device=x.device, dtype=x.dtype) if out is None else out
+    y = tm.empty(batch, dim, device=x.device, dtype=x.dtype) if out is None else out
     bd = block_d or BD_DEFAULT
     grid = (batch, triton.cdiv(dim, bd))
     _ssu_kernel[grid](
