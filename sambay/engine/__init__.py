@@ -1,11 +1,14 @@
-"""Inference engine: static state pool, linear (YOCO) prefill, batched decode, sampling, `Generator`."""
+"""Inference engine: `Engine` (scheduler, model runner, output processing) over a static state pool, linear
+prefill, batched decode, sampling, and `Generator`, its synchronous client."""
 
+from sambay.engine.core import Engine
 from sambay.engine.decode import decode_step
 from sambay.engine.generator import GenerationChunk, GenerationResult, Generator, Timings
 from sambay.engine.prefill import prefill
+from sambay.engine.request import RequestOutput
 from sambay.engine.sampling import Sampler, SamplingParams
 from sambay.engine.state import InferenceState, allocated_bytes
 from sambay.engine.text import ByteTokenizer
 
-__all__ = ["ByteTokenizer", "GenerationChunk", "GenerationResult", "Generator", "InferenceState", "Sampler",
+__all__ = ["ByteTokenizer", "Engine", "RequestOutput", "GenerationChunk", "GenerationResult", "Generator", "InferenceState", "Sampler",
            "SamplingParams", "Timings", "allocated_bytes", "decode_step", "prefill"]

@@ -88,6 +88,13 @@ class GraphedDecoder:
         return graph, tokens, slots, logits
 
     @torch.inference_mode()
+    def capture_all(self) -> None:
+        """Capture every bucket now (at startup), so that no step ever waits for a capture or a compile."""
+        for size in self.buckets:
+            if size not in self._graphs:
+                self._graphs[size] = self._capture(size)
+
+    @torch.inference_mode()
     def step(self, tokens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """tokens (B,), slots (B,) distinct live slots -> next-token logits (B, V) (a view into a static
         buffer: overwritten by the next step of the same bucket)."""

@@ -58,14 +58,22 @@ def prefill(model: CausalLM, state: InferenceState, prompts: Sequence[Sequence[i
         ctx, ids = InferenceContext.prefill([list(prompts[i][a:b]) for i, (a, b) in zip(rows, pieces)],
                                             [slots[i] for i in rows], [a for a, _ in pieces], state.device)
         logits = prefill_chunk(model, state, ctx, ids, last=r == rounds - 1)
-        state.lengths[ctx.slots] = ctx.positions[:, -1] + 1
     return logits
 
 
 def prefill_chunk(model: CausalLM, state: InferenceState, ctx: InferenceContext, ids: torch.Tensor,
                   last: bool) -> torch.Tensor | None:
-    """One chunk, ids (B, T) left-padded, continuing the slots' state. Returns the logits (B, V) after each
-    row's last token when `last` (the chunk ends every row's prompt), else None."""
+    """One chunk, ids (B, T) left-padded, continuing the slots' state; sets `state.lengths` of its slots.
+
+    Returns the logits (B, V) after each row's last token when `last`, else None (skipping every layer after
+    the last stateful one). Rows mid-prompt may share a `last` call: their logits are simply not used."""
+    logits = _run_chunk(model, state, ctx, ids, last)
+    state.lengths[ctx.slots] = ctx.positions[:, -1] + 1
+    return logits
+
+
+def _run_chunk(model: CausalLM, state: InferenceState, ctx: InferenceContext, ids: torch.Tensor,
+               last: bool) -> torch.Tensor | None:
     tail = model.config.last_stateful_layer  # after it, only each row's last token matters
     x = model.embed(ids).float()
     for i, (block, layer_state) in enumerate(zip(model.layers, state.layers)):

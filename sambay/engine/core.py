@@ -1,0 +1,240 @@
+"""`Engine`: requests in at any time, one `step()` at a time, `RequestOutput`s out (vLLM V1's engine core).
+
+    engine = sambay.Engine(model, tokenizer, max_num_seqs=64)
+    rid = engine.add_request("Hello", sambay.SamplingParams(max_new_tokens=32))
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            print(out.request_id, out.delta_text, out.finish_reason)
+
+    async for out in engine.generate("Hello", params):   # from asyncio code (a server): steps run in a thread
+        ...
+
+It is three parts: the `Scheduler` picks each step's decode rows and prefill chunks under a token budget;
+the `ModelRunner` owns the state pool, the CUDA-graph decode and the sampler, and runs the step; the
+`OutputProcessor` turns sampled ids into text, stops and deltas. The state pool is allocated once, at
+construction, and every CUDA graph is captured then: nothing is resized or recaptured while serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+import torch
+
+from sambay.engine.output import OutputProcessor
+from sambay.engine.request import Request, RequestOutput, Status
+from sambay.engine.runner import ModelRunner
+from sambay.engine.sampling import SamplingParams
+from sambay.engine.scheduler import Scheduler
+from sambay.engine.state import InferenceState, allocated_bytes
+from sambay.engine.text import TextCodec
+from sambay.model.model import CausalLM
+
+Prompt = str | Sequence[int]
+
+
+class Engine:
+    """Continuous batching with chunked prefill over one fixed state pool.
+
+    Args:
+        model: the model (its device and weight dtype are used for the state).
+        tokenizer: optional; anything with encode/decode (see `sambay.engine.text.TextCodec`). Needed for
+            string prompts, `text` and stop strings.
+        max_num_seqs: requests that hold a state slot at once (more wait). Default: as many as
+            `memory_budget` allows, at most 256 (16 on CPU without a budget).
+        max_model_len: prompt + generated tokens per request (default: the model's max_seq_len).
+        max_num_batched_tokens: tokens per step: one per decoding request, the rest for prefill chunks.
+        max_chunk: at most this many prompt tokens of one request per step (None: the budget's).
+        memory_budget: bytes for the state pool, or a fraction of the device memory free at construction
+            (CUDA default 0.9). A budget too small for one request is an error at construction.
+        cuda_graphs: replay decode steps as CUDA graphs (default: on a CUDA device).
+        compile: capture the decode step compiled by inductor (needs CUDA graphs).
+    """
+
+    def __init__(self, model: CausalLM, tokenizer=None, *, max_num_seqs: int | None = None,
+                 max_model_len: int | None = None, max_num_batched_tokens: int = 4096, max_chunk: int | None = None,
+                 memory_budget: float | int | None = None, cuda_graphs: bool | None = None, compile: bool = False):
+        self.model = model.eval()
+        self.config = config = model.config
+        self.codec = None if tokenizer is None else TextCodec(tokenizer)
+        weight = model.embed.weight
+        device, dtype = weight.device, weight.dtype
+        cuda_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs the model on a CUDA device")
+        if compile and not cuda_graphs:
+            raise ValueError("compile=True compiles the CUDA-graph decode step: it needs cuda_graphs and a CUDA device")
+        self.max_model_len = config.max_seq_len if max_model_len is None else max_model_len
+        if not isinstance(self.max_model_len, int) or self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be an integer >= 2 (got {max_model_len!r})")
+        if max_chunk is not None and max_chunk < 1:
+            raise ValueError(f"max_chunk must be >= 1 (got {max_chunk})")
+        scratch = 1 if cuda_graphs else 0  # the graphed decoder's slot for padded rows
+        slots = self._pool_slots(max_num_seqs, memory_budget, device, dtype)
+        self.max_num_seqs = slots
+        self.state = InferenceState(config, slots + scratch, self.max_model_len, dtype, device)
+        self.scheduler = Scheduler(self.state, slots, max_num_batched_tokens, max_chunk)
+        self.runner = ModelRunner(model, self.state, cuda_graphs=cuda_graphs, compile=compile)
+        self.runner.warm_up()
+        self.output = OutputProcessor(self.codec)
+        eos = set(self.codec.eos_token_ids if self.codec else ())
+        if config.eos_token_id is not None:
+            eos.add(config.eos_token_id)
+        self.eos_token_ids = frozenset(eos)
+        self._requests: dict[str, Request] = {}
+        self._arrivals = itertools.count()
+        self._inbox: deque[Request] = deque()  # added since the last step (add_request may run in another thread)
+        self._aborts: deque[str] = deque()
+        self._lock = threading.Lock()  # one step at a time
+        self._streams: dict[str, asyncio.Queue] = {}
+        self._driver: asyncio.Task | None = None
+
+    def _pool_slots(self, max_num_seqs, memory_budget, device, dtype) -> int:
+        if max_num_seqs is not None and (not isinstance(max_num_seqs, int) or max_num_seqs < 1):
+            raise ValueError(f"max_num_seqs must be an integer >= 1 (got {max_num_seqs!r})")
+        if memory_budget is None and device.type == "cuda":
+            memory_budget = 0.9
+        if memory_budget is None:
+            return max_num_seqs or 16
+        if isinstance(memory_budget, float):
+            if not 0 < memory_budget <= 1:
+                raise ValueError(f"a fractional memory_budget must be in (0, 1] (got {memory_budget})")
+            if device.type != "cuda":
+                raise ValueError("a fractional memory_budget is a share of free GPU memory: give bytes on a CPU")
+            memory_budget = int(torch.cuda.mem_get_info(device)[0] * memory_budget)
+        per_seq = allocated_bytes(self.config, 1, self.max_model_len, dtype)
+        fits = int(memory_budget // per_seq) - (1 if device.type == "cuda" else 0)
+        if fits < 1:
+            raise ValueError(f"the state of one request of max_model_len {self.max_model_len} takes {per_seq:,} bytes; "
+                             f"the memory budget is {memory_budget:,} bytes: lower max_model_len or raise the budget")
+        return min(fits, max_num_seqs or 256)
+
+    # ------------------------------------------------------------------ requests
+    def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
+                    priority: int = 0) -> str:
+        """Queue a request (a string or a list of token ids); returns its id. Higher priority runs first."""
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
+        ids = self._encode(prompt)
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"the prompt has {len(ids)} tokens; max_model_len is {self.max_model_len}, which must "
+                             "leave room for at least one generated token")
+        if params.stop and self.codec is None:
+            raise ValueError("stop strings need a tokenizer")
+        request_id = str(next(self._arrivals)) if request_id is None else str(request_id)
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
+        request = Request(request_id, ids, params, min(params.max_new_tokens, self.max_model_len - len(ids)),
+                          frozenset(stop_ids), priority=priority, arrival=next(self._arrivals))
+        self._requests[request_id] = request
+        self._inbox.append(request)
+        return request_id
+
+    def _encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if self.codec is None:
+                raise ValueError("string prompts need a tokenizer: Engine(model, tokenizer=...)")
+            ids = self.codec.encode(prompt)
+        elif isinstance(prompt, (bytes, bytearray)) or not isinstance(prompt, Sequence | torch.Tensor):
+            raise TypeError(f"a prompt is a string or a sequence of token ids, got {type(prompt).__name__}")
+        else:
+            ids = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                raise TypeError("token ids must be integers")
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if min(ids) < 0 or max(ids) >= self.config.vocab_size:
+            raise ValueError(f"the prompt has token ids outside the vocabulary [0, {self.config.vocab_size})")
+        return ids
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request; its slot is free after the next step, which reports it with finish_reason "abort"."""
+        self._aborts.append(str(request_id))
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    # ------------------------------------------------------------------ the step
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduled step; returns an output for every request that produced a token or ended."""
+        with self._lock:
+            outputs = self._take_inbox()
+            plan = self.scheduler.schedule()
+            for r in plan.admitted:
+                r.metrics.first_scheduled_time = time.perf_counter()
+                self.runner.admit(r)
+            result = self.runner.execute(plan)
+            for out in self.output.process(result.sampled):
+                outputs.append(out)
+                if out.finished:
+                    self._retire(self._requests[out.request_id])
+            return outputs
+
+    def _take_inbox(self) -> list[RequestOutput]:
+        outputs = []
+        while self._inbox:
+            request = self._inbox.popleft()
+            self.output.add(request)
+            if request.max_new > 0:
+                self.scheduler.add(request)
+                continue
+            request.status, request.finish_reason = Status.FINISHED, "length"  # nothing to generate
+            outputs.append(self.output.output(request))
+            self._retire(request)
+        while self._aborts:
+            request = self._requests.get(self._aborts.popleft())
+            if request is not None and not request.finished:
+                request.status, request.finish_reason = Status.ABORTED, "abort"
+                outputs.append(self.output.output(request))
+                self._retire(request)
+        return outputs
+
+    def _retire(self, request: Request) -> None:
+        slot = request.slot
+        self.scheduler.remove(request)
+        if slot >= 0:
+            self.runner.release(slot)
+        self._requests.pop(request.request_id, None)
+
+    # ------------------------------------------------------------------ asyncio front
+    async def generate(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
+                       priority: int = 0) -> AsyncIterator[RequestOutput]:
+        """Yield this request's outputs as steps produce them; steps run in a worker thread. Leaving the
+        loop early (or cancelling the task) aborts the request."""
+        request_id = self.add_request(prompt, params, request_id, priority)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = queue
+        if self._driver is None or self._driver.done():
+            self._driver = asyncio.get_running_loop().create_task(self._drive())
+        finished = False
+        try:
+            while not finished:
+                out = await queue.get()
+                if isinstance(out, BaseException):
+                    raise out
+                finished = out.finished
+                yield out
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self.abort(request_id)
+
+    async def _drive(self) -> None:
+        while self.has_unfinished_requests():
+            try:
+                outputs = await asyncio.to_thread(self.step)
+            except Exception as e:  # a failing step ends every waiting stream with the error
+                for queue in self._streams.values():
+                    queue.put_nowait(e)
+                raise
+            for out in outputs:
+                queue = self._streams.get(out.request_id)
+                if queue is not None:
+                    queue.put_nowait(out)

@@ -1,0 +1,77 @@
+"""Output processing: sampled token ids in, `RequestOutput`s out: detokenisation, stop tokens and strings,
+length limits and streaming deltas. It runs on the host after the step's one sync."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sambay.engine.request import Request, RequestOutput, Status
+from sambay.engine.text import TextCodec, find_stop, held_back
+from sambay.tokenizer.detokenizer import IncrementalDecoder
+
+
+@dataclass
+class _Text:
+    decoder: IncrementalDecoder
+    text: str = ""
+    emitted: int = 0  # characters of `text` already streamed (a possible stop-string prefix is held back)
+
+
+class OutputProcessor:
+    def __init__(self, codec: TextCodec | None):
+        self.codec = codec
+        self._text: dict[str, _Text] = {}
+        self._tokens_sent: dict[str, int] = {}
+
+    def add(self, request: Request) -> None:
+        if self.codec is not None:  # special tokens are not part of the generated text (as in vLLM and HF)
+            self._text[request.request_id] = _Text(IncrementalDecoder(self.codec, skip_special_tokens=True))
+        self._tokens_sent[request.request_id] = 0
+
+    def process(self, sampled: list[tuple[Request, int]]) -> list[RequestOutput]:
+        """Record one token per request and decide whether it finished (sets status and finish_reason)."""
+        now = time.perf_counter()
+        outputs = []
+        for r, token in sampled:
+            r.output_token_ids.append(token)
+            r.metrics.first_token_time = r.metrics.first_token_time or now
+            r.metrics.last_token_time = now
+            text = self._text.get(r.request_id)
+            if token in r.stop_ids:
+                r.finish_reason, r.stop_reason = "stop", token
+            elif text is not None:
+                piece = text.decoder.push(token)
+                text.text += piece
+                hit = find_stop(text.text, r.params.stop, len(text.text) - len(piece)) if r.params.stop and piece else None
+                if hit is not None:
+                    text.text = text.text[:hit[0]]
+                    r.finish_reason, r.stop_reason = "stop", hit[1]
+            if r.finish_reason is None and len(r.output_token_ids) >= r.max_new:
+                r.finish_reason = "length"
+            if r.finish_reason is not None:
+                r.status, r.metrics.finished_time = Status.FINISHED, now
+                if text is not None and not isinstance(r.stop_reason, str):
+                    text.text += text.decoder.flush()  # an incomplete character at the very end
+            outputs.append(self.output(r))
+        return outputs
+
+    def output(self, r: Request) -> RequestOutput:
+        """The request's output now, with the deltas since the last one (forgets finished requests)."""
+        rid = r.request_id
+        text = self._text.get(rid)
+        delta_text = ""
+        if text is not None:
+            hold = 0 if r.finished else held_back(text.text, r.params.stop)
+            end = max(text.emitted, len(text.text) - hold)
+            delta_text, text.emitted = text.text[text.emitted:end], end
+        sent = self._tokens_sent.get(rid, 0)
+        self._tokens_sent[rid] = len(r.output_token_ids)
+        if r.finished:
+            self._text.pop(rid, None)
+            self._tokens_sent.pop(rid, None)
+        return RequestOutput(
+            request_id=rid, prompt_token_ids=r.prompt_token_ids, token_ids=list(r.output_token_ids),
+            text=None if text is None else text.text, finished=r.finished, finish_reason=r.finish_reason,
+            stop_reason=r.stop_reason, delta_token_ids=r.output_token_ids[sent:], delta_text=delta_text,
+            metrics=r.metrics)

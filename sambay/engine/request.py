@@ -1,0 +1,87 @@
+"""A request's life in the engine, and what `Engine.step` hands back for it.
+
+    WAITING ──admit (slot)──► RUNNING: prefill chunks until the prompt is in the state, then one token a step
+                                   └──► FINISHED (stop token / stop string / length) or ABORTED: slot freed
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from sambay.engine.sampling import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+    ABORTED = "aborted"
+
+
+@dataclass
+class RequestOutput:
+    """One request's state after an engine step (as vLLM's): everything generated so far, and the delta.
+
+    token_ids: every generated token (a stop token that ended the request included); text: their text (None
+    without a tokenizer; stop tokens and strings excluded); delta_token_ids / delta_text: what is new since
+    the previous output of this request; finish_reason: None while running, else "stop", "length" or
+    "abort"; stop_reason: the stop token id or string that ended it.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str | None
+    finished: bool
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    delta_token_ids: list[int] = field(default_factory=list)
+    delta_text: str = ""
+    metrics: RequestMetrics | None = None
+
+
+@dataclass
+class RequestMetrics:
+    arrival_time: float  # time.perf_counter() when it was added
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finished_time: float | None = None
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+
+@dataclass
+class Request:
+    """The engine's record of one request. `num_computed` counts the prompt tokens already in its state."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    max_new: int  # max_new_tokens, capped by max_model_len
+    stop_ids: frozenset[int]
+    priority: int = 0
+    arrival: int = 0  # order of arrival (ties in priority are first-come first-served)
+    status: Status = Status.WAITING
+    slot: int = -1
+    num_computed: int = 0
+    output_token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.perf_counter()))
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.num_computed < self.prompt_len
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (Status.FINISHED, Status.ABORTED)

@@ -1,0 +1,96 @@
+"""The model runner: owns the state pool's tensors, the (CUDA-graph) decode step and the sampler, and runs one
+scheduled step with `execute`.
+
+Prefill chunks are grouped into batched calls: chunks that start a prompt can share a left-padded batch
+(padding is a separate leading document and the slots start from zero state, so it never reaches a state),
+while chunks that continue a prompt share a call only with chunks of the same length (left padding would cut
+them off from the state they continue). Then every decoding request steps one token. Tokens are sampled on
+the device and come to the host once per step.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from sambay.engine.cuda_graphs import GraphedDecoder
+from sambay.engine.decode import decode_step
+from sambay.engine.prefill import prefill_chunk
+from sambay.engine.request import Request
+from sambay.engine.sampling import Sampler
+from sambay.engine.scheduler import PrefillChunk, SchedulerOutput
+from sambay.engine.state import InferenceState
+from sambay.model.context import InferenceContext
+from sambay.model.model import CausalLM
+
+
+@dataclass
+class RunnerOutput:
+    """The token sampled this step for each request that produced one (decoders and completed prompts)."""
+
+    sampled: list[tuple[Request, int]]
+
+
+class ModelRunner:
+    def __init__(self, model: CausalLM, state: InferenceState, *, cuda_graphs: bool = False, compile: bool = False):
+        self.model, self.state = model, state
+        self.device = state.device
+        self.sampler = Sampler(state.max_batch, model.config.vocab_size, self.device)
+        self.last_tokens = torch.zeros(state.max_batch, dtype=torch.long, device=self.device)
+        self.decoder = GraphedDecoder(model, state, compile=compile) if cuda_graphs else None
+
+    def warm_up(self) -> None:
+        """Capture (and compile) the decode step of every batch bucket now, so no request waits for it."""
+        if self.decoder is not None:
+            self.decoder.capture_all()
+
+    def admit(self, request: Request) -> None:
+        self.sampler.admit(request.slot, request.params, request.prompt_token_ids)
+
+    def release(self, slot: int) -> None:
+        self.sampler.release(slot)
+
+    @torch.inference_mode()
+    def execute(self, plan: SchedulerOutput) -> RunnerOutput:
+        rows: list[Request] = []
+        logits: list[torch.Tensor] = []
+        for group in _prefill_groups(plan.prefill):
+            out = self._prefill(group)
+            done = [i for i, c in enumerate(group) if c.completes_prompt]
+            if done:
+                rows += [group[i].request for i in done]
+                logits.append(out[done])
+        if plan.decode:
+            slots = torch.tensor([r.slot for r in plan.decode], device=self.device)
+            tokens = self.last_tokens[slots]
+            step = self.decoder.step if self.decoder is not None else (
+                lambda t, s: decode_step(self.model, self.state, t, s))
+            logits.append(step(tokens, slots))
+            rows += plan.decode
+        if not rows:
+            return RunnerOutput([])
+        slot_list = [r.slot for r in rows]
+        slots = torch.tensor(slot_list, device=self.device)
+        tokens = self.sampler.sample(torch.cat(logits), slots, slot_list)
+        self.last_tokens[slots] = tokens
+        return RunnerOutput(list(zip(rows, tokens.tolist())))  # the one host sync of the step
+
+    def _prefill(self, group: list[PrefillChunk]) -> torch.Tensor | None:
+        """One batched prefill call -> logits (B, V) after each row's last token (None if no row ends its prompt)."""
+        ctx, ids = InferenceContext.prefill(
+            [c.request.prompt_token_ids[c.start:c.end] for c in group], [c.request.slot for c in group],
+            [c.start for c in group], self.device)
+        out = prefill_chunk(self.model, self.state, ctx, ids, last=any(c.completes_prompt for c in group))
+        for c in group:
+            c.request.num_computed = c.end
+        return out
+
+
+def _prefill_groups(chunks: list[PrefillChunk]) -> list[list[PrefillChunk]]:
+    """Chunks that start a prompt in one group; continuing chunks grouped by length."""
+    groups: dict[object, list[PrefillChunk]] = defaultdict(list)
+    for c in chunks:
+        groups["start" if c.start == 0 else c.end - c.start].append(c)
+    return list(groups.values())

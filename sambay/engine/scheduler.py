@@ -1,0 +1,96 @@
+"""The scheduler: which requests run in the next engine step, and how many prompt tokens each prefills.
+
+Each step spends a token budget (`max_num_batched_tokens`): every running request that has its whole prompt
+in the state decodes one token first; what is left goes to prefill chunks, first of running requests whose
+prompt is partly prefilled (oldest first), then of waiting requests admitted into free state slots (highest
+priority first, then first come, first served). A long prompt is thus spread over several steps while the
+others keep decoding, instead of stalling them for its whole prefill.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from sambay.engine.request import Request, Status
+from sambay.engine.state import InferenceState
+
+
+@dataclass
+class PrefillChunk:
+    """Prompt tokens [start, end) of `request`, to be prefilled this step."""
+
+    request: Request
+    start: int
+    end: int
+
+    @property
+    def completes_prompt(self) -> bool:
+        return self.end == self.request.prompt_len
+
+
+@dataclass
+class SchedulerOutput:
+    decode: list[Request] = field(default_factory=list)  # one token each
+    prefill: list[PrefillChunk] = field(default_factory=list)
+    admitted: list[Request] = field(default_factory=list)  # took a slot this step (their first chunk is in prefill)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.decode) + sum(c.end - c.start for c in self.prefill)
+
+    def __bool__(self) -> bool:
+        return bool(self.decode or self.prefill)
+
+
+class Scheduler:
+    """Waiting and running queues over the slots of one `InferenceState` (which it acquires and releases)."""
+
+    def __init__(self, state: InferenceState, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_chunk: int | None = None):
+        if max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1 (got {max_num_batched_tokens})")
+        self.state = state
+        self.max_num_seqs, self.budget, self.max_chunk = max_num_seqs, max_num_batched_tokens, max_chunk
+        self.waiting: list[tuple[int, int, Request]] = []  # heap of (-priority, arrival, request)
+        self.running: list[Request] = []  # in admission order
+
+    def add(self, request: Request) -> None:
+        heapq.heappush(self.waiting, (-request.priority, request.arrival, request))
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.budget
+        for r in self.running:
+            if not r.prefilling and budget > 0:
+                out.decode.append(r)
+                budget -= 1
+        for r in self.running:
+            if r.prefilling and budget > 0:
+                budget -= self._chunk(out, r, budget)
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and self.state.free_slots:
+            _, _, r = heapq.heappop(self.waiting)
+            r.slot, r.status = self.state.acquire(), Status.RUNNING
+            self.running.append(r)
+            out.admitted.append(r)
+            budget -= self._chunk(out, r, budget)
+        return out
+
+    def _chunk(self, out: SchedulerOutput, r: Request, budget: int) -> int:
+        n = min(r.prompt_len - r.num_computed, budget, self.max_chunk or budget)
+        out.prefill.append(PrefillChunk(r, r.num_computed, r.num_computed + n))
+        return n
+
+    def remove(self, request: Request) -> None:
+        """Take a finished or aborted request out of its queue and give its slot back."""
+        if request in self.running:
+            self.running.remove(request)
+        else:
+            self.waiting = [e for e in self.waiting if e[2] is not request]
+            heapq.heapify(self.waiting)
+        if request.slot >= 0:
+            self.state.release(request.slot)
+            request.slot = -1

@@ -1,0 +1,210 @@
+"""`Engine`: continuous batching with chunked prefill under a token budget, abort, priorities, async front."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import torch
+from engine_helpers import ALL_PRESETS, make_model
+
+from sambay import Engine, SamplingParams
+from sambay.engine import ByteTokenizer
+from sambay.engine.scheduler import Scheduler
+from sambay.engine.state import InferenceState, allocated_bytes
+
+
+def _prompts(lengths, seed=11):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (n,), generator=g).tolist() for n in lengths]
+
+
+@torch.no_grad()
+def forward_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """The greedy continuation by full re-forwards of the whole sequence (no state at all)."""
+    ids = list(prompt)
+    for _ in range(n):
+        ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def run_to_completion(engine: Engine, arrivals: dict[int, list[tuple[str, list[int], SamplingParams]]]):
+    """Step the engine, adding each request at its arrival step; returns request id -> final output."""
+    final, step = {}, 0
+    while engine.has_unfinished_requests() or any(s >= step for s in arrivals):
+        for rid, prompt, params in arrivals.get(step, []):
+            engine.add_request(prompt, params, request_id=rid)
+        for out in engine.step():
+            assert out.request_id not in final, "an output after the request finished"
+            if out.finished:
+                final[out.request_id] = out
+        step += 1
+    return final
+
+
+@pytest.mark.parametrize("preset", ALL_PRESETS)
+def test_engine_greedy_equals_full_forward_greedy_under_random_arrivals_chunks_and_budgets(preset):
+    model = make_model(preset)
+    rng = random.Random(preset)
+    prompts = _prompts([1, 5, 8, 13, 19, 3], seed=rng.randrange(1000))
+    news = [rng.randint(1, 7) for _ in prompts]
+    expected = {f"r{i}": forward_greedy(model, p, n) for i, (p, n) in enumerate(zip(prompts, news))}
+    for trial in range(2):
+        engine = Engine(model, max_num_seqs=rng.randint(1, 4), max_num_batched_tokens=rng.randint(3, 12),
+                        max_chunk=rng.choice([None, 1, 2, 5]), max_model_len=40)
+        arrivals: dict[int, list] = {}
+        for i, (p, n) in enumerate(zip(prompts, news)):
+            arrivals.setdefault(rng.randint(0, 8), []).append((f"r{i}", p, SamplingParams(temperature=0, max_new_tokens=n)))
+        final = run_to_completion(engine, arrivals)
+        for rid, want in expected.items():
+            assert final[rid].token_ids == want, (trial, rid)
+            assert final[rid].finish_reason == "length"
+        assert engine.state.free_slots == engine.state.max_batch
+
+
+def test_every_step_stays_within_the_token_budget_with_decode_rows_first():
+    config = make_model("sambay").config
+    state = InferenceState(config, 4, 64)
+    scheduler = Scheduler(state, max_num_seqs=4, max_num_batched_tokens=6, max_chunk=4)
+    from sambay.engine.request import Request
+
+    reqs = [Request(f"r{i}", list(range(1, n + 1)), SamplingParams(), 5, frozenset(), arrival=i)
+            for i, n in enumerate([9, 2, 7])]
+    for r in reqs:
+        scheduler.add(r)
+    first = scheduler.schedule()
+    assert [(c.request.request_id, c.start, c.end) for c in first.prefill] == [("r0", 0, 4), ("r1", 0, 2)]
+    for c in first.prefill:
+        c.request.num_computed = c.end
+    second = scheduler.schedule()  # r1 decodes first, then r0 continues, then r2 starts with what is left
+    assert [r.request_id for r in second.decode] == ["r1"]
+    assert [(c.request.request_id, c.start, c.end) for c in second.prefill] == [("r0", 4, 8), ("r2", 0, 1)]
+    assert second.num_tokens == 6
+
+
+def test_higher_priority_is_admitted_first_then_first_come_first_served():
+    model = make_model("sambay")
+    engine = Engine(model, max_num_seqs=1, max_num_batched_tokens=64)
+    greedy = SamplingParams(temperature=0, max_new_tokens=2)
+    for rid, prio in [("low", 0), ("low2", 0), ("high", 5)]:
+        engine.add_request([1, 2, 3], greedy, request_id=rid, priority=prio)
+    order = []
+    while engine.has_unfinished_requests():
+        order += [o.request_id for o in engine.step() if o.finished]
+    assert order == ["high", "low", "low2"]
+
+
+def test_abort_frees_the_slot_at_the_next_step_and_the_slot_is_reused():
+    model = make_model("sambay")
+    engine = Engine(model, max_num_seqs=1)
+    long = engine.add_request([5, 6, 7], SamplingParams(temperature=0, max_new_tokens=50))
+    engine.step()
+    waiting = engine.add_request([8, 9], SamplingParams(temperature=0, max_new_tokens=3))
+    engine.step()
+    assert engine.state.free_slots == 0
+    engine.abort(long)
+    outs = engine.step()
+    aborted = [o for o in outs if o.request_id == long]
+    assert aborted and aborted[0].finished and aborted[0].finish_reason == "abort"
+    final = run_to_completion(engine, {})
+    assert final[waiting].token_ids == forward_greedy(model, [8, 9], 3)
+    assert engine.state.free_slots == 1 and not engine.has_unfinished_requests()
+
+
+@pytest.mark.parametrize("preset", ["sambay", "transformer++", "samba"])
+def test_streams_never_see_another_requests_tokens_under_random_add_abort_step(preset):
+    """Random interleavings of add / abort / step: every output belongs to its request, deltas concatenate to
+    the final tokens, aborted requests end with "abort", and every other request gets its solo greedy."""
+    model = make_model(preset)
+    rng = random.Random(7)
+    engine = Engine(model, max_num_seqs=3, max_num_batched_tokens=rng.randint(4, 9), max_chunk=3, max_model_len=40)
+    prompts = {f"q{i}": p for i, p in enumerate(_prompts([rng.randint(1, 12) for _ in range(10)], seed=3))}
+    news = {rid: rng.randint(1, 6) for rid in prompts}
+    added, aborted, streamed, final = [], set(), {}, {}
+    todo = list(prompts)
+    while todo or engine.has_unfinished_requests():
+        op = rng.random()
+        if todo and op < 0.4:
+            rid = todo.pop()
+            engine.add_request(prompts[rid], SamplingParams(temperature=0, max_new_tokens=news[rid]), request_id=rid)
+            added.append(rid)
+        elif added and op < 0.5:
+            rid = rng.choice(added)
+            if rid not in final:
+                engine.abort(rid)
+                aborted.add(rid)
+        else:
+            for out in engine.step():
+                assert out.request_id in prompts and out.request_id not in final
+                assert out.prompt_token_ids == prompts[out.request_id]
+                streamed.setdefault(out.request_id, []).extend(out.delta_token_ids)
+                assert streamed[out.request_id] == out.token_ids
+                if out.finished:
+                    final[out.request_id] = out
+    assert set(final) == set(prompts)
+    for rid, out in final.items():
+        if out.finish_reason == "abort":
+            assert rid in aborted
+        else:
+            assert out.token_ids == forward_greedy(model, prompts[rid], news[rid])
+    assert engine.state.free_slots == engine.state.max_batch
+
+
+def test_requests_that_can_never_fit_are_rejected_at_admission():
+    engine = Engine(make_model("sambay"), max_model_len=16)
+    with pytest.raises(ValueError, match="the prompt has 16 tokens; max_model_len is 16"):
+        engine.add_request(list(range(16)))
+    rid = engine.add_request(list(range(10)), SamplingParams(temperature=0, max_new_tokens=100))
+    assert len(run_to_completion(engine, {})[rid].token_ids) == 6  # capped at max_model_len
+
+
+@pytest.mark.parametrize("prompt, error, match", [
+    ([], ValueError, "empty"), ([1, 999], ValueError, "vocabulary"), ("text", ValueError, "tokenizer"),
+    (b"hi", TypeError, "string or a sequence"), ([1.5, 2], TypeError, "integers"), ([True], TypeError, "integers"),
+])
+def test_bad_prompts_are_rejected_with_clear_errors(prompt, error, match):
+    with pytest.raises(error, match=match):
+        Engine(make_model("sambay")).add_request(prompt)
+
+
+def test_a_request_id_in_use_is_refused():
+    engine = Engine(make_model("sambay"))
+    engine.add_request([1, 2], request_id="a")
+    with pytest.raises(ValueError, match="already in use"):
+        engine.add_request([3], request_id="a")
+
+
+def test_the_pool_is_sized_from_the_memory_budget_once():
+    model = make_model("sambay")
+    per_seq = allocated_bytes(model.config, 1, 64, torch.float32)
+    engine = Engine(model, max_model_len=64, memory_budget=3 * per_seq + 1)
+    assert engine.max_num_seqs == 3 and engine.state.max_batch == 3
+    state = engine.state
+    run_to_completion(engine, {0: [(str(i), [1, 2, 3], SamplingParams(max_new_tokens=4)) for i in range(7)]})
+    assert engine.state is state  # never rebuilt
+    with pytest.raises(ValueError, match="lower max_model_len or raise the budget"):
+        Engine(model, max_model_len=64, memory_budget=per_seq - 1)
+
+
+def test_async_generate_streams_each_request_and_aborts_when_left_early():
+    model = make_model("sambay")
+    engine = Engine(model, ByteTokenizer())
+
+    async def main():
+        async def collect(prompt, n):
+            return [o async for o in engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=n))]
+
+        full, other = await asyncio.gather(collect("abc", 5), collect([7, 8, 9, 10], 3))
+        async for _ in engine.generate("left early", SamplingParams(temperature=0, max_new_tokens=50)):
+            break
+        await asyncio.sleep(0)
+        while engine.has_unfinished_requests():  # the abort is applied at the next step
+            await asyncio.sleep(0.01)
+        return full, other
+
+    full, other = asyncio.run(main())
+    assert [len(o.token_ids) for o in full] == [1, 2, 3, 4, 5] and full[-1].finished
+    assert full[-1].token_ids == forward_greedy(model, list(b"abc"), 5)
+    assert other[-1].token_ids == forward_greedy(model, [7, 8, 9, 10], 3)
+    assert engine.state.free_slots == engine.state.max_batch
