@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from sambay.engine.request import Request, RequestOutput, Status
+from sambay.engine.sampling import Logprobs
 from sambay.engine.text import TextCodec, find_stop, held_back
 from sambay.tokenizer.detokenizer import IncrementalDecoder
 
@@ -29,12 +30,14 @@ class OutputProcessor:
             self._text[request.request_id] = _Text(IncrementalDecoder(self.codec, skip_special_tokens=True))
         self._tokens_sent[request.request_id] = 0
 
-    def process(self, sampled: list[tuple[Request, int]]) -> list[RequestOutput]:
+    def process(self, sampled: list[tuple[Request, int, Logprobs | None]]) -> list[RequestOutput]:
         """Record one token per request and decide whether it finished (sets status and finish_reason)."""
         now = time.perf_counter()
         outputs = []
-        for r, token in sampled:
+        for r, token, logprobs in sampled:
             r.output_token_ids.append(token)
+            if logprobs is not None:
+                r.logprobs.append(logprobs)
             r.metrics.first_token_time = r.metrics.first_token_time or now
             r.metrics.last_token_time = now
             text = self._text.get(r.request_id)
@@ -74,4 +77,4 @@ class OutputProcessor:
             request_id=rid, prompt_token_ids=r.prompt_token_ids, token_ids=list(r.output_token_ids),
             text=None if text is None else text.text, finished=r.finished, finish_reason=r.finish_reason,
             stop_reason=r.stop_reason, delta_token_ids=r.output_token_ids[sent:], delta_text=delta_text,
-            metrics=r.metrics)
+            logprobs=list(r.logprobs) if r.params.logprobs is not None else None, metrics=r.metrics)

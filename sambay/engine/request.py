@@ -10,7 +10,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from sambay.engine.sampling import SamplingParams
+from sambay.engine.sampling import Logprobs, SamplingParams
 
 
 class Status(enum.Enum):
@@ -39,6 +39,7 @@ class RequestOutput:
     stop_reason: int | str | None = None
     delta_token_ids: list[int] = field(default_factory=list)
     delta_text: str = ""
+    logprobs: list[Logprobs] | None = None  # one per generated token, when the params asked for logprobs
     metrics: RequestMetrics | None = None
 
 
@@ -72,6 +73,7 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    logprobs: list[Logprobs] = field(default_factory=list)
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.perf_counter()))
 
     @property

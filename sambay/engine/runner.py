@@ -19,7 +19,7 @@ from sambay.engine.cuda_graphs import GraphedDecoder
 from sambay.engine.decode import decode_step
 from sambay.engine.prefill import prefill_chunk
 from sambay.engine.request import Request
-from sambay.engine.sampling import Sampler
+from sambay.engine.sampling import Logprobs, Sampler, split_logprobs
 from sambay.engine.scheduler import PrefillChunk, SchedulerOutput
 from sambay.engine.state import InferenceState
 from sambay.model.context import InferenceContext
@@ -28,9 +28,10 @@ from sambay.model.model import CausalLM
 
 @dataclass
 class RunnerOutput:
-    """The token sampled this step for each request that produced one (decoders and completed prompts)."""
+    """The token sampled this step for each request that produced one (decoders and completed prompts), with
+    its logprobs when the request asked for them."""
 
-    sampled: list[tuple[Request, int]]
+    sampled: list[tuple[Request, int, Logprobs | None]]
 
 
 class ModelRunner:
@@ -47,7 +48,7 @@ class ModelRunner:
             self.decoder.capture_all()
 
     def admit(self, request: Request) -> None:
-        self.sampler.admit(request.slot, request.params, request.prompt_token_ids)
+        self.sampler.admit(request.slot, request.params, request.prompt_token_ids, request.stop_ids)
 
     def release(self, slot: int) -> None:
         self.sampler.release(slot)
@@ -73,9 +74,14 @@ class ModelRunner:
             return RunnerOutput([])
         slot_list = [r.slot for r in rows]
         slots = torch.tensor(slot_list, device=self.device)
-        tokens = self.sampler.sample(torch.cat(logits), slots, slot_list)
+        tokens, logprobs = self.sampler.sample(torch.cat(logits), slots, slot_list,
+                                               [len(r.output_token_ids) for r in rows], return_logprobs=True)
         self.last_tokens[slots] = tokens
-        return RunnerOutput(list(zip(rows, tokens.tolist())))  # the one host sync of the step
+        ids = tokens.tolist()  # the host sync of the step
+        if logprobs is None:
+            return RunnerOutput([(r, t, None) for r, t in zip(rows, ids)])
+        return RunnerOutput([(r, t, None if r.params.logprobs is None else split_logprobs(lp, r.params.logprobs))
+                             for r, t, lp in zip(rows, ids, logprobs.tolist())])
 
     def _prefill(self, group: list[PrefillChunk]) -> torch.Tensor | None:
         """One batched prefill call -> logits (B, V) after each row's last token (None if no row ends its prompt)."""

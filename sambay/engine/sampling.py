@@ -5,7 +5,9 @@ no host work per row except drawing its noise from the request's own `torch.Gene
 a seeded request reproducible whatever else is in the batch). Nothing syncs with the host: the token is
 `argmax(probs / E)` with E ~ Exp(1) (the Gumbel-max trick, as in gpt-fast), not `multinomial`.
 
-Order of the transforms (vLLM's): repetition penalty -> temperature -> min-p -> top-k -> top-p.
+Order of the transforms (vLLM's): min_tokens (stop ids masked) -> logit bias -> repetition, presence and
+frequency penalties -> temperature -> min-p -> top-k -> top-p. Logprobs are those of the model's raw logits
+(before any of these transforms), as vLLM reports them by default.
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ class SamplingParams:
     repetition_penalty: > 1 discourages tokens already in the prompt or the output (HF / vLLM rule:
     positive logits are divided by it, negative ones multiplied).
     seed: a per-request generator seed; None draws one from torch's global RNG when the request starts.
+    presence_penalty / frequency_penalty: subtracted from the logit of every token already generated, once /
+    once per occurrence (OpenAI's rule, in [-2, 2]). logit_bias: token id -> value added to its logit.
     stop_token_ids: ids that end the request (besides the tokenizer's / model's EOS unless ignore_eos); the
     stop token is kept in `token_ids`, not in `text`. stop: strings that end the request; the text is cut
-    before the match. max_new_tokens: at most this many generated tokens (0: none).
+    before the match. max_new_tokens: at most this many generated tokens (0: none). min_tokens: stop ids
+    cannot be sampled before this many tokens. logprobs: also return the sampled token's log-probability
+    and the `logprobs` most likely tokens' (None: no logprobs).
     """
 
     max_new_tokens: int = 16
@@ -38,10 +44,15 @@ class SamplingParams:
     top_p: float = 1.0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
     seed: int | None = None
     stop_token_ids: Sequence[int] = field(default_factory=tuple)
     stop: Sequence[str] | str = field(default_factory=tuple)
     ignore_eos: bool = False
+    min_tokens: int = 0
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -64,14 +75,40 @@ class SamplingParams:
              f"repetition_penalty must be > 0 (got {self.repetition_penalty!r})")
         need(all(s for s in self.stop), "stop strings must be non-empty")
         need(all(t >= 0 for t in self.stop_token_ids), "stop_token_ids must be >= 0")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            need(math.isfinite(value) and -2.0 <= value <= 2.0, f"{name} must be in [-2, 2] (got {value!r})")
+        if self.logit_bias is not None:
+            self.logit_bias = {int(k): float(v) for k, v in dict(self.logit_bias).items()}
+            need(all(k >= 0 and math.isfinite(v) and -100 <= v <= 100 for k, v in self.logit_bias.items()),
+                 "logit_bias maps token ids >= 0 to values in [-100, 100]")
+        need(isinstance(self.min_tokens, int) and not isinstance(self.min_tokens, bool) and self.min_tokens >= 0,
+             f"min_tokens must be an integer >= 0 (got {self.min_tokens!r})")
+        need(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
+             f"logprobs must be None or an integer in [0, 20] (got {self.logprobs!r})")
+        need(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63),
+             f"seed must be an integer in [0, 2**63) (got {self.seed!r})")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def penalised(self) -> bool:
+        return self.presence_penalty != 0 or self.frequency_penalty != 0
+
+
+@dataclass
+class Logprobs:
+    """Of one sampled token: its log-probability and the top-N (token id, log-probability), best first."""
+
+    token_logprob: float
+    top: list[tuple[int, float]]
+
 
 class Sampler:
-    """Per-slot sampling settings plus a (slots, vocab) table of the tokens each sequence has seen."""
+    """Per-slot sampling settings, the tokens each sequence has seen (repetition penalty) and generated
+    (presence / frequency penalties), and per-slot random generators."""
 
     def __init__(self, max_batch: int, vocab_size: int, device: torch.device | str = "cpu"):
         dev = torch.device(device)
@@ -81,36 +118,54 @@ class Sampler:
         self.top_p = torch.ones(max_batch, device=dev)
         self.min_p = torch.zeros(max_batch, device=dev)
         self.penalty = torch.ones(max_batch, device=dev)
+        self.presence = torch.zeros(max_batch, device=dev)
+        self.frequency = torch.zeros(max_batch, device=dev)
         self.seen: torch.Tensor | None = None  # (slots, V) bool, allocated when a request asks for a penalty
+        self.counts: torch.Tensor | None = None  # (slots, V) generated-token counts, likewise
         self.generators: list[torch.Generator | None] = [None] * max_batch
         self.params: list[SamplingParams | None] = [None] * max_batch
+        self.bias: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * max_batch
+        self.stop_ids: list[torch.Tensor | None] = [None] * max_batch
 
-    def admit(self, slot: int, params: SamplingParams, prompt: Sequence[int]) -> None:
+    def admit(self, slot: int, params: SamplingParams, prompt: Sequence[int], stop_ids: Sequence[int] = ()) -> None:
         self.params[slot] = params
         self.temperature[slot] = params.temperature
         self.top_k[slot] = params.top_k if params.top_k > 0 else self.vocab_size
         self.top_p[slot] = params.top_p
         self.min_p[slot] = params.min_p
         self.penalty[slot] = params.repetition_penalty
+        self.presence[slot] = params.presence_penalty
+        self.frequency[slot] = params.frequency_penalty
         if params.repetition_penalty != 1.0:
             if self.seen is None:
                 self.seen = torch.zeros(len(self.params), self.vocab_size, dtype=torch.bool, device=self.device)
             self.seen[slot] = False
             self.seen[slot, torch.as_tensor(list(prompt), dtype=torch.long, device=self.device)] = True
+        if params.penalised:
+            if self.counts is None:
+                self.counts = torch.zeros(len(self.params), self.vocab_size, dtype=torch.int32, device=self.device)
+            self.counts[slot] = 0
+        bias = {k: v for k, v in (params.logit_bias or {}).items() if k < self.vocab_size}
+        self.bias[slot] = None if not bias else (torch.tensor(list(bias), device=self.device),
+                                                 torch.tensor(list(bias.values()), device=self.device))
+        ids = [t for t in stop_ids if t < self.vocab_size]
+        self.stop_ids[slot] = torch.tensor(ids, device=self.device) if params.min_tokens and ids else None
         # Only seeded requests own a generator (reproducible in any batch); the others share one batched draw.
         seeded = params.seed is not None and not params.greedy
         self.generators[slot] = torch.Generator(self.device).manual_seed(params.seed) if seeded else None
 
     def release(self, slot: int) -> None:
-        self.params[slot] = self.generators[slot] = None
+        self.params[slot] = self.generators[slot] = self.bias[slot] = self.stop_ids[slot] = None
 
     @torch.inference_mode()
-    def sample(self, logits: torch.Tensor, slots: torch.Tensor, slot_list: Sequence[int]) -> torch.Tensor:
-        """logits (B, V) for rows in `slots` (B,) (same slots as the Python list) -> tokens (B,) int64."""
+    def sample(self, logits: torch.Tensor, slots: torch.Tensor, slot_list: Sequence[int],
+               generated: Sequence[int] | None = None, return_logprobs: bool = False):
+        """logits (B, V) for rows in `slots` (B,) (same slots as the Python list); generated[b]: tokens row b
+        has generated so far (for min_tokens). -> tokens (B,) int64; with `return_logprobs`, (tokens,
+        `token_logprobs` of the sampled and top-N tokens, or None when no row asks for logprobs)."""
         params = [self.params[s] for s in slot_list]
-        logits = logits.float()
-        if self.seen is not None and any(p.repetition_penalty != 1.0 for p in params):
-            logits = apply_repetition_penalty(logits, self.seen[slots], self.penalty[slots])
+        raw = logits.float()
+        logits = self._processed(raw, slots, slot_list, params, generated)
         greedy_tokens = logits.argmax(-1)
         if all(p.greedy for p in params):
             tokens = greedy_tokens
@@ -127,7 +182,41 @@ class Sampler:
             tokens = torch.where(self.temperature[slots] > 0, sampled, greedy_tokens)
         if self.seen is not None:
             self.seen[slots, tokens] = True
-        return tokens
+        if self.counts is not None:
+            self.counts[slots, tokens] += 1
+        if not return_logprobs:
+            return tokens
+        n_top = max((p.logprobs for p in params if p.logprobs is not None), default=None)
+        return tokens, None if n_top is None else token_logprobs(raw, tokens, n_top)
+
+    def _processed(self, logits, slots, slot_list, params, generated) -> torch.Tensor:
+        logits = logits.clone()  # the caller's (raw) logits stay as they are, for logprobs
+        for row, s in enumerate(slot_list):  # sparse per-row edits: a handful of ids each
+            if self.stop_ids[s] is not None and generated is not None and generated[row] < params[row].min_tokens:
+                logits[row, self.stop_ids[s]] = float("-inf")
+            if self.bias[s] is not None:
+                logits[row].index_add_(0, *self.bias[s])
+        if self.seen is not None and any(p.repetition_penalty != 1.0 for p in params):
+            logits = apply_repetition_penalty(logits, self.seen[slots], self.penalty[slots])
+        if self.counts is not None and any(p.penalised for p in params):
+            counts = self.counts[slots].float()
+            logits = logits - self.frequency[slots, None] * counts - self.presence[slots, None] * (counts > 0)
+        return logits
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, n_top: int) -> torch.Tensor:
+    """logits (B, V) fp32, tokens (B,) -> (B, 1 + n_top, 2): row b holds (token, logprob) of the sampled
+    token, then of the n_top most likely tokens (ids stored as floats: one tensor, one host copy)."""
+    logp = torch.log_softmax(logits, -1)
+    top_vals, top_ids = logp.topk(n_top, -1) if n_top else (logp[:, :0], tokens[:, None][:, :0])
+    ids = torch.cat([tokens[:, None], top_ids], 1).double()
+    vals = torch.cat([logp.gather(-1, tokens[:, None]), top_vals], 1).double()
+    return torch.stack([ids, vals], -1)
+
+
+def split_logprobs(row: list, n_top: int) -> Logprobs:
+    """One row of `token_logprobs(...).tolist()` -> `Logprobs` with the request's own top-N."""
+    return Logprobs(token_logprob=row[0][1], top=[(int(t), v) for t, v in row[1:1 + n_top]])
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:

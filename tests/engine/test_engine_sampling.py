@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sambay.engine import Sampler, SamplingParams
-from sambay.engine.sampling import apply_repetition_penalty, sampling_probs
+from sambay.engine.sampling import apply_repetition_penalty, sampling_probs, split_logprobs
 
 
 def _probs(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
@@ -78,5 +78,84 @@ def test_rows_of_one_batch_use_their_own_settings():
                                  dict(min_p=2.0), dict(repetition_penalty=0.0), dict(max_new_tokens=-1),
                                  dict(stop=[""])])
 def test_sampling_params_reject_bad_values(bad):
+    with pytest.raises(ValueError):
+        SamplingParams(**bad)
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.7), dict(temperature=1.3, top_k=5),
+                                      dict(temperature=1.0, top_p=0.8), dict(temperature=0.9, min_p=0.1),
+                                      dict(temperature=1.0, top_k=6, top_p=0.9, min_p=0.05)])
+def test_sampled_counts_pass_a_chi_square_test_against_the_filtered_distribution(settings):
+    from scipy.stats import chisquare
+
+    logits = torch.randn(12, generator=torch.Generator().manual_seed(2)) * 1.5
+    n = 6000
+    expected = _reference_distribution(logits, **settings)
+    draws = _sample_many(SamplingParams(seed=1, **settings), logits, n)
+    counts = torch.bincount(draws, minlength=12)
+    support = expected > 0
+    assert counts[~support].sum() == 0, "a filtered-out token was sampled"
+    expected = expected[support].double()
+    result = chisquare(counts[support].double().numpy(), (expected / expected.sum() * n).numpy())
+    assert result.pvalue > 1e-3, (settings, result)
+
+
+def _reference_distribution(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0) -> torch.Tensor:
+    """The filters written out token by token in float64: softmax(logits / T); drop tokens below min_p x the
+    top probability and beyond the top_k most likely; then keep the most likely tokens until the kept mass
+    (of what survived) reaches top_p; renormalise."""
+    p = torch.softmax(logits.double() / temperature, -1).tolist()
+    ranked = sorted(range(len(p)), key=lambda i: -p[i])
+    alive = [i for r, i in enumerate(ranked) if p[i] >= min_p * p[ranked[0]] and (not top_k or r < top_k)]
+    total = sum(p[i] for i in alive)
+    kept, mass = [], 0.0
+    for i in alive:
+        if mass >= top_p:
+            break
+        kept.append(i)
+        mass += p[i] / total
+    out = torch.zeros(len(p), dtype=torch.float64)
+    out[kept] = torch.tensor([p[i] for i in kept], dtype=torch.float64)
+    return out / out.sum()
+
+
+def test_presence_and_frequency_penalties_follow_the_openai_rule():
+    sampler = Sampler(1, 4)
+    sampler.admit(0, SamplingParams(temperature=0, presence_penalty=0.5, frequency_penalty=0.25), [3])
+    sampler.counts[0] = torch.tensor([0, 1, 3, 0], dtype=torch.int32)  # generated before (the prompt does not count)
+    logits = torch.zeros(1, 4)
+    out = sampler._processed(logits.clone(), torch.tensor([0]), [0], [sampler.params[0]], [4])
+    torch.testing.assert_close(out, torch.tensor([[0.0, -0.75, -1.25, 0.0]]))
+
+
+def test_logit_bias_and_min_tokens_edit_only_their_rows():
+    sampler = Sampler(2, 6)
+    sampler.admit(0, SamplingParams(temperature=0, logit_bias={4: 100.0}), [0])
+    sampler.admit(1, SamplingParams(temperature=0, min_tokens=2), [0], stop_ids=[2])
+    logits = torch.zeros(2, 6)
+    logits[:, 2] = 5.0
+    slots = torch.tensor([0, 1])
+    assert sampler.sample(logits, slots, [0, 1], generated=[0, 1]).tolist() == [4, 0]  # row 1: the stop id is masked
+    assert sampler.sample(logits, slots, [0, 1], generated=[0, 2]).tolist() == [4, 2]  # min_tokens reached
+
+
+def test_logprobs_are_the_raw_log_softmax_with_the_top_n_best_first():
+    sampler = Sampler(2, 10)
+    sampler.admit(0, SamplingParams(temperature=0, logprobs=3, repetition_penalty=5.0), [1])
+    sampler.admit(1, SamplingParams(temperature=0), [1])
+    logits = torch.randn(2, 10)
+    tokens, lp = sampler.sample(logits, torch.tensor([0, 1]), [0, 1], return_logprobs=True)
+    full = torch.log_softmax(logits, -1)
+    row = split_logprobs(lp.tolist()[0], 3)
+    assert row.token_logprob == pytest.approx(full[0, tokens[0]].item(), abs=1e-6)
+    want = full[0].topk(3)
+    assert [t for t, _ in row.top] == want.indices.tolist()
+    assert [v for _, v in row.top] == pytest.approx(want.values.tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [dict(presence_penalty=2.5), dict(frequency_penalty=float("nan")),
+                                 dict(logit_bias={1: 101}), dict(min_tokens=-1), dict(logprobs=21),
+                                 dict(seed=2**70), dict(seed=-1)])
+def test_new_sampling_params_reject_bad_values(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
