@@ -131,9 +131,15 @@ class Engine:
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
-        request = Request(request_id, ids, params, min(params.max_new_tokens, self.max_model_len - len(ids)),
-                          frozenset(stop_ids), priority=priority, arrival=next(self._arrivals))
-        self._requests[request_id] = request
+        max_new = min(params.max_new_tokens, self.max_model_len - len(ids))
+        if params.n > self.max_num_seqs:
+            raise ValueError(f"n = {params.n} completions need {params.n} state slots; max_num_seqs is {self.max_num_seqs}")
+        request = Request(request_id, ids, params, max_new, frozenset(stop_ids), priority=priority,
+                          arrival=next(self._arrivals))
+        request.forks = [Request(request_id, ids, params, max_new, request.stop_ids, priority=priority,
+                                 arrival=request.arrival, index=i, fork_of=request) for i in range(1, params.n)]
+        for member in (request, *request.forks):
+            self._requests[member.key] = member
         self._inbox.append(request)
         return request_id
 
@@ -155,7 +161,8 @@ class Engine:
         return ids
 
     def abort(self, request_id: str) -> None:
-        """Stop a request; its slot is free after the next step, which reports it with finish_reason "abort"."""
+        """Stop a request (all its completions); its slots are free after the next step, which reports it
+        with finish_reason "abort"."""
         self._aborts.append(str(request_id))
 
     def has_unfinished_requests(self) -> bool:
@@ -171,29 +178,33 @@ class Engine:
                 r.metrics.first_scheduled_time = time.perf_counter()
                 self.runner.admit(r)
             result = self.runner.execute(plan)
-            for out in self.output.process(result.sampled):
-                outputs.append(out)
-                if out.finished:
-                    self._retire(self._requests[out.request_id])
+            outputs += self.output.process(result.sampled)
+            for request, _, _ in result.sampled:
+                if request.finished:
+                    self._retire(request)
             return outputs
 
     def _take_inbox(self) -> list[RequestOutput]:
         outputs = []
         while self._inbox:
             request = self._inbox.popleft()
-            self.output.add(request)
+            group = [request, *request.forks]
+            for member in group:
+                self.output.add(member)
             if request.max_new > 0:
                 self.scheduler.add(request)
                 continue
-            request.status, request.finish_reason = Status.FINISHED, "length"  # nothing to generate
-            outputs.append(self.output.output(request))
-            self._retire(request)
+            for member in group:  # nothing to generate
+                member.status, member.finish_reason = Status.FINISHED, "length"
+                outputs.append(self.output.output(member))
+                self._retire(member)
         while self._aborts:
             request = self._requests.get(self._aborts.popleft())
-            if request is not None and not request.finished:
-                request.status, request.finish_reason = Status.ABORTED, "abort"
-                outputs.append(self.output.output(request))
-                self._retire(request)
+            for member in () if request is None else (request, *request.forks):
+                if not member.finished:
+                    member.status, member.finish_reason = Status.ABORTED, "abort"
+                    outputs.append(self.output.output(member))
+                    self._retire(member)
         return outputs
 
     def _retire(self, request: Request) -> None:
@@ -201,29 +212,29 @@ class Engine:
         self.scheduler.remove(request)
         if slot >= 0:
             self.runner.release(slot)
-        self._requests.pop(request.request_id, None)
+        self._requests.pop(request.key, None)
 
     # ------------------------------------------------------------------ asyncio front
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
                        priority: int = 0) -> AsyncIterator[RequestOutput]:
-        """Yield this request's outputs as steps produce them; steps run in a worker thread. Leaving the
-        loop early (or cancelling the task) aborts the request."""
+        """Yield this request's outputs (of every completion, told apart by `index`) as steps produce them;
+        steps run in a worker thread. Leaving the loop early (or cancelling the task) aborts the request."""
         request_id = self.add_request(prompt, params, request_id, priority)
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = queue
         if self._driver is None or self._driver.done():
             self._driver = asyncio.get_running_loop().create_task(self._drive())
-        finished = False
+        open_completions = (SamplingParams() if params is None else params).n
         try:
-            while not finished:
+            while open_completions:
                 out = await queue.get()
                 if isinstance(out, BaseException):
                     raise out
-                finished = out.finished
+                open_completions -= out.finished
                 yield out
         finally:
             self._streams.pop(request_id, None)
-            if not finished:
+            if open_completions:
                 self.abort(request_id)
 
     async def _drive(self) -> None:

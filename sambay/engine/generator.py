@@ -162,6 +162,8 @@ class Generator:
         params = list(params)
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
+        if any(p.n != 1 for p in params):
+            raise ValueError("Generator gives one result per prompt: for n > 1 completions use sambay.Engine")
         return prompts, params
 
     def _chunk(self, index: int, out: RequestOutput, start: float) -> GenerationChunk:

@@ -27,8 +27,8 @@ class OutputProcessor:
 
     def add(self, request: Request) -> None:
         if self.codec is not None:  # special tokens are not part of the generated text (as in vLLM and HF)
-            self._text[request.request_id] = _Text(IncrementalDecoder(self.codec, skip_special_tokens=True))
-        self._tokens_sent[request.request_id] = 0
+            self._text[request.key] = _Text(IncrementalDecoder(self.codec, skip_special_tokens=True))
+        self._tokens_sent[request.key] = 0
 
     def process(self, sampled: list[tuple[Request, int, Logprobs | None]]) -> list[RequestOutput]:
         """Record one token per request and decide whether it finished (sets status and finish_reason)."""
@@ -40,7 +40,7 @@ class OutputProcessor:
                 r.logprobs.append(logprobs)
             r.metrics.first_token_time = r.metrics.first_token_time or now
             r.metrics.last_token_time = now
-            text = self._text.get(r.request_id)
+            text = self._text.get(r.key)
             if token in r.stop_ids:
                 r.finish_reason, r.stop_reason = "stop", token
             elif text is not None:
@@ -61,7 +61,7 @@ class OutputProcessor:
 
     def output(self, r: Request) -> RequestOutput:
         """The request's output now, with the deltas since the last one (forgets finished requests)."""
-        rid = r.request_id
+        rid = r.key
         text = self._text.get(rid)
         delta_text = ""
         if text is not None:
@@ -74,7 +74,7 @@ class OutputProcessor:
             self._text.pop(rid, None)
             self._tokens_sent.pop(rid, None)
         return RequestOutput(
-            request_id=rid, prompt_token_ids=r.prompt_token_ids, token_ids=list(r.output_token_ids),
+            request_id=r.request_id, index=r.index, prompt_token_ids=r.prompt_token_ids, token_ids=list(r.output_token_ids),
             text=None if text is None else text.text, finished=r.finished, finish_reason=r.finish_reason,
             stop_reason=r.stop_reason, delta_token_ids=r.output_token_ids[sent:], delta_text=delta_text,
             logprobs=list(r.logprobs) if r.params.logprobs is not None else None, metrics=r.metrics)

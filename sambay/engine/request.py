@@ -22,7 +22,7 @@ class Status(enum.Enum):
 
 @dataclass
 class RequestOutput:
-    """One request's state after an engine step (as vLLM's): everything generated so far, and the delta.
+    """One completion's state after an engine step (as vLLM's): everything generated so far, and the delta.
 
     token_ids: every generated token (a stop token that ended the request included); text: their text (None
     without a tokenizer; stop tokens and strings excluded); delta_token_ids / delta_text: what is new since
@@ -35,6 +35,7 @@ class RequestOutput:
     token_ids: list[int]
     text: str | None
     finished: bool
+    index: int = 0  # which of the request's n completions
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     delta_token_ids: list[int] = field(default_factory=list)
@@ -67,6 +68,9 @@ class Request:
     stop_ids: frozenset[int]
     priority: int = 0
     arrival: int = 0  # order of arrival (ties in priority are first-come first-served)
+    index: int = 0  # completion index (n > 1); the engine's key for it is `key`
+    forks: list[Request] = field(default_factory=list)  # completions 1..n-1: they copy this one's state
+    fork_of: Request | None = None
     status: Status = Status.WAITING
     slot: int = -1
     num_computed: int = 0
@@ -75,6 +79,10 @@ class Request:
     stop_reason: int | str | None = None
     logprobs: list[Logprobs] = field(default_factory=list)
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.perf_counter()))
+
+    @property
+    def key(self) -> str:
+        return self.request_id if self.index == 0 else f"{self.request_id}#{self.index}"
 
     @property
     def prompt_len(self) -> int:

@@ -10,6 +10,7 @@ the device and come to the host once per step.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -48,7 +49,10 @@ class ModelRunner:
             self.decoder.capture_all()
 
     def admit(self, request: Request) -> None:
-        self.sampler.admit(request.slot, request.params, request.prompt_token_ids, request.stop_ids)
+        params = request.params
+        if request.index and params.seed is not None:  # completion i of a seeded request draws from seed + i
+            params = dataclasses.replace(params, seed=(params.seed + request.index) % 2**63)
+        self.sampler.admit(request.slot, params, request.prompt_token_ids, request.stop_ids)
 
     def release(self, slot: int) -> None:
         self.sampler.release(slot)
@@ -59,10 +63,11 @@ class ModelRunner:
         logits: list[torch.Tensor] = []
         for group in _prefill_groups(plan.prefill):
             out = self._prefill(group)
-            done = [i for i, c in enumerate(group) if c.completes_prompt]
-            if done:
-                rows += [group[i].request for i in done]
-                logits.append(out[done])
+            for i, c in enumerate(group):
+                if c.completes_prompt:  # its forks (n > 1) continue from this state and sample from these logits
+                    members = [c.request, *self._fork(c.request)]
+                    rows += members
+                    logits.append(out[i:i + 1].expand(len(members), -1))
         if plan.decode:
             slots = torch.tensor([r.slot for r in plan.decode], device=self.device)
             tokens = self.last_tokens[slots]
@@ -82,6 +87,13 @@ class ModelRunner:
             return RunnerOutput([(r, t, None) for r, t in zip(rows, ids)])
         return RunnerOutput([(r, t, None if r.params.logprobs is None else split_logprobs(lp, r.params.logprobs))
                              for r, t, lp in zip(rows, ids, logprobs.tolist())])
+
+    def _fork(self, request: Request) -> list[Request]:
+        forks = [f for f in request.forks if not f.finished]
+        for f in forks:
+            self.state.copy_slot(request.slot, f.slot)
+            f.num_computed = f.prompt_len
+        return forks
 
     def _prefill(self, group: list[PrefillChunk]) -> torch.Tensor | None:
         """One batched prefill call -> logits (B, V) after each row's last token (None if no row ends its prompt)."""

@@ -56,6 +56,7 @@ class Scheduler:
         self.running: list[Request] = []  # in admission order
 
     def add(self, request: Request) -> None:
+        """Queue a request (with its forks, which are admitted with it)."""
         heapq.heappush(self.waiting, (-request.priority, request.arrival, request))
 
     def has_unfinished(self) -> bool:
@@ -69,13 +70,18 @@ class Scheduler:
                 out.decode.append(r)
                 budget -= 1
         for r in self.running:
-            if r.prefilling and budget > 0:
+            if r.prefilling and r.fork_of is None and budget > 0:  # a fork gets its state from its parent's
                 budget -= self._chunk(out, r, budget)
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and self.state.free_slots:
-            _, _, r = heapq.heappop(self.waiting)
-            r.slot, r.status = self.state.acquire(), Status.RUNNING
-            self.running.append(r)
-            out.admitted.append(r)
+        while self.waiting and budget > 0:
+            r = self.waiting[0][2]
+            group = [r, *r.forks]  # a request's n completions take their slots together
+            if len(self.running) + len(group) > self.max_num_seqs or self.state.free_slots < len(group):
+                break
+            heapq.heappop(self.waiting)
+            for member in group:
+                member.slot, member.status = self.state.acquire(), Status.RUNNING
+                self.running.append(member)
+                out.admitted.append(member)
             budget -= self._chunk(out, r, budget)
         return out
 

@@ -73,6 +73,13 @@ class InferenceState:
         self._free.append(slot)
         self._free.sort()
 
+    def copy_slot(self, src: int, dst: int) -> None:
+        """Make slot `dst` continue exactly where `src` is (every layer's state and the length): a fork."""
+        for tensors in self.layers:
+            for t in tensors.values():
+                t[dst] = t[src]
+        self.lengths[dst] = self.lengths[src]
+
     def reset(self, slot: int) -> None:
         """Zero one slot. Prefill relies on a fresh slot holding zero Mamba state and length 0."""
         for tensors in self.layers:

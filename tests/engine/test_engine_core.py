@@ -208,3 +208,38 @@ def test_async_generate_streams_each_request_and_aborts_when_left_early():
     assert full[-1].token_ids == forward_greedy(model, list(b"abc"), 5)
     assert other[-1].token_ids == forward_greedy(model, [7, 8, 9, 10], 3)
     assert engine.state.free_slots == engine.state.max_batch
+
+
+def test_n_completions_share_one_prefill_and_each_equals_a_fresh_request():
+    """Forked after the prompt: completion i of a seeded request samples exactly as a lone request with seed
+    + i, though the prompt is prefilled once."""
+    model = make_model("sambay")
+    engine = Engine(model, max_num_seqs=4, max_chunk=4)
+    prefilled = []
+    run_chunk = engine.runner._prefill
+    engine.runner._prefill = lambda group: (prefilled.append(sum(c.end - c.start for c in group)), run_chunk(group))[1]
+    prompt = _prompts([11])[0]
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=21, max_new_tokens=6, n=3)
+    engine.add_request(prompt, params, request_id="x")
+    final = {}
+    while engine.has_unfinished_requests():
+        final.update({o.index: o for o in engine.step() if o.finished and o.request_id == "x"})
+    assert sum(prefilled) == len(prompt) and sorted(final) == [0, 1, 2]
+    for i, out in final.items():
+        lone = Engine(model, max_chunk=4)
+        lone.add_request(prompt, SamplingParams(temperature=1.0, top_p=0.9, seed=21 + i, max_new_tokens=6), "y")
+        assert out.token_ids == run_to_completion(lone, {})["y"].token_ids
+    assert len({tuple(o.token_ids) for o in final.values()}) > 1
+    assert engine.state.free_slots == engine.state.max_batch
+
+
+def test_aborting_a_request_aborts_all_its_completions():
+    engine = Engine(make_model("sambay"), max_num_seqs=3)
+    engine.add_request([1, 2, 3], SamplingParams(temperature=0, max_new_tokens=40, n=3), request_id="g")
+    engine.step()
+    engine.abort("g")
+    outs = engine.step()
+    assert sorted(o.index for o in outs if o.finish_reason == "abort") == [0, 1, 2]
+    assert engine.state.free_slots == 3 and not engine.has_unfinished_requests()
+    with pytest.raises(ValueError, match="n = 4 completions need 4 state slots"):
+        engine.add_request([1], SamplingParams(n=4))
