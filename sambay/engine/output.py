@@ -77,4 +77,5 @@ class OutputProcessor:
             request_id=r.request_id, index=r.index, prompt_token_ids=r.prompt_token_ids, token_ids=list(r.output_token_ids),
             text=None if text is None else text.text, finished=r.finished, finish_reason=r.finish_reason,
             stop_reason=r.stop_reason, delta_token_ids=r.output_token_ids[sent:], delta_text=delta_text,
-            logprobs=list(r.logprobs) if r.params.logprobs is not None else None, metrics=r.metrics)
+            logprobs=list(r.logprobs) if r.params.logprobs is not None else None,
+            prompt_logprobs=r.prompt_logprobs if r.params.prompt_logprobs is not None else None, metrics=r.metrics)

@@ -62,18 +62,25 @@ def prefill(model: CausalLM, state: InferenceState, prompts: Sequence[Sequence[i
 
 
 def prefill_chunk(model: CausalLM, state: InferenceState, ctx: InferenceContext, ids: torch.Tensor,
-                  last: bool) -> torch.Tensor | None:
+                  last: bool, every_position: bool = False) -> torch.Tensor | None:
     """One chunk, ids (B, T) left-padded, continuing the slots' state; sets `state.lengths` of its slots.
 
     Returns the logits (B, V) after each row's last token when `last`, else None (skipping every layer after
-    the last stateful one). Rows mid-prompt may share a `last` call: their logits are simply not used."""
-    logits = _run_chunk(model, state, ctx, ids, last)
+    the last stateful one). Rows mid-prompt may share a `last` call: their logits are simply not used.
+    With `every_position` every layer runs on every token and the logits (B, T, V) of every column come back
+    (for prompt logprobs)."""
+    logits = _run_chunk(model, state, ctx, ids, last, every_position)
     state.lengths[ctx.slots] = ctx.positions[:, -1] + 1
     return logits
 
 
 def _run_chunk(model: CausalLM, state: InferenceState, ctx: InferenceContext, ids: torch.Tensor,
-               last: bool) -> torch.Tensor | None:
+               last: bool, every_position: bool) -> torch.Tensor | None:
+    if every_position:
+        x = model.embed(ids).float()
+        for block, layer_state in zip(model.layers, state.layers):
+            x = block.prefill(x, ctx, layer_state)
+        return model.logits(x)
     tail = model.config.last_stateful_layer  # after it, only each row's last token matters
     x = model.embed(ids).float()
     for i, (block, layer_state) in enumerate(zip(model.layers, state.layers)):

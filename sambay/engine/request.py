@@ -41,6 +41,7 @@ class RequestOutput:
     delta_token_ids: list[int] = field(default_factory=list)
     delta_text: str = ""
     logprobs: list[Logprobs] | None = None  # one per generated token, when the params asked for logprobs
+    prompt_logprobs: list[Logprobs | None] | None = None  # one per prompt token (None for the first)
     metrics: RequestMetrics | None = None
 
 
@@ -78,6 +79,7 @@ class Request:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     logprobs: list[Logprobs] = field(default_factory=list)
+    prompt_logprobs: list[Logprobs | None] = field(default_factory=lambda: [None])
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.perf_counter()))
 
     @property

@@ -20,7 +20,7 @@ from sambay.engine.cuda_graphs import GraphedDecoder
 from sambay.engine.decode import decode_step
 from sambay.engine.prefill import prefill_chunk
 from sambay.engine.request import Request
-from sambay.engine.sampling import Logprobs, Sampler, split_logprobs
+from sambay.engine.sampling import Logprobs, Sampler, split_logprobs, token_logprobs
 from sambay.engine.scheduler import PrefillChunk, SchedulerOutput
 from sambay.engine.state import InferenceState
 from sambay.model.context import InferenceContext
@@ -63,6 +63,9 @@ class ModelRunner:
         logits: list[torch.Tensor] = []
         for group in _prefill_groups(plan.prefill):
             out = self._prefill(group)
+            if out is not None and out.dim() == 3:  # every position's logits: prompt logprobs
+                self._prompt_logprobs(group, out)
+                out = out[:, -1]
             for i, c in enumerate(group):
                 if c.completes_prompt:  # its forks (n > 1) continue from this state and sample from these logits
                     members = [c.request, *self._fork(c.request)]
@@ -92,23 +95,44 @@ class ModelRunner:
         forks = [f for f in request.forks if not f.finished]
         for f in forks:
             self.state.copy_slot(request.slot, f.slot)
-            f.num_computed = f.prompt_len
+            f.num_computed, f.prompt_logprobs = f.prompt_len, request.prompt_logprobs
         return forks
 
     def _prefill(self, group: list[PrefillChunk]) -> torch.Tensor | None:
-        """One batched prefill call -> logits (B, V) after each row's last token (None if no row ends its prompt)."""
+        """One batched prefill call -> logits (B, V) after each row's last token (None if no row ends its
+        prompt), or (B, T, V) at every column for a group that wants prompt logprobs."""
         ctx, ids = InferenceContext.prefill(
             [c.request.prompt_token_ids[c.start:c.end] for c in group], [c.request.slot for c in group],
             [c.start for c in group], self.device)
-        out = prefill_chunk(self.model, self.state, ctx, ids, last=any(c.completes_prompt for c in group))
+        out = prefill_chunk(self.model, self.state, ctx, ids, last=any(c.completes_prompt for c in group),
+                            every_position=_wants_prompt_logprobs(group[0]))
         for c in group:
             c.request.num_computed = c.end
         return out
 
+    def _prompt_logprobs(self, group: list[PrefillChunk], logits: torch.Tensor) -> None:
+        """Append, for each prompt token after a chunk's first position, the log-probability the model gave it
+        (and the top-N) from the logits (B, T, V) of the position before (raw logits, as for sampled tokens)."""
+        width = logits.shape[1]
+        for b, c in enumerate(group):
+            r = c.request
+            n = c.end - c.start
+            targets = r.prompt_token_ids[c.start + 1:c.end + 1]  # the next prompt token of each position
+            if not targets:
+                continue
+            row = logits[b, width - n:width - n + len(targets)].float()
+            lp = token_logprobs(row, torch.tensor(targets, device=row.device), r.params.prompt_logprobs)
+            r.prompt_logprobs += [split_logprobs(x, r.params.prompt_logprobs) for x in lp.tolist()]
+
 
 def _prefill_groups(chunks: list[PrefillChunk]) -> list[list[PrefillChunk]]:
-    """Chunks that start a prompt in one group; continuing chunks grouped by length."""
+    """Chunks that start a prompt in one group; continuing chunks grouped by length; prompt-logprob requests
+    apart (they run every layer on every token)."""
     groups: dict[object, list[PrefillChunk]] = defaultdict(list)
     for c in chunks:
-        groups["start" if c.start == 0 else c.end - c.start].append(c)
+        groups[("start" if c.start == 0 else c.end - c.start, _wants_prompt_logprobs(c))].append(c)
     return list(groups.values())
+
+
+def _wants_prompt_logprobs(chunk: PrefillChunk) -> bool:
+    return chunk.request.params.prompt_logprobs is not None

@@ -35,7 +35,8 @@ class SamplingParams:
     stop token is kept in `token_ids`, not in `text`. stop: strings that end the request; the text is cut
     before the match. max_new_tokens: at most this many generated tokens (0: none). min_tokens: stop ids
     cannot be sampled before this many tokens. logprobs: also return the sampled token's log-probability
-    and the `logprobs` most likely tokens' (None: no logprobs). n: completions of the prompt, sharing one
+    and the `logprobs` most likely tokens' (None: no logprobs). prompt_logprobs: the same for every prompt
+    token after the first (the prompt then runs through every layer at every position). n: completions of the prompt, sharing one
     prefill (a seeded request's completion i uses seed + i).
     """
 
@@ -54,6 +55,7 @@ class SamplingParams:
     ignore_eos: bool = False
     min_tokens: int = 0
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     n: int = 1
 
     def __post_init__(self) -> None:
@@ -86,8 +88,10 @@ class SamplingParams:
                  "logit_bias maps token ids >= 0 to values in [-100, 100]")
         need(isinstance(self.min_tokens, int) and not isinstance(self.min_tokens, bool) and self.min_tokens >= 0,
              f"min_tokens must be an integer >= 0 (got {self.min_tokens!r})")
-        need(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
-             f"logprobs must be None or an integer in [0, 20] (got {self.logprobs!r})")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            need(value is None or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 20),
+                 f"{name} must be None or an integer in [0, 20] (got {value!r})")
         need(isinstance(self.n, int) and not isinstance(self.n, bool) and 1 <= self.n <= 128,
              f"n must be an integer in [1, 128] (got {self.n!r})")
         need(self.seed is None or (isinstance(self.seed, int) and 0 <= self.seed < 2**63),

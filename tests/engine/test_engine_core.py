@@ -243,3 +243,27 @@ def test_aborting_a_request_aborts_all_its_completions():
     assert engine.state.free_slots == 3 and not engine.has_unfinished_requests()
     with pytest.raises(ValueError, match="n = 4 completions need 4 state slots"):
         engine.add_request([1], SamplingParams(n=4))
+
+
+@pytest.mark.parametrize("preset", ["sambay", "transformer++", "samba-yoco"])
+def test_prompt_and_sampled_logprobs_equal_the_full_forwards_log_softmax(preset):
+    """Prompt logprobs (chunked, beside requests that skip the cross-decoder) and sampled-token logprobs are
+    the log-softmax of the full forward's logits, with the top-N best first."""
+    model = make_model(preset)
+    prompt = _prompts([13])[0]
+    engine = Engine(model, max_chunk=3, max_num_batched_tokens=8)
+    engine.add_request(_prompts([9], seed=2)[0], SamplingParams(temperature=0, max_new_tokens=3), request_id="other")
+    engine.add_request(prompt, SamplingParams(temperature=0, max_new_tokens=4, logprobs=2, prompt_logprobs=3),
+                       request_id="x")
+    out = run_to_completion(engine, {})["x"]
+    with torch.no_grad():
+        full = torch.log_softmax(model(torch.tensor([prompt + out.token_ids])).logits[0].float(), -1)
+    assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)
+    for j in range(1, len(prompt)):
+        got = out.prompt_logprobs[j]
+        assert got.token_logprob == pytest.approx(full[j - 1, prompt[j]].item(), abs=1e-4)
+        assert [t for t, _ in got.top] == full[j - 1].topk(3).indices.tolist()
+    for i, lp in enumerate(out.logprobs):
+        pos = len(prompt) - 1 + i
+        assert lp.token_logprob == pytest.approx(full[pos, out.token_ids[i]].item(), abs=1e-4)
+        assert [t for t, _ in lp.top] == full[pos].topk(2).indices.tolist()
