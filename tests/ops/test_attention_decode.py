@@ -61,7 +61,29 @@ KERNEL_CASES = {
     "diff_hpg4_padded_row": (dict(B=3, H=8, G=2, hs=16, dv=24, N=37, S=3, lens=[37, 3, 20], slots=[1, -1, 0], diff=True), dict(n_splits=2, block_n=16)),
     "diff_strided_views": (dict(B=2, H=4, G=2, hs=16, dv=16, N=40, S=3, lens=[5, 40], slots=[0, 2], strided=True, diff=True), dict(n_splits=2, block_n=16)),
     "default_splits_block": (dict(B=2, H=4, G=2, hs=16, dv=16, N=200, S=2, lens=[200, 77], slots=None), dict()),
+    # paged: the same caches cut into pages of 16 or 32 keys, stored in shuffled pages behind a block table
+    "paged_splits_slots": (dict(B=3, H=4, G=2, hs=16, dv=16, N=64, S=4, lens=[64, 9, 33], slots=[3, 0, 1], page=16),
+                           dict(n_splits=3, block_n=16)),
+    "paged_tile_of_32_in_pages_of_32": (dict(B=2, H=4, G=2, hs=16, dv=16, N=96, S=2, lens=[96, 40], slots=None,
+                                             page=32), dict(n_splits=2, block_n=32)),
+    "paged_diff_padded_row": (dict(B=3, H=8, G=4, hs=16, dv=16, N=48, S=3, lens=[48, 2, 17], slots=[2, -1, 0],
+                                   diff=True, page=16), dict(n_splits=2, block_n=16)),
 }
+
+
+def paged(k: torch.Tensor, v: torch.Tensor, page: int, seed: int = 0):
+    """Contiguous caches (S, G, N, d) -> pages (S·N/page + 1, G, page, d) in a shuffled order (page 0 unused)
+    and the (S, N/page) int32 block table that finds them."""
+    S, G, N, _ = k.shape
+    n_pages = N // page
+    order = torch.randperm(S * n_pages, generator=torch.Generator().manual_seed(seed)) + 1
+    table = order.view(S, n_pages).to(torch.int32)
+    out = []
+    for c in (k, v):
+        pages = torch.full((S * n_pages + 1, G, page, c.shape[-1]), float("nan"))
+        pages[table.flatten().long()] = c.reshape(S, G, n_pages, page, -1).transpose(1, 2).flatten(0, 1)
+        out.append(pages)
+    return out[0], out[1], table
 
 
 def _run_kernel_cases() -> dict:
@@ -72,12 +94,15 @@ def _run_kernel_cases() -> dict:
     results = {}
     for i, (name, (inp, kw)) in enumerate(KERNEL_CASES.items()):
         try:
+            inp = dict(inp)
+            page = inp.pop("page", None)
             q, k, v, lens, slots = _case_inputs(100 + i, **inp)
+            kp, vp, table = (k, v, None) if page is None else paged(k, v, page, seed=i)
             if inp.get("diff"):  # compare [o1; o2] stacked along heads
-                out = torch.cat(tri.decode_diff_attention(q, k, v, lens, slots, **kw), dim=1)
+                out = torch.cat(tri.decode_diff_attention(q, kp, vp, lens, slots, block_table=table, **kw), dim=1)
                 want = torch.cat(ref.decode_diff_attention(q, k, v, lens, slots), dim=1)
             else:
-                out = tri.decode_attention(q, k, v, lens, slots, **kw)
+                out = tri.decode_attention(q, kp, vp, lens, slots, block_table=table, **kw)
                 want = ref.decode_attention(q, k, v, lens, slots)
             err = _rel(out, want)
             if slots is not None and (slots < 0).any():
@@ -141,3 +166,13 @@ def test_dispatch_uses_reference_on_cpu_and_padded_rows_are_zero():
 
 if __name__ == "__main__" and "--kernel-cases" in sys.argv:
     print("RESULTS " + json.dumps(_run_kernel_cases()), flush=True)
+
+
+@pytest.mark.parametrize("diff", [False, True])
+def test_paged_reference_equals_the_contiguous_reference(diff):
+    """The same caches behind a shuffled block table (pages of 8 keys) give the same outputs."""
+    q, k, v, lens, slots = _case_inputs(7, B=3, H=8, G=4, hs=16, dv=16, N=40, S=4, lens=[40, 3, 17], slots=[3, 0, 1])
+    kp, vp, table = paged(k, v, 8)
+    fn = ref.decode_diff_attention if diff else ref.decode_attention
+    got, want = fn(q, kp, vp, lens, slots, block_table=table), fn(q, k, v, lens, slots)
+    torch.testing.assert_close(torch.cat(got, 1) if diff else got, torch.cat(want, 1) if diff else want)

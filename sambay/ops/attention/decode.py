@@ -17,7 +17,8 @@ from . import decode_reference
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
-                     slot_idx: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+                     slot_idx: torch.Tensor | None = None, scale: float | None = None,
+                     block_table: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(scale · q kᵀ) v over the first cache_lens[b] keys of cache row slot_idx[b], GQA.
 
     Args:
@@ -30,20 +31,23 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         slot_idx: (B,) int32/int64 cache row of each sequence, or None (row b). A negative slot marks a
             padded batch row: nothing is read and its output is 0.
         scale: default 1/sqrt(hs).
+        block_table: (S, P) int32 for a paged cache: k_cache (pages, G, PAGE, hs), v_cache (pages, G, PAGE, dv)
+            and key n of cache row s in page block_table[s, n // PAGE] at offset n % PAGE (PAGE a power of two
+            >= 16 on the Triton path). None: k_cache / v_cache rows are the cache rows.
     Returns:
         (B, H, dv), contiguous, in q's dtype. Softmax and accumulation in fp32.
     CUDA-graph safe on the Triton path (no host sync; launch shapes depend on shapes only).
     """
-    if use_triton("decode_attention", q, k_cache, v_cache, cache_lens, slot_idx):
+    if use_triton("decode_attention", q, k_cache, v_cache, cache_lens, slot_idx, block_table):
         from .decode_triton import decode_attention as impl
     else:
         impl = decode_reference.decode_attention
-    return impl(q, k_cache, v_cache, cache_lens, slot_idx, scale)
+    return impl(q, k_cache, v_cache, cache_lens, slot_idx, scale, block_table)
 
 
 def decode_diff_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
-                          slot_idx: torch.Tensor | None = None,
-                          scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          slot_idx: torch.Tensor | None = None, scale: float | None = None,
+                          block_table: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Differential attention's two softmaxes (striped heads), each K/V element read once for both.
 
     With H query heads and G KV heads (both even): differential head j (of H/2) computes
@@ -51,11 +55,11 @@ def decode_diff_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     with g = j // (H / G), over the same valid keys as `decode_attention` (same arguments and layouts).
     Returns (o1, o2), each (B, H/2, 2·dv) in q's dtype; `DiffAttention.combine` turns them into the output.
     """
-    if use_triton("decode_attention", q, k_cache, v_cache, cache_lens, slot_idx):
+    if use_triton("decode_attention", q, k_cache, v_cache, cache_lens, slot_idx, block_table):
         from .decode_triton import decode_diff_attention as impl
     else:
         impl = decode_reference.decode_diff_attention
-    return impl(q, k_cache, v_cache, cache_lens, slot_idx, scale)
+    return impl(q, k_cache, v_cache, cache_lens, slot_idx, scale, block_table)
 
 
 __all__ = ["decode_attention", "decode_diff_attention"]

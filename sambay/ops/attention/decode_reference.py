@@ -9,15 +9,21 @@ from __future__ import annotations
 import torch
 
 
-def _gather(q, k_cache, v_cache, cache_lens, slot_idx):
-    """The cache rows of each sequence (fp32) and the (B, N) mask of its valid keys."""
-    batch, n_max = q.shape[0], k_cache.shape[2]
+def _gather(q, k_cache, v_cache, cache_lens, slot_idx, block_table=None):
+    """The cache rows of each sequence (fp32; pages laid end to end when paged) and the (B, N) mask of its
+    valid keys."""
+    batch = q.shape[0]
     rows = torch.arange(batch, device=q.device) if slot_idx is None else slot_idx.to(q.device).long()
     live = rows >= 0
     rows = rows.clamp_min(0)
     lens = torch.where(live, cache_lens.to(q.device).long(), 0)
-    valid = torch.arange(n_max, device=q.device)[None, :] < lens[:, None]
-    return k_cache[rows].float(), v_cache[rows].float(), valid
+    if block_table is None:
+        k, v = k_cache[rows], v_cache[rows]
+    else:  # (B, pages, G, PAGE, d) -> (B, G, pages·PAGE, d)
+        pages = block_table[rows].long()
+        k, v = (c[pages].permute(0, 2, 1, 3, 4).flatten(2, 3) for c in (k_cache, v_cache))
+    valid = torch.arange(k.shape[2], device=q.device)[None, :] < lens[:, None]
+    return k.float(), v.float(), valid
 
 
 def _attend(q, k, v, valid, scale):
@@ -32,15 +38,16 @@ def _attend(q, k, v, valid, scale):
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
-                     slot_idx: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
-    k, v, valid = _gather(q, k_cache, v_cache, cache_lens, slot_idx)
+                     slot_idx: torch.Tensor | None = None, scale: float | None = None,
+                     block_table: torch.Tensor | None = None) -> torch.Tensor:
+    k, v, valid = _gather(q, k_cache, v_cache, cache_lens, slot_idx, block_table)
     return _attend(q, k, v, valid, scale).to(q.dtype)
 
 
 def decode_diff_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
-                          slot_idx: torch.Tensor | None = None,
-                          scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    k, v, valid = _gather(q, k_cache, v_cache, cache_lens, slot_idx)
+                          slot_idx: torch.Tensor | None = None, scale: float | None = None,
+                          block_table: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    k, v, valid = _gather(q, k_cache, v_cache, cache_lens, slot_idx, block_table)
     v_pair = torch.cat([v[:, 0::2], v[:, 1::2]], dim=-1)  # (B, G/2, N, 2dv) = [v_2g ‖ v_2g+1]
     o1 = _attend(q[:, 0::2], k[:, 0::2], v_pair, valid, scale)
     o2 = _attend(q[:, 1::2], k[:, 1::2], v_pair, valid, scale)

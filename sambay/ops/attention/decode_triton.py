@@ -94,17 +94,20 @@ def _write(out_rows, rmask, m_i, l_i, acc, acc_hi, b64, sp, n_rows, po_ptr, plse
 
 @triton.jit
 def _decode_split_kernel(
-    q_ptr, k_ptr, v_ptr, lens_ptr, slot_ptr, po_ptr, plse_ptr, out_ptr,
+    q_ptr, k_ptr, v_ptr, lens_ptr, slot_ptr, bt_ptr, po_ptr, plse_ptr, out_ptr,
     scale_log2,
     s_qb, s_qh,
     s_ks, s_kg, s_kn,
     s_vs, s_vg, s_vn,
+    s_bt,
     s_ob, s_oh,
     HPG: tl.constexpr, QB: tl.constexpr, HS: tl.constexpr, HSP: tl.constexpr, DV: tl.constexpr,
     DVP: tl.constexpr, DVT: tl.constexpr, BLOCK_N: tl.constexpr, N_SPLITS: tl.constexpr, HAS_SLOT: tl.constexpr,
-    DIFF: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr,
+    DIFF: tl.constexpr, DIRECT: tl.constexpr, DOT_F32: tl.constexpr, PAGE: tl.constexpr,
 ):
     """Program (b, g, split). Plain: KV head g, query heads g·HPG + r, output rows = query heads.
+    PAGE > 0: the cache is paged; key n of the row lives in page bt[slot, n // PAGE] at offset n % PAGE (a tile
+    of BLOCK_N keys never straddles two pages: BLOCK_N divides PAGE and every split starts on a tile).
     DIFF (differential attention, striped): KV heads 2g and 2g+1 are read ONCE for both softmaxes;
     differential head j = g·HPG + r has softmax 1 = (query 2j, keys 2g) and softmax 2 = (query 2j+1,
     keys 2g+1), both over the value pair [v_2g ‖ v_2g+1]; outputs go to rows j and H/2 + j."""
@@ -145,8 +148,9 @@ def _decode_split_kernel(
     if DOT_F32:
         q1 = q1.to(tl.float32)
         q2 = q2.to(tl.float32)
-    k_base = k_ptr + slot * s_ks + kv * s_kg
-    v_base = v_ptr + slot * s_vs + kv * s_vg
+    if PAGE == 0:
+        k_base = k_ptr + slot * s_ks + kv * s_kg
+        v_base = v_ptr + slot * s_vs + kv * s_vg
 
     m1 = tl.full([QB], float("-inf"), tl.float32)
     l1 = tl.zeros([QB], tl.float32)
@@ -161,6 +165,11 @@ def _decode_split_kernel(
         nmask = n < end
         kmask = nmask[:, None] & dmask[None, :]
         vmask = nmask[:, None] & emask[None, :]
+        if PAGE > 0:  # this tile's page; `n` becomes the offset inside it
+            page = tl.load(bt_ptr + slot * s_bt + n0 // PAGE).to(tl.int64)
+            k_base = k_ptr + page * s_ks + kv * s_kg
+            v_base = v_ptr + page * s_vs + kv * s_vg
+            n = n0 % PAGE + tl.arange(0, BLOCK_N)
         kt = tl.load(k_base + n[:, None] * s_kn + d[None, :], mask=kmask, other=0.0)
         vt = tl.load(v_base + n[:, None] * s_vn + e[None, :], mask=vmask, other=0.0)
         p, alpha, m1, l1 = _online_softmax(_scores(q1, kt, nmask, scale_log2, DOT_F32), m1, l1)
@@ -206,8 +215,10 @@ def _p2(x: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(x))
 
 
-def _check(q, k_cache, v_cache, cache_lens, slot_idx):
+def _check(q, k_cache, v_cache, cache_lens, slot_idx, block_table=None):
     batch, n_head, hs = q.shape
+    if block_table is not None and (block_table.dim() != 2 or block_table.stride(-1) != 1):
+        raise ValueError(f"block_table must be (slots, pages) with a unit last stride (got {tuple(block_table.shape)})")
     if k_cache.shape[-1] != hs or v_cache.shape[:3] != k_cache.shape[:3] or n_head % k_cache.shape[1]:
         raise ValueError(f"shapes: q {tuple(q.shape)} k_cache {tuple(k_cache.shape)} v_cache {tuple(v_cache.shape)}")
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
@@ -217,15 +228,24 @@ def _check(q, k_cache, v_cache, cache_lens, slot_idx):
         raise ValueError("cache_lens and slot_idx must be (B,)")
 
 
-def _launch(q, k_cache, v_cache, cache_lens, slot_idx, scale, diff, n_splits, block_n, num_warps, num_stages):
+def _launch(q, k_cache, v_cache, cache_lens, slot_idx, scale, diff, n_splits, block_n, num_warps, num_stages,
+            block_table=None):
     """Resolve the defaults, then run the registered op: (B, H, dv) plain, or (B, H, 2·dv) = [o1 rows; o2 rows]
     for DIFF."""
     hs = q.shape[-1]
     groups = k_cache.shape[1] // 2 if diff else k_cache.shape[1]  # programs along axis 1: KV heads or pairs
+    page = 0 if block_table is None else k_cache.shape[2]
+    n_max = k_cache.shape[2] if block_table is None else page * block_table.shape[1]
+    block_n = BLOCK_N_DEFAULT if block_n is None else block_n
+    if page:
+        block_n = min(block_n, page)
+        if page % block_n or page & (page - 1):
+            raise ValueError(f"a paged cache needs a power-of-two page size divisible by the key tile (page {page}, "
+                             f"tile {block_n})")
     return _decode_op(
-        q, k_cache, v_cache, cache_lens, slot_idx, hs ** -0.5 if scale is None else float(scale), diff,
-        default_splits(q.shape[0], groups, k_cache.shape[2], q.device) if n_splits is None else n_splits,
-        BLOCK_N_DEFAULT if block_n is None else block_n, NUM_WARPS_DEFAULT if num_warps is None else num_warps,
+        q, k_cache, v_cache, cache_lens, slot_idx, block_table, hs ** -0.5 if scale is None else float(scale),
+        diff, default_splits(q.shape[0], groups, n_max, q.device) if n_splits is None else n_splits,
+        block_n, NUM_WARPS_DEFAULT if num_warps is None else num_warps,
         NUM_STAGES_DEFAULT if num_stages is None else num_stages,
     )
 
@@ -235,8 +255,8 @@ def _launch(q, k_cache, v_cache, cache_lens, slot_idx, scale, diff, n_splits, bl
 @torch.library.custom_op("sambay::decode_attention", mutates_args=())
 def _decode_op(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
-    slot_idx: torch.Tensor | None, scale: float, diff: bool, n_splits: int, block_n: int, num_warps: int,
-    num_stages: int,
+    slot_idx: torch.Tensor | None, block_table: torch.Tensor | None, scale: float, diff: bool, n_splits: int,
+    block_n: int, num_warps: int, num_stages: int,
 ) -> torch.Tensor:
     batch, n_head, hs = q.shape
     n_kv, dv = k_cache.shape[1], v_cache.shape[-1]
@@ -253,16 +273,18 @@ def _decode_op(
         part_o = tm.empty(batch, n_head, n_splits, dvt, device=q.device, dtype=torch.float32)
         part_lse = tm.empty(batch, n_head, n_splits, device=q.device, dtype=torch.float32)
     slot = slot_idx if slot_idx is not None else cache_lens  # unused pointer when HAS_SLOT is False
+    table = block_table if block_table is not None else cache_lens  # unused pointer when PAGE is 0
     _decode_split_kernel[(batch, groups, n_splits)](
-        q, k_cache, v_cache, cache_lens, slot, part_o, part_lse, out,
+        q, k_cache, v_cache, cache_lens, slot, table, part_o, part_lse, out,
         scale * tm.LOG2E.value,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        0 if block_table is None else block_table.stride(0),
         out.stride(0), out.stride(1),
         HPG=hpg, QB=_p2(hpg), HS=hs, HSP=_p2(hs), DV=dv, DVP=_p2(dv), DVT=dvt, BLOCK_N=block_n, N_SPLITS=n_splits,
         HAS_SLOT=slot_idx is not None, DIFF=diff, DIRECT=direct, DOT_F32=dot_f32,
-        num_warps=num_warps, num_stages=num_stages,
+        PAGE=0 if block_table is None else k_cache.shape[2], num_warps=num_warps, num_stages=num_stages,
     )
     if not direct:
         _decode_merge_kernel[(batch, n_head)](
@@ -274,34 +296,37 @@ def _decode_op(
 
 
 @_decode_op.register_fake
-def _decode_fake(q, k_cache, v_cache, cache_lens, slot_idx, scale, diff, n_splits, block_n, num_warps, num_stages):
+def _decode_fake(q, k_cache, v_cache, cache_lens, slot_idx, block_table, scale, diff, n_splits, block_n, num_warps,
+                 num_stages):
     dv = v_cache.shape[-1]
     return q.new_empty(q.shape[0], q.shape[1], 2 * dv if diff else dv)
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
-                     slot_idx: torch.Tensor | None = None, scale: float | None = None, *,
+                     slot_idx: torch.Tensor | None = None, scale: float | None = None,
+                     block_table: torch.Tensor | None = None, *,
                      n_splits: int | None = None, block_n: int | None = None, num_warps: int | None = None,
                      num_stages: int | None = None) -> torch.Tensor:
     """Triton implementation of `sambay.ops.attention.decode.decode_attention` (contract there).
 
     Tuning knobs (keyword-only, for benchmarks): n_splits, block_n, num_warps, num_stages.
     """
-    _check(q, k_cache, v_cache, cache_lens, slot_idx)
+    _check(q, k_cache, v_cache, cache_lens, slot_idx, block_table)
     return _launch(q, k_cache, v_cache, cache_lens, slot_idx, scale, False, n_splits, block_n, num_warps,
-                   num_stages)
+                   num_stages, block_table)
 
 
 def decode_diff_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_lens: torch.Tensor,
-                          slot_idx: torch.Tensor | None = None, scale: float | None = None, *,
+                          slot_idx: torch.Tensor | None = None, scale: float | None = None,
+                          block_table: torch.Tensor | None = None, *,
                           n_splits: int | None = None, block_n: int | None = None, num_warps: int | None = None,
                           num_stages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton implementation of `sambay.ops.attention.decode.decode_diff_attention` (contract there): every
     K and V element is read once for both softmaxes. Same tuning knobs as `decode_attention`."""
-    _check(q, k_cache, v_cache, cache_lens, slot_idx)
+    _check(q, k_cache, v_cache, cache_lens, slot_idx, block_table)
     n_head, n_kv = q.shape[1], k_cache.shape[1]
     if n_head % 2 or n_kv % 2:
         raise ValueError(f"differential attention pairs heads: n_head {n_head} and n_kv {n_kv} must be even")
     out = _launch(q, k_cache, v_cache, cache_lens, slot_idx, scale, True, n_splits, block_n, num_warps,
-                  num_stages)
+                  num_stages, block_table)
     return out[:, : n_head // 2], out[:, n_head // 2:]
