@@ -27,11 +27,12 @@ from collections.abc import AsyncIterator, Sequence
 import torch
 
 from sambay.engine.output import OutputProcessor
+from sambay.engine.pool import size_pool
 from sambay.engine.request import Request, RequestOutput, Status
 from sambay.engine.runner import ModelRunner
 from sambay.engine.sampling import SamplingParams
 from sambay.engine.scheduler import Scheduler
-from sambay.engine.state import InferenceState, allocated_bytes
+from sambay.engine.state import InferenceState
 from sambay.engine.text import TextCodec
 from sambay.model.model import CausalLM
 
@@ -52,13 +53,18 @@ class Engine:
         max_chunk: at most this many prompt tokens of one request per step (None: the budget's).
         memory_budget: bytes for the state pool, or a fraction of the device memory free at construction
             (CUDA default 0.9). A budget too small for one request is an error at construction.
+        block_size: tokens per page of the growing caches (full attention's K/V): memory then follows the
+            tokens in use, not max_model_len x slots; when pages run out the newest request is preempted and
+            recomputed later (`num_preemptions`). None: one contiguous max_model_len cache per slot.
+        num_blocks: pages (default: from the memory budget, else enough for every slot at max_model_len).
         cuda_graphs: replay decode steps as CUDA graphs (default: on a CUDA device).
         compile: capture the decode step compiled by inductor (needs CUDA graphs).
     """
 
     def __init__(self, model: CausalLM, tokenizer=None, *, max_num_seqs: int | None = None,
                  max_model_len: int | None = None, max_num_batched_tokens: int = 4096, max_chunk: int | None = None,
-                 memory_budget: float | int | None = None, cuda_graphs: bool | None = None, compile: bool = False):
+                 memory_budget: float | int | None = None, block_size: int | None = 64, num_blocks: int | None = None,
+                 cuda_graphs: bool | None = None, compile: bool = False):
         self.model = model.eval()
         self.config = config = model.config
         self.codec = None if tokenizer is None else TextCodec(tokenizer)
@@ -75,10 +81,15 @@ class Engine:
         if max_chunk is not None and max_chunk < 1:
             raise ValueError(f"max_chunk must be >= 1 (got {max_chunk})")
         scratch = 1 if cuda_graphs else 0  # the graphed decoder's slot for padded rows
-        slots = self._pool_slots(max_num_seqs, memory_budget, device, dtype)
-        self.max_num_seqs = slots
-        self.state = InferenceState(config, slots + scratch, self.max_model_len, dtype, device)
-        self.scheduler = Scheduler(self.state, slots, max_num_batched_tokens, max_chunk)
+        size = size_pool(config, self.max_model_len, dtype, max_num_seqs=max_num_seqs, block_size=block_size,
+                         memory_budget=self._budget_bytes(memory_budget, device), num_blocks=num_blocks,
+                         default_seqs=256 - scratch)
+        self.max_num_seqs = size.slots
+        self.state = InferenceState(config, size.slots + scratch, self.max_model_len, dtype, device,
+                                    block_size=block_size if size.num_blocks is not None else None,
+                                    num_blocks=size.num_blocks)
+        self.scheduler = Scheduler(self.state, size.slots, max_num_batched_tokens, max_chunk)
+        self.num_preemptions = 0
         self.runner = ModelRunner(model, self.state, cuda_graphs=cuda_graphs, compile=compile)
         self.runner.warm_up()
         self.output = OutputProcessor(self.codec)
@@ -94,25 +105,17 @@ class Engine:
         self._streams: dict[str, asyncio.Queue] = {}
         self._driver: asyncio.Task | None = None
 
-    def _pool_slots(self, max_num_seqs, memory_budget, device, dtype) -> int:
-        if max_num_seqs is not None and (not isinstance(max_num_seqs, int) or max_num_seqs < 1):
-            raise ValueError(f"max_num_seqs must be an integer >= 1 (got {max_num_seqs!r})")
+    @staticmethod
+    def _budget_bytes(memory_budget, device) -> int | None:
         if memory_budget is None and device.type == "cuda":
             memory_budget = 0.9
-        if memory_budget is None:
-            return max_num_seqs or 16
         if isinstance(memory_budget, float):
             if not 0 < memory_budget <= 1:
                 raise ValueError(f"a fractional memory_budget must be in (0, 1] (got {memory_budget})")
             if device.type != "cuda":
                 raise ValueError("a fractional memory_budget is a share of free GPU memory: give bytes on a CPU")
             memory_budget = int(torch.cuda.mem_get_info(device)[0] * memory_budget)
-        per_seq = allocated_bytes(self.config, 1, self.max_model_len, dtype)
-        fits = int(memory_budget // per_seq) - (1 if device.type == "cuda" else 0)
-        if fits < 1:
-            raise ValueError(f"the state of one request of max_model_len {self.max_model_len} takes {per_seq:,} bytes; "
-                             f"the memory budget is {memory_budget:,} bytes: lower max_model_len or raise the budget")
-        return min(fits, max_num_seqs or 256)
+        return memory_budget
 
     # ------------------------------------------------------------------ requests
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
@@ -174,6 +177,9 @@ class Engine:
         with self._lock:
             outputs = self._take_inbox()
             plan = self.scheduler.schedule()
+            for r, slot in plan.preempted:
+                self.runner.preempted(r, slot)
+            self.num_preemptions += len(plan.preempted)
             for r in plan.admitted:
                 r.metrics.first_scheduled_time = time.perf_counter()
                 self.runner.admit(r)

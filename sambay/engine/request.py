@@ -71,10 +71,13 @@ class Request:
     arrival: int = 0  # order of arrival (ties in priority are first-come first-served)
     index: int = 0  # completion index (n > 1); the engine's key for it is `key`
     forks: list[Request] = field(default_factory=list)  # completions 1..n-1: they copy this one's state
-    fork_of: Request | None = None
+    fork_of: Request | None = None  # set until the fork has copied its parent's state
+    generator: object | None = None  # a seeded request's random generator, kept across a preemption
     status: Status = Status.WAITING
     slot: int = -1
-    num_computed: int = 0
+    num_computed: int = 0  # tokens of prefill_tokens already in the state
+    state_len: int = 0  # tokens in the state (prefilled, then one more per decode step)
+    resume_tokens: list[int] | None = None  # after a preemption: prompt + output so far, to recompute
     output_token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
@@ -91,8 +94,23 @@ class Request:
         return len(self.prompt_token_ids)
 
     @property
+    def prefill_tokens(self) -> list[int]:
+        """What must be in the state before decoding: the prompt (after a preemption: and the output)."""
+        return self.prompt_token_ids if self.resume_tokens is None else self.resume_tokens
+
+    @property
     def prefilling(self) -> bool:
-        return self.num_computed < self.prompt_len
+        return self.num_computed < len(self.prefill_tokens)
+
+    @property
+    def pending_forks(self) -> list[Request]:
+        return [f for f in self.forks if f.fork_of is self and not f.finished]
+
+    def preempt(self) -> None:
+        """Lose the state: recompute the prompt and the tokens generated so far when scheduled again."""
+        self.num_computed = self.state_len = 0
+        if self.fork_of is None:
+            self.resume_tokens = self.prompt_token_ids + self.output_token_ids
 
     @property
     def finished(self) -> bool:

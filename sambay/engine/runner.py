@@ -52,9 +52,15 @@ class ModelRunner:
         params = request.params
         if request.index and params.seed is not None:  # completion i of a seeded request draws from seed + i
             params = dataclasses.replace(params, seed=(params.seed + request.index) % 2**63)
-        self.sampler.admit(request.slot, params, request.prompt_token_ids, request.stop_ids)
+        self.sampler.admit(request.slot, params, request.prompt_token_ids, request.stop_ids,
+                           generated=request.output_token_ids, generator=request.generator)
 
     def release(self, slot: int) -> None:
+        self.sampler.release(slot)
+
+    def preempted(self, request: Request, slot: int) -> None:
+        """`request` gave up `slot`: keep its random generator, so that it samples on as if never preempted."""
+        request.generator = self.sampler.generators[slot]
         self.sampler.release(slot)
 
     @torch.inference_mode()
@@ -78,6 +84,8 @@ class ModelRunner:
                 lambda t, s: decode_step(self.model, self.state, t, s))
             logits.append(step(tokens, slots))
             rows += plan.decode
+            for r in plan.decode:
+                r.state_len += 1
         if not rows:
             return RunnerOutput([])
         slot_list = [r.slot for r in rows]
@@ -95,19 +103,20 @@ class ModelRunner:
         forks = [f for f in request.forks if not f.finished]
         for f in forks:
             self.state.copy_slot(request.slot, f.slot)
-            f.num_computed, f.prompt_logprobs = f.prompt_len, request.prompt_logprobs
+            f.num_computed, f.state_len, f.prompt_logprobs = f.prompt_len, request.state_len, request.prompt_logprobs
+            f.fork_of = None
         return forks
 
     def _prefill(self, group: list[PrefillChunk]) -> torch.Tensor | None:
         """One batched prefill call -> logits (B, V) after each row's last token (None if no row ends its
         prompt), or (B, T, V) at every column for a group that wants prompt logprobs."""
         ctx, ids = InferenceContext.prefill(
-            [c.request.prompt_token_ids[c.start:c.end] for c in group], [c.request.slot for c in group],
+            [c.request.prefill_tokens[c.start:c.end] for c in group], [c.request.slot for c in group],
             [c.start for c in group], self.device)
         out = prefill_chunk(self.model, self.state, ctx, ids, last=any(c.completes_prompt for c in group),
                             every_position=_wants_prompt_logprobs(group[0]))
         for c in group:
-            c.request.num_computed = c.end
+            c.request.num_computed = c.request.state_len = c.end
         return out
 
     def _prompt_logprobs(self, group: list[PrefillChunk], logits: torch.Tensor) -> None:
@@ -135,4 +144,4 @@ def _prefill_groups(chunks: list[PrefillChunk]) -> list[list[PrefillChunk]]:
 
 
 def _wants_prompt_logprobs(chunk: PrefillChunk) -> bool:
-    return chunk.request.params.prompt_logprobs is not None
+    return chunk.request.params.prompt_logprobs is not None and chunk.request.resume_tokens is None

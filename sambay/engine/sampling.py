@@ -135,7 +135,10 @@ class Sampler:
         self.bias: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * max_batch
         self.stop_ids: list[torch.Tensor | None] = [None] * max_batch
 
-    def admit(self, slot: int, params: SamplingParams, prompt: Sequence[int], stop_ids: Sequence[int] = ()) -> None:
+    def admit(self, slot: int, params: SamplingParams, prompt: Sequence[int], stop_ids: Sequence[int] = (),
+              generated: Sequence[int] = (), generator: torch.Generator | None = None) -> None:
+        """Take a request into `slot`. `generated`: tokens it already produced (a request resumed after a
+        preemption: they count for the penalties); `generator`: its random generator from before."""
         self.params[slot] = params
         self.temperature[slot] = params.temperature
         self.top_k[slot] = params.top_k if params.top_k > 0 else self.vocab_size
@@ -148,11 +151,12 @@ class Sampler:
             if self.seen is None:
                 self.seen = torch.zeros(len(self.params), self.vocab_size, dtype=torch.bool, device=self.device)
             self.seen[slot] = False
-            self.seen[slot, torch.as_tensor(list(prompt), dtype=torch.long, device=self.device)] = True
+            self.seen[slot, torch.as_tensor([*prompt, *generated], dtype=torch.long, device=self.device)] = True
         if params.penalised:
             if self.counts is None:
                 self.counts = torch.zeros(len(self.params), self.vocab_size, dtype=torch.int32, device=self.device)
-            self.counts[slot] = 0
+            self.counts[slot] = torch.bincount(torch.as_tensor(list(generated), dtype=torch.long),
+                                               minlength=self.vocab_size).to(self.device, torch.int32)
         bias = {k: v for k, v in (params.logit_bias or {}).items() if k < self.vocab_size}
         self.bias[slot] = None if not bias else (torch.tensor(list(bias), device=self.device),
                                                  torch.tensor(list(bias.values()), device=self.device))
@@ -160,7 +164,9 @@ class Sampler:
         self.stop_ids[slot] = torch.tensor(ids, device=self.device) if params.min_tokens and ids else None
         # Only seeded requests own a generator (reproducible in any batch); the others share one batched draw.
         seeded = params.seed is not None and not params.greedy
-        self.generators[slot] = torch.Generator(self.device).manual_seed(params.seed) if seeded else None
+        if seeded and generator is None:
+            generator = torch.Generator(self.device).manual_seed(params.seed)
+        self.generators[slot] = generator if seeded else None
 
     def release(self, slot: int) -> None:
         self.params[slot] = self.generators[slot] = self.bias[slot] = self.stop_ids[slot] = None
@@ -185,6 +191,8 @@ class Sampler:
             filtered = any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in params)
             probs, order = sampling_probs(logits, self.temperature[slots], self.top_k[slots], self.top_p[slots],
                                           self.min_p[slots], sort=filtered)
+            if order is not None:  # each token keeps its own noise, sorted or not: a seeded row's draw
+                noise = noise.gather(-1, order)  # must not depend on whether another row asked for a filter
             pick = (probs / noise.clamp_min(1e-20)).argmax(-1, keepdim=True)
             sampled = (order.gather(-1, pick) if order is not None else pick)[:, 0]
             tokens = torch.where(self.temperature[slots] > 0, sampled, greedy_tokens)

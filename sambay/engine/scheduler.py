@@ -5,6 +5,11 @@ in the state decodes one token first; what is left goes to prefill chunks, first
 prompt is partly prefilled (oldest first), then of waiting requests admitted into free state slots (highest
 priority first, then first come, first served). A long prompt is thus spread over several steps while the
 others keep decoding, instead of stalling them for its whole prefill.
+
+With a paged state, every scheduled token must have a page: a running request that cannot get one preempts
+the newest running request (which may be itself): its slot and pages are freed and it waits again, at the
+head of its priority, to recompute its prompt and what it generated so far (vLLM's RECOMPUTE). New
+requests are admitted only into pages that are free.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ class PrefillChunk:
 
     @property
     def completes_prompt(self) -> bool:
-        return self.end == self.request.prompt_len
+        return self.end == len(self.request.prefill_tokens)
 
 
 @dataclass
@@ -34,6 +39,7 @@ class SchedulerOutput:
     decode: list[Request] = field(default_factory=list)  # one token each
     prefill: list[PrefillChunk] = field(default_factory=list)
     admitted: list[Request] = field(default_factory=list)  # took a slot this step (their first chunk is in prefill)
+    preempted: list[tuple[Request, int]] = field(default_factory=list)  # (request, the slot it gave up)
 
     @property
     def num_tokens(self) -> int:
@@ -65,30 +71,54 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.budget
-        for r in self.running:
-            if not r.prefilling and budget > 0:
+        for r in list(self.running):  # oldest first; preemption takes the newest
+            if r in self.running and not r.prefilling and budget > 0 and self._reserve(r, r.state_len + 1, out):
                 out.decode.append(r)
                 budget -= 1
-        for r in self.running:
-            if r.prefilling and r.fork_of is None and budget > 0:  # a fork gets its state from its parent's
-                budget -= self._chunk(out, r, budget)
+        for r in list(self.running):
+            if r in self.running and r.prefilling and r.fork_of is None and budget > 0:  # forks copy their parent
+                n = min(len(r.prefill_tokens) - r.num_computed, budget, self.max_chunk or budget)
+                if self._reserve(r, r.num_computed + n, out):
+                    budget -= self._chunk(out, r, n)
         while self.waiting and budget > 0:
             r = self.waiting[0][2]
-            group = [r, *r.forks]  # a request's n completions take their slots together
-            if len(self.running) + len(group) > self.max_num_seqs or self.state.free_slots < len(group):
+            group = [r, *r.pending_forks]  # a request's n completions take their slots together
+            n = min(len(r.prefill_tokens), budget, self.max_chunk or budget)
+            if (len(self.running) + len(group) > self.max_num_seqs or self.state.free_slots < len(group)
+                    or self.state.blocks_for(n) > self.state.free_blocks):
                 break
             heapq.heappop(self.waiting)
             for member in group:
                 member.slot, member.status = self.state.acquire(), Status.RUNNING
                 self.running.append(member)
                 out.admitted.append(member)
-            budget -= self._chunk(out, r, budget)
+            self.state.ensure_capacity(r.slot, n)
+            budget -= self._chunk(out, r, n)
         return out
 
-    def _chunk(self, out: SchedulerOutput, r: Request, budget: int) -> int:
-        n = min(r.prompt_len - r.num_computed, budget, self.max_chunk or budget)
+    def _chunk(self, out: SchedulerOutput, r: Request, n: int) -> int:
         out.prefill.append(PrefillChunk(r, r.num_computed, r.num_computed + n))
         return n
+
+    def _reserve(self, r: Request, n_tokens: int, out: SchedulerOutput) -> bool:
+        """Pages for r's first n_tokens, preempting the newest running requests while they are short; False
+        when r itself had to go."""
+        while not self.state.ensure_capacity(r.slot, n_tokens):
+            victim = self.running[-1]
+            for member in (victim, *victim.pending_forks):
+                self._preempt(member, out)
+            if victim is r or r.fork_of is victim:
+                return False
+        return True
+
+    def _preempt(self, r: Request, out: SchedulerOutput) -> None:
+        out.preempted.append((r, r.slot))
+        self.running.remove(r)
+        self.state.release(r.slot)
+        r.slot, r.status = -1, Status.WAITING
+        r.preempt()
+        if r.fork_of is None:  # a pending fork comes back with its parent
+            heapq.heappush(self.waiting, (-r.priority, r.arrival, r))
 
     def remove(self, request: Request) -> None:
         """Take a finished or aborted request out of its queue and give its slot back."""

@@ -12,6 +12,12 @@ Each mixer declares what it keeps per slot (`Mixer.state_spec`, read through
 
 plus `lengths` (S,) int64: tokens already in each slot's state (= the position of its next token).
 
+With `block_size`, the growing caches (full attention's K/V) are paged instead: each is one pool of
+`num_blocks` pages of `block_size` tokens, (pages, G, block_size, hs), and `block_table` (S, max_len /
+block_size) int32 maps a slot's token p to page block_table[slot, p // block_size]. Pages are taken as a
+sequence grows (`ensure_capacity`) and returned when its slot is released, so memory follows the tokens in
+use rather than max_len x slots. Every layer's dict of a paged cache also holds the shared `block_table`.
+
 Requests take a slot with `acquire()` and give it back with `release()`, so a scheduler can admit new
 sequences while others decode (continuous batching) without moving any state. Keys are cached after RoPE,
 so ring order never matters: only which indices hold a position inside the window.
@@ -22,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from sambay.config import ModelConfig
-from sambay.model.state import layer_state_shapes, state_nbytes
+from sambay.model.state import state_nbytes
 
 
 def allocated_bytes(config: ModelConfig, batch: int, max_len: int, dtype: torch.dtype = torch.bfloat16) -> int:
@@ -40,19 +46,38 @@ class InferenceState:
     """
 
     def __init__(self, config: ModelConfig, max_batch: int, max_len: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", *, block_size: int | None = None, num_blocks: int | None = None):
         if max_batch < 1 or max_len < 1:
             raise ValueError(f"max_batch and max_len must be >= 1 (got {max_batch}, {max_len})")
+        if block_size is not None and (block_size < 1 or block_size & (block_size - 1)):
+            raise ValueError(f"block_size must be a power of two (got {block_size})")
         self.config = config
         self.max_batch, self.max_len = max_batch, max_len
         self.dtype, self.device = dtype, torch.device(device)
-        self.layers: list[dict[str, torch.Tensor]] = [
-            {name: torch.zeros(shape, dtype=dt, device=self.device)
-             for name, (shape, dt) in layer_state_shapes(config, i, max_batch, max_len, dtype).items()}
-            for i in range(config.n_layer)
-        ]
+        self.block_size = block_size
+        pages_per_seq = 0 if block_size is None else -(-max_len // block_size)
+        self.num_blocks = 0 if block_size is None else (max_batch * pages_per_seq if num_blocks is None else num_blocks)
+        self.block_table = torch.zeros(max_batch, pages_per_seq, dtype=torch.int32, device=self.device)
+        self.layers: list[dict[str, torch.Tensor]] = []
+        self._slot_tensors: list[torch.Tensor] = []  # slot on dim 0: reset / copied per slot
+        self._pages: list[torch.Tensor] = []  # page on dim 0
+        for i in range(config.n_layer):
+            tensors = {}
+            for name, spec in config.layers[i].mixer_class.state_spec(config, max_len).items():
+                dt = dtype if spec.dtype is None else spec.dtype
+                if spec.grows and block_size is not None:
+                    shape = (self.num_blocks, spec.shape[0], block_size, *spec.shape[2:])
+                    tensors[name] = torch.zeros(shape, dtype=dt, device=self.device)
+                    tensors["block_table"] = self.block_table
+                    self._pages.append(tensors[name])
+                else:
+                    tensors[name] = torch.zeros((max_batch, *spec.shape), dtype=dt, device=self.device)
+                    self._slot_tensors.append(tensors[name])
+            self.layers.append(tensors)
         self.lengths = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self._free = list(range(max_batch))
+        self._free_blocks = list(range(self.num_blocks))
+        self._blocks: list[list[int]] = [[] for _ in range(max_batch)]  # pages held by each slot, in order
 
     # ------------------------------------------------------------------ slots
     @property
@@ -68,29 +93,69 @@ class InferenceState:
         return slot
 
     def release(self, slot: int) -> None:
+        """Give a slot back, with every page it holds."""
         if slot in self._free or not 0 <= slot < self.max_batch:
             raise ValueError(f"slot {slot} is not in use")
+        self._free_blocks += self._blocks[slot]
+        self._blocks[slot] = []
         self._free.append(slot)
         self._free.sort()
 
     def copy_slot(self, src: int, dst: int) -> None:
-        """Make slot `dst` continue exactly where `src` is (every layer's state and the length): a fork."""
-        for tensors in self.layers:
-            for t in tensors.values():
-                t[dst] = t[src]
+        """Make slot `dst` continue exactly where `src` is (every layer's state and the length): a fork.
+        Paged caches get pages of their own, copied (raises RuntimeError when not enough are free)."""
+        for t in self._slot_tensors:
+            t[dst] = t[src]
+        if self._pages and self._blocks[src]:
+            n = len(self._blocks[src]) * self.block_size
+            if not self.ensure_capacity(dst, n):
+                raise RuntimeError(f"no free pages to fork slot {src} ({n} tokens)")
+            src_pages = torch.tensor(self._blocks[src], device=self.device)
+            dst_pages = torch.tensor(self._blocks[dst][:len(self._blocks[src])], device=self.device)
+            for t in self._pages:
+                t[dst_pages] = t[src_pages]
         self.lengths[dst] = self.lengths[src]
 
     def reset(self, slot: int) -> None:
-        """Zero one slot. Prefill relies on a fresh slot holding zero Mamba state and length 0."""
-        for tensors in self.layers:
-            for t in tensors.values():
-                t[slot].zero_()
+        """Zero one slot. Prefill relies on a fresh slot holding zero Mamba state and length 0 (pages are
+        never read past a slot's length, so they need no clearing)."""
+        for t in self._slot_tensors:
+            t[slot].zero_()
         self.lengths[slot] = 0
+
+    # ------------------------------------------------------------------ pages
+    @property
+    def paged(self) -> bool:
+        return bool(self._pages)
+
+    @property
+    def free_blocks(self) -> int:
+        return len(self._free_blocks)
+
+    def blocks_for(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.block_size) if self.paged else 0
+
+    def can_hold(self, slot: int, n_tokens: int) -> bool:
+        """Whether `slot` holds, or can get pages for, its first n_tokens tokens."""
+        return self.blocks_for(n_tokens) - len(self._blocks[slot]) <= len(self._free_blocks)
+
+    def ensure_capacity(self, slot: int, n_tokens: int) -> bool:
+        """Give `slot` pages for its first n_tokens tokens; False (nothing taken) when too few are free."""
+        need = self.blocks_for(n_tokens) - len(self._blocks[slot])
+        if need <= 0:
+            return True
+        if need > len(self._free_blocks):
+            return False
+        new = [self._free_blocks.pop() for _ in range(need)]
+        first = len(self._blocks[slot])
+        self._blocks[slot] += new
+        self.block_table[slot, first:first + need] = torch.tensor(new, dtype=torch.int32, device=self.device)
+        return True
 
     # ------------------------------------------------------------------ accounting
     def nbytes(self) -> int:
-        """Bytes held by the state tensors (what `allocated_bytes` predicts)."""
-        return sum(t.numel() * t.element_size() for tensors in self.layers for t in tensors.values())
+        """Bytes held by the state tensors (unpaged: what `allocated_bytes` predicts)."""
+        return sum(t.numel() * t.element_size() for t in (*self._slot_tensors, *self._pages))
 
     def __repr__(self) -> str:
         return (f"InferenceState(slots={self.max_batch}, max_len={self.max_len}, dtype={self.dtype}, "

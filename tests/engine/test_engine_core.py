@@ -178,13 +178,26 @@ def test_a_request_id_in_use_is_refused():
 def test_the_pool_is_sized_from_the_memory_budget_once():
     model = make_model("sambay")
     per_seq = allocated_bytes(model.config, 1, 64, torch.float32)
-    engine = Engine(model, max_model_len=64, memory_budget=3 * per_seq + 1)
-    assert engine.max_num_seqs == 3 and engine.state.max_batch == 3
+    engine = Engine(model, max_model_len=64, memory_budget=3 * per_seq + 1, block_size=None)  # contiguous caches
+    assert engine.max_num_seqs == 3 and engine.state.max_batch == 3 and not engine.state.paged
     state = engine.state
     run_to_completion(engine, {0: [(str(i), [1, 2, 3], SamplingParams(max_new_tokens=4)) for i in range(7)]})
     assert engine.state is state  # never rebuilt
     with pytest.raises(ValueError, match="lower max_model_len or raise the budget"):
-        Engine(model, max_model_len=64, memory_budget=per_seq - 1)
+        Engine(model, max_model_len=64, memory_budget=per_seq - 1, block_size=None)
+
+
+def test_a_paged_pool_gives_the_budget_beyond_the_slots_constant_state_to_pages():
+    from sambay.engine.pool import state_bytes
+
+    model = make_model("sambay")
+    constant, per_token = state_bytes(model.config, 64, torch.float32)
+    budget = 4 * constant + 10 * 16 * per_token + 7
+    engine = Engine(model, max_model_len=64, max_num_seqs=4, memory_budget=budget, block_size=16)
+    assert engine.state.paged and engine.state.num_blocks == 10 and engine.state.block_size == 16
+    with pytest.raises(ValueError, match="lower max_model_len or max_num_seqs, or raise the budget"):
+        Engine(model, max_model_len=64, max_num_seqs=4, memory_budget=4 * constant + 3 * 16 * per_token,
+               block_size=16)
 
 
 def test_async_generate_streams_each_request_and_aborts_when_left_early():
@@ -267,3 +280,25 @@ def test_prompt_and_sampled_logprobs_equal_the_full_forwards_log_softmax(preset)
         pos = len(prompt) - 1 + i
         assert lp.token_logprob == pytest.approx(full[pos, out.token_ids[i]].item(), abs=1e-4)
         assert [t for t, _ in lp.top] == full[pos].topk(2).indices.tolist()
+
+
+@pytest.mark.parametrize("preset", ALL_PRESETS)
+def test_preemption_when_pages_run_out_recomputes_and_gives_the_same_tokens(preset):
+    """Pages of 4 tokens, barely more than one max-length request: requests preempt each other and recompute
+    their prompt and output, and every greedy (and seeded, penalised) completion equals its uncontended run."""
+    model = make_model(preset)
+    prompts = _prompts([3, 9, 14, 6, 11], seed=5)
+    params = [SamplingParams(temperature=0, max_new_tokens=8),
+              SamplingParams(temperature=0.9, seed=4, max_new_tokens=8, presence_penalty=0.5, frequency_penalty=0.3),
+              SamplingParams(temperature=0, max_new_tokens=6, repetition_penalty=1.3),
+              SamplingParams(temperature=1.0, top_k=20, seed=9, max_new_tokens=7),
+              SamplingParams(temperature=0, max_new_tokens=5)]
+    arrivals = {0: [(f"p{i}", p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]}
+    roomy = run_to_completion(Engine(model, max_num_seqs=5, max_model_len=28, block_size=4), arrivals)
+    tight = Engine(model, max_num_seqs=5, max_model_len=28, block_size=4, num_blocks=9, max_chunk=5)
+    contended = run_to_completion(tight, arrivals)
+    if tight.state.paged:
+        assert tight.num_preemptions > 0
+    for rid, out in roomy.items():
+        assert contended[rid].token_ids == out.token_ids, rid
+    assert tight.state.free_blocks == tight.state.num_blocks and tight.state.free_slots == tight.state.max_batch

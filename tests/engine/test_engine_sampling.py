@@ -159,3 +159,16 @@ def test_logprobs_are_the_raw_log_softmax_with_the_top_n_best_first():
 def test_new_sampling_params_reject_bad_values(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
+
+
+def test_a_seeded_unfiltered_row_draws_the_same_whether_or_not_another_row_sorts():
+    """Rows share one sort when any of them filters (top-k / top-p / min-p); the noise must stay attached to
+    token ids, or a seeded request's samples would change with its batch mates."""
+    logits = torch.randn(2, 30)
+    draws = []
+    for other in (SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_k=3)):
+        sampler = Sampler(2, 30)
+        sampler.admit(0, SamplingParams(temperature=1.0, seed=77), [1])
+        sampler.admit(1, other, [1])
+        draws.append([sampler.sample(logits, torch.tensor([0, 1]), [0, 1])[0].item() for _ in range(20)])
+    assert draws[0] == draws[1]

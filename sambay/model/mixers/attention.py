@@ -34,6 +34,26 @@ def mean_keys(seq_len: int, window: int | None) -> float:
     return (w * (w + 1) / 2 + (seq_len - w) * w) / seq_len
 
 
+def write_kv(cache: dict[str, torch.Tensor], slots: torch.Tensor, index: torch.Tensor, k: torch.Tensor,
+             v: torch.Tensor) -> None:
+    """Store R tokens' k, v (R, G, hs) at entry index (R,) of cache rows slots (R,): through the block table
+    when the cache is paged (pages (P, G, page, hs)), else rows (S, G, N, hs)."""
+    if "block_table" in cache:
+        page = cache["k"].shape[2]
+        slots, index = cache["block_table"][slots, index // page].long(), index % page
+    cache["k"][slots, :, index] = k.to(cache["k"].dtype)
+    cache["v"][slots, :, index] = v.to(cache["v"].dtype)
+
+
+def read_kv(cache: dict[str, torch.Tensor], slots: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n entries of cache rows slots (B,) -> k, v (B, n, G, hs) (a gathered copy)."""
+    if "block_table" not in cache:
+        return cache["k"][slots, :, :n].transpose(1, 2), cache["v"][slots, :, :n].transpose(1, 2)
+    page = cache["k"].shape[2]
+    pages = cache["block_table"][slots, :-(-n // page)].long()  # (B, P)
+    return tuple(cache[name][pages].permute(0, 1, 3, 2, 4).flatten(1, 2)[:, :n] for name in ("k", "v"))
+
+
 class DiffAttention(nn.Module):
     """Differential Attention core (striped head pairing).
 
@@ -112,19 +132,21 @@ class Attention(Mixer):
                      lens: torch.Tensor | None = None) -> torch.Tensor:
         """q (B, Tq, H, hs) at ctx.positions over the slots' cache rows (position p at index p) -> (B, Tq, d).
 
-        One query per row reads the pooled cache in place (split-K kernel on CUDA; lens (B,) valid entries,
-        default position + 1); DA runs both softmaxes in one pass, so each K/V element is read once. Longer
-        queries gather the first ctx.max_keys entries and mask them causally."""
+        One query per row reads the pooled (or paged) cache in place (split-K kernel on CUDA; lens (B,) valid
+        entries, default position + 1); DA runs both softmaxes in one pass, so each K/V element is read once.
+        Longer queries gather the first ctx.max_keys entries and mask them causally."""
         k_cache, v_cache = cache["k"], cache["v"]
         if q.shape[1] == 1:
             lens = ctx.positions[:, 0] + 1 if lens is None else lens
+            table = cache.get("block_table")
             if self.diff is None:
-                o = decode_attention(q[:, 0], k_cache, v_cache, lens, ctx.slots)  # (B, H, hs)
+                o = decode_attention(q[:, 0], k_cache, v_cache, lens, ctx.slots, block_table=table)  # (B, H, hs)
             else:
-                o = self.diff.combine(*decode_diff_attention(q[:, 0], k_cache, v_cache, lens, ctx.slots))
+                o = self.diff.combine(*decode_diff_attention(q[:, 0], k_cache, v_cache, lens, ctx.slots,
+                                                             block_table=table))
             return self.out_proj(o.flatten(1))[:, None]
         n = ctx.max_keys
-        keys, values = k_cache[ctx.slots, :, :n].transpose(1, 2), v_cache[ctx.slots, :, :n].transpose(1, 2)
+        keys, values = read_kv(cache, ctx.slots, n)
         key_pos = torch.arange(n, device=q.device)
         mask = key_pos[None, None, :] <= ctx.positions[:, :, None]
         if ctx.real is not None:  # a padded query (never used) looks at key 0, so no softmax row is empty
@@ -173,16 +195,12 @@ class SelfAttention(Attention):
             ctx.shared_kv = (k, v)
         return self.attend(q, k, v, ctx.attention_core(self.window))
 
-    def _write(self, cache: dict[str, torch.Tensor], slots, index, k, v) -> None:
-        cache["k"][slots, :, index] = k.to(cache["k"].dtype)
-        cache["v"][slots, :, index] = v.to(cache["v"].dtype)
-
     def step(self, h, ctx, state):
         """Writes this token's K/V (index pos, or pos % window), then attends over the slot's cache: all
         pos + 1 keys, or the min(pos + 1, window) filled ring entries."""
         pos = ctx.positions[:, 0]
         q, k, v = self.project_qkv(h, ctx.positions)
-        self._write(state, ctx.slots, pos if self.window is None else pos % self.window, k[:, 0], v[:, 0])
+        write_kv(state, ctx.slots, pos if self.window is None else pos % self.window, k[:, 0], v[:, 0])
         if self.role == "shared_kv":
             ctx.shared_kv = state
         lens = pos + 1 if self.window is None else torch.clamp(pos + 1, max=self.window)
@@ -216,7 +234,7 @@ class FullAttention(SelfAttention):
     @classmethod
     def state_spec(cls, config: ModelConfig, max_len: int) -> dict[str, StateSpec]:
         shape = (config.n_kv_head, max_len, config.head_dim)
-        return {"k": StateSpec(shape), "v": StateSpec(shape)}
+        return {"k": StateSpec(shape, grows=True), "v": StateSpec(shape, grows=True)}
 
     def prefill(self, h, ctx, state, outputs: Outputs = "all"):
         """Stores the chunk's K/V at their positions, then its queries attend over the cache (the YOCO skip:
@@ -224,7 +242,7 @@ class FullAttention(SelfAttention):
         real = ctx.real_mask
         k, v = self.project_kv(h, ctx.positions)
         rows, cols = real.nonzero(as_tuple=True)
-        self._write(state, ctx.slots[rows], ctx.positions[rows, cols], k[rows, cols], v[rows, cols])
+        write_kv(state, ctx.slots[rows], ctx.positions[rows, cols], k[rows, cols], v[rows, cols])
         if self.role == "shared_kv":
             ctx.shared_kv = state
         if outputs == "none":
@@ -282,7 +300,7 @@ class SlidingWindowAttention(SelfAttention):
             out = self.attend(q, keys, values, masked_core(mask[:, None]))
         write = real & (torch.arange(k.shape[1], device=pos.device) >= k.shape[1] - window)
         rows, cols = write.nonzero(as_tuple=True)
-        self._write(state, ctx.slots[rows], pos[rows, cols] % window, k[rows, cols], v[rows, cols])
+        write_kv(state, ctx.slots[rows], pos[rows, cols] % window, k[rows, cols], v[rows, cols])
         return None if outputs == "none" else out
 
 

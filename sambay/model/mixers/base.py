@@ -34,10 +34,15 @@ Outputs = Literal["all", "last", "none"]
 
 
 class StateSpec(NamedTuple):
-    """One state tensor of one slot: its shape and dtype (None: the engine's state dtype, i.e. the model's)."""
+    """One state tensor of one slot: its shape and dtype (None: the engine's state dtype, i.e. the model's).
+
+    `grows`: the tensor holds one entry per token along its axis 1 (sized max_len): a cache the engine may
+    page, storing it as (pages, shape[0], page_size, *shape[2:]) behind a per-slot block table.
+    """
 
     shape: tuple[int, ...]
     dtype: torch.dtype | None = None
+    grows: bool = False
 
 
 class Mixer(nn.Module):
