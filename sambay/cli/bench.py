@@ -1,6 +1,8 @@
 """`sambay bench BENCH`: the benchmark suite, one subcommand per benchmark (benchmarks/README.md).
 
-generate: long-generation throughput of a SambaY model vs its baselines, one process; train: training
+generate: long-generation throughput of a SambaY model vs its baselines, one process; engine: the same end to
+end through `sambay.Engine` beside the bare decode step, and the streams' latency while a long prompt is
+admitted; train: training
 tokens/s and MFU; kernels: the Mamba-1 Triton kernels; attention: decode and prefill attention. Each
 prints a report and, with --json PATH, writes its numbers with `sambay.bench.meta.metadata()` under "meta".
 """
@@ -41,6 +43,28 @@ def add_parser(sub) -> None:
     g.add_argument("--compile", action="store_true",
                    help="time the decode step compiled by inductor (CUDA graphs; sambay.engine.cuda_graphs)")
     g.set_defaults(func=run_generate)
+
+    e = bsub.add_parser("engine", help="end-to-end tokens/s through sambay.Engine vs the bare step; ITL under a long prompt",
+                        description="Requests through the public Engine (add_request / step) with real sampling, "
+                        "beside the engine's own captured decode step timed in the same process; optionally one "
+                        "long prompt admitted while every stream decodes (its effect on their inter-token latency).")
+    e.add_argument("--preset", default="phi4-mini-flash")
+    e.add_argument("--baseline", action="append", default=None, help="more presets, run the same way (repeatable)")
+    e.add_argument("--batch", type=int, default=256)
+    e.add_argument("--prompt-len", type=int, default=2000)
+    e.add_argument("--gen-len", type=int, default=4000)
+    e.add_argument("--temperature", type=float, default=0.7)
+    e.add_argument("--top-p", type=float, default=0.95)
+    e.add_argument("--long-prompt", type=int, default=0, metavar="N", help="admit one N-token prompt mid-generation")
+    e.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    e.add_argument("--max-chunk", type=int, default=2048, help="prompt tokens of one request per step")
+    e.add_argument("--steps", type=int, default=20, help="timed bare steps per context")
+    e.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    e.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    e.add_argument("--tiny", action="store_true", help="tiny versions of the presets (CPU smoke runs)")
+    e.add_argument("--compile", action="store_true", help="the engine's decode step compiled by inductor")
+    _json_option(e)
+    e.set_defaults(func=run_engine)
 
     t = bsub.add_parser("train", help="training tokens/s and MFU of one preset/depth (torchrun for several GPUs)",
                         description="Training throughput: the real trainer step, `--warmup` untimed steps, then "
@@ -160,7 +184,7 @@ def _hf_comparison(args, configs, reports, dtype, device):
         raise CLIError("--baseline hf needs the transformers package") from None
     if device.type != "cuda":
         raise CLIError("--baseline hf runs on a CUDA device only")
-    name, cfg = next(((n, c) for n, c in configs if "full_kv" not in c.layer_plan), (None, None))
+    name, cfg = next(((n, c) for n, c in configs if not c.is_yoco), (None, None))
     if cfg is None:
         raise CLIError("--baseline hf compares on the Transformer baseline: add --baseline phi4-mini")
     batch = min(8, next(r.batch for r in reports if r.name == name))
@@ -175,6 +199,43 @@ def _hf_comparison(args, configs, reports, dtype, device):
     del model
     torch.cuda.empty_cache()
     return out
+
+
+def run_engine(args) -> int:
+    import torch
+
+    from sambay.bench import engine as bench
+    from sambay.bench.meta import metadata, write_json
+
+    for flag in ("batch", "prompt_len", "gen_len", "steps", "max_num_batched_tokens", "max_chunk"):
+        if getattr(args, flag) < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
+    if args.gen_len < 2:
+        raise CLIError(f"--gen-len must be >= 2 (got {args.gen_len}): decode speed needs a second token")
+    if args.long_prompt < 0:
+        raise CLIError(f"--long-prompt must be >= 0 (got {args.long_prompt})")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda but no CUDA device is available")
+    if args.compile and device.type != "cuda":
+        raise CLIError("--compile compiles the CUDA-graph decode step; it needs a CUDA device")
+    try:
+        configs = [(n, _config(n, args.preset, args.tiny)) for n in [args.preset, *(args.baseline or [])]]
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
+    reports = []
+    for name, cfg in configs:
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        reports.append(bench.bench_engine(
+            name, cfg, batch=args.batch, prompt_len=args.prompt_len, gen_len=args.gen_len,
+            dtype=getattr(torch, DTYPES[args.dtype]), device=device, temperature=args.temperature, top_p=args.top_p,
+            steps=args.steps, max_num_batched_tokens=args.max_num_batched_tokens, max_chunk=args.max_chunk,
+            long_prompt_len=args.long_prompt, compile=args.compile))
+        torch.cuda.empty_cache() if device.type == "cuda" else None
+    print(bench.format_report(reports))
+    if args.json is not None:
+        write_json(args.json, {"meta": metadata(device), "models": reports})
+    return 0
 
 
 def run_train(args) -> int:

@@ -60,7 +60,7 @@ def test_gpu_benchmarks_say_they_need_a_cuda_device(bench, capsys, monkeypatch):
     assert "CUDA" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bench", ["generate", "train", "kernels", "attention"])
+@pytest.mark.parametrize("bench", ["generate", "engine", "train", "kernels", "attention"])
 def test_every_benchmark_documents_its_json_output(bench, capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", bench, "--help"])
@@ -86,3 +86,18 @@ def test_kernel_report_rows_are_rates_against_the_ceilings_and_the_file_keeps_up
     assert [r["case"] for r in data["rows"]] == ["before the ceilings", "fwd", "ssm update"]
     assert data["rows"][2]["error"] == "out of resources"
     assert capsys.readouterr().out == "a line\n"
+
+
+def test_bench_engine_runs_end_to_end_through_the_engine_and_writes_strict_json(tmp_path, capsys):
+    from sambay.cli.main import main
+
+    out = tmp_path / "engine.json"
+    assert main(["bench", "engine", "--tiny", "--batch", "2", "--prompt-len", "9", "--gen-len", "6", "--steps", "2",
+                 "--long-prompt", "20", "--max-chunk", "4", "--max-num-batched-tokens", "8",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "e2e/est" in text and "one 20-token prompt admitted (chunks of 4)" in text
+    data = json.loads(out.read_text())
+    model = data["models"][0]
+    assert model["batch"] == 2 and model["decode_tokens_per_s"] > 0 and model["estimate_tokens_per_s"] > 0
+    assert model["itl_during_long_ms"]["p50"] > 0 and data["meta"]["command"]
