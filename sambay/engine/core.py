@@ -181,7 +181,7 @@ class Engine:
                 self.runner.preempted(r, slot)
             self.num_preemptions += len(plan.preempted)
             for r in plan.admitted:
-                r.metrics.first_scheduled_time = time.perf_counter()
+                r.metrics.first_scheduled_time = r.metrics.first_scheduled_time or time.perf_counter()
                 self.runner.admit(r)
             result = self.runner.execute(plan)
             outputs += self.output.process(result.sampled)

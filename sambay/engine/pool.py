@@ -35,7 +35,8 @@ def size_pool(config: ModelConfig, max_model_len: int, dtype: torch.dtype, *, ma
               default_seqs: int = 256) -> PoolSize:
     """Slots and pages. Without a budget: max_num_seqs (default 16) slots and, paged, enough pages for every
     slot to reach max_model_len (or `num_blocks`). With one: the slots' constant state and at least one
-    max_model_len sequence's pages must fit; the rest of the budget becomes pages (or slots, unpaged)."""
+    max_model_len sequence's pages must fit; the rest of the budget becomes pages (at most what every slot at
+    max_model_len would use), or slots when unpaged."""
     if max_num_seqs is not None and (not isinstance(max_num_seqs, int) or max_num_seqs < 1):
         raise ValueError(f"max_num_seqs must be an integer >= 1 (got {max_num_seqs!r})")
     constant, per_token = state_bytes(config, max_model_len, dtype)
@@ -62,4 +63,5 @@ def size_pool(config: ModelConfig, max_model_len: int, dtype: torch.dtype, *, ma
         raise ValueError(f"{slots} slots of {constant:,} bytes and the {least:,} bytes of pages for one request of "
                          f"max_model_len {max_model_len} do not fit the memory budget of {memory_budget:,} bytes: "
                          "lower max_model_len or max_num_seqs, or raise the budget")
+    pages = min(pages, slots * pages_per_seq)  # more than every slot at max_model_len is never used
     return PoolSize(slots, pages if num_blocks is None else min(pages, num_blocks))
