@@ -50,15 +50,15 @@ def test_engine_greedy_equals_full_forward_greedy_under_random_arrivals_chunks_a
     prompts = _prompts([1, 5, 8, 13, 19, 3], seed=rng.randrange(1000))
     news = [rng.randint(1, 7) for _ in prompts]
     expected = {f"r{i}": forward_greedy(model, p, n) for i, (p, n) in enumerate(zip(prompts, news))}
-    for trial in range(2):
+    for block_size in (None, 4):  # contiguous caches, then pages of 4 tokens behind a block table
         engine = Engine(model, max_num_seqs=rng.randint(1, 4), max_num_batched_tokens=rng.randint(3, 12),
-                        max_chunk=rng.choice([None, 1, 2, 5]), max_model_len=40)
+                        max_chunk=rng.choice([None, 1, 2, 5]), max_model_len=40, block_size=block_size)
         arrivals: dict[int, list] = {}
         for i, (p, n) in enumerate(zip(prompts, news)):
             arrivals.setdefault(rng.randint(0, 8), []).append((f"r{i}", p, SamplingParams(temperature=0, max_new_tokens=n)))
         final = run_to_completion(engine, arrivals)
         for rid, want in expected.items():
-            assert final[rid].token_ids == want, (trial, rid)
+            assert final[rid].token_ids == want, (block_size, rid)
             assert final[rid].finish_reason == "length"
         assert engine.state.free_slots == engine.state.max_batch
 
