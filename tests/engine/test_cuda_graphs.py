@@ -106,3 +106,57 @@ def test_engine_in_bf16_with_cuda_graphs_gives_the_eager_engines_tokens_under_ch
     graphed_engine = Engine(model, max_num_seqs=3, max_num_batched_tokens=8, max_chunk=5, compile=compile)
     assert len(graphed_engine.runner.decoder._graphs) == len(graphed_engine.runner.decoder.buckets)  # all captured
     assert run(graphed_engine) == eager
+
+
+@pytest.mark.gpu
+def test_graphed_paged_engine_in_bf16_keeps_streams_apart_under_random_add_abort_step():
+    """Random add / abort / step orders on the GPU with CUDA graphs and pages of 16 tokens short enough to force
+    preemptions: every output belongs to its request, deltas add up, aborted requests end with "abort", and every
+    other greedy request decodes what it decodes alone on the same engine."""
+    import random
+
+    from engine_helpers import make_model
+
+    from sambay import Engine, SamplingParams
+
+    model = make_model("phi4-mini-flash", dtype=torch.bfloat16).to("cuda")
+    rng = random.Random(3)
+    gen = torch.Generator().manual_seed(6)
+    prompts = {f"q{i}": torch.randint(0, 256, (rng.randint(1, 40),), generator=gen).tolist() for i in range(12)}
+    news = {rid: rng.randint(1, 12) for rid in prompts}
+
+    def alone(rid):
+        solo = Engine(model, max_num_seqs=1, max_model_len=64, block_size=16)
+        solo.add_request(prompts[rid], SamplingParams(temperature=0, max_new_tokens=news[rid]), rid)
+        while solo.has_unfinished_requests():
+            for out in solo.step():
+                if out.finished:
+                    return out.token_ids
+
+    engine = Engine(model, max_num_seqs=4, max_model_len=64, block_size=16, num_blocks=6, max_chunk=16,
+                    max_num_batched_tokens=32)
+    todo, added, aborted, final, streamed = list(prompts), [], set(), {}, {}
+    while todo or engine.has_unfinished_requests():
+        op = rng.random()
+        if todo and op < 0.35:
+            rid = todo.pop()
+            engine.add_request(prompts[rid], SamplingParams(temperature=0, max_new_tokens=news[rid]), rid)
+            added.append(rid)
+        elif added and op < 0.42:
+            rid = rng.choice(added)
+            if rid not in final:
+                engine.abort(rid)
+                aborted.add(rid)
+        else:
+            for out in engine.step():
+                assert out.request_id not in final and out.prompt_token_ids == prompts[out.request_id]
+                streamed.setdefault(out.request_id, []).extend(out.delta_token_ids)
+                assert streamed[out.request_id] == out.token_ids
+                if out.finished:
+                    final[out.request_id] = out
+    assert set(final) == set(prompts) and engine.num_preemptions > 0
+    for rid, out in final.items():
+        assert out.finish_reason == ("abort" if rid in aborted and out.finish_reason == "abort" else "length")
+        if out.finish_reason == "length":
+            assert out.token_ids == alone(rid), rid
+    assert engine.state.free_blocks == engine.state.num_blocks
