@@ -109,17 +109,18 @@ def test_engine_in_bf16_with_cuda_graphs_gives_the_eager_engines_tokens_under_ch
 
 
 @pytest.mark.gpu
-def test_graphed_paged_engine_in_bf16_keeps_streams_apart_under_random_add_abort_step():
+def test_graphed_paged_engine_keeps_streams_apart_under_random_add_abort_step():
     """Random add / abort / step orders on the GPU with CUDA graphs and pages of 16 tokens short enough to force
     preemptions: every output belongs to its request, deltas add up, aborted requests end with "abort", and every
-    other greedy request decodes what it decodes alone on the same engine."""
+    other greedy request decodes what it decodes alone (fp32, so that batch composition cannot flip a greedy
+    choice through rounding)."""
     import random
 
     from engine_helpers import make_model
 
     from sambay import Engine, SamplingParams
 
-    model = make_model("phi4-mini-flash", dtype=torch.bfloat16).to("cuda")
+    model = make_model("phi4-mini-flash").to("cuda")
     rng = random.Random(3)
     gen = torch.Generator().manual_seed(6)
     prompts = {f"q{i}": torch.randint(0, 256, (rng.randint(1, 40),), generator=gen).tolist() for i in range(12)}
@@ -156,7 +157,7 @@ def test_graphed_paged_engine_in_bf16_keeps_streams_apart_under_random_add_abort
                     final[out.request_id] = out
     assert set(final) == set(prompts) and engine.num_preemptions > 0
     for rid, out in final.items():
-        assert out.finish_reason == ("abort" if rid in aborted and out.finish_reason == "abort" else "length")
+        assert out.finish_reason == "length" or (out.finish_reason == "abort" and rid in aborted)
         if out.finish_reason == "length":
             assert out.token_ids == alone(rid), rid
     assert engine.state.free_blocks == engine.state.num_blocks
