@@ -80,18 +80,18 @@ def test_compiled_cuda_graph_decode_matches_eager_in_bf16_at_batch_one_and_three
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile", [False, True])
-def test_engine_in_bf16_with_cuda_graphs_gives_the_eager_engines_tokens_under_chunking_and_arrivals(compile):
+def test_engine_with_cuda_graphs_gives_the_eager_engines_tokens_under_chunking_and_arrivals(compile):
     """The engine's graphs (and compiled step) are captured once at construction; requests arriving at
-    different steps with chunked prompts then decode exactly as the eager engine does. Greedy in bf16: the
-    graphed step replays the eager kernels (compiled: within bf16 noise, so only the first tokens are compared)."""
+    different steps with chunked prompts then decode as the eager engine does (fp32: a graph pads the batch
+    to its bucket, which must not change a greedy choice through rounding)."""
     from engine_helpers import make_model
 
     from sambay import Engine, SamplingParams
 
-    model = make_model("phi4-mini-flash", dtype=torch.bfloat16).to("cuda")
+    model = make_model("phi4-mini-flash").to("cuda")
     gen = torch.Generator().manual_seed(4)
     prompts = [torch.randint(0, 256, (n,), generator=gen).tolist() for n in (3, 17, 9, 30, 5)]
-    greedy = SamplingParams(temperature=0, max_new_tokens=4 if compile else 12)
+    greedy = SamplingParams(temperature=0, max_new_tokens=12)
 
     def run(engine):
         final, step = {}, 0
