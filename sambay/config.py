@@ -21,6 +21,14 @@ class ConfigError(ValueError):
     """An invalid model configuration; the message names the rule that is broken."""
 
 
+# Upper bounds on sizes, far above any real model, so that a hostile or mistyped config fails at once with
+# the key named instead of allocating without end.
+MAX_LAYERS = 4096
+INT_LIMITS = {"d_model": 1 << 16, "n_head": 1024, "n_kv_head": 1024, "head_dim": 1024, "d_ff": 1 << 18,
+              "vocab_size": 1 << 24, "d_state": 1024, "d_conv": 64, "mamba_expand": 16, "dt_rank": 1 << 16,
+              "ssm_head_dim": 1024, "ssm_groups": 1024, "mup_base_depth": MAX_LAYERS, "max_seq_len": 1 << 24}
+FLOAT_FIELDS = ("rope_base", "rotary_fraction", "norm_eps", "init_std")
+BOOL_FIELDS = ("diff_attn", "attn_bias", "attn_out_bias", "tie_embeddings", "gmu_norm")
 PARAMETRIZATIONS = ("sp", "mup++")
 NORMS = ("rmsnorm", "layernorm")
 POSITIONAL = ("none", "rope")
@@ -63,6 +71,7 @@ class ModelConfig:
     d_inner: int = field(init=False)
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.layer_plan = list(self.layer_plan)
         if self.dt_rank is None:
             self.dt_rank = math.ceil(self.d_model / 16)
@@ -109,6 +118,34 @@ class ModelConfig:
         return 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
 
     # ------------------------------------------------------------------ checks
+    def _check_types(self) -> None:
+        """Types and sizes first (the derived fields multiply them): each failure names its key."""
+        plan = self.layer_plan
+        if not isinstance(plan, (list, tuple)):
+            raise ConfigError(f"layer_plan must be a list of layer kinds (got {type(plan).__name__})")
+        if len(plan) > MAX_LAYERS:
+            raise ConfigError(f"layer_plan has {len(plan):,} layers; at most {MAX_LAYERS} are supported")
+        for name, limit in INT_LIMITS.items():
+            value = getattr(self, name)
+            if value is None and name == "dt_rank":
+                continue
+            if type(value) is not int or not 0 < value <= limit:
+                raise ConfigError(f"{name} must be a positive integer <= {limit:,} (got {value!r})")
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number (got {value!r})")
+        for name in BOOL_FIELDS:
+            if type(getattr(self, name)) is not bool:
+                raise ConfigError(f"{name} must be true or false (got {getattr(self, name)!r})")
+        for name in ("window", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and type(value) is not int:
+                raise ConfigError(f"{name} must be an integer or null (got {value!r})")
+        for name in ("arch", "positional", "norm", "parametrization"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string (got {getattr(self, name)!r})")
+
     def validate(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
@@ -118,10 +155,7 @@ class ModelConfig:
             plans.validate(self.layer_plan)
         except plans.PlanError as e:
             raise ConfigError(f"layer_plan: {e}") from None
-        for name in ("d_model", "n_head", "n_kv_head", "head_dim", "d_ff", "vocab_size", "d_state", "d_conv",
-                     "mamba_expand", "dt_rank", "ssm_head_dim", "ssm_groups", "mup_base_depth", "max_seq_len"):
-            value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, f"{name} must be a positive integer (got {value!r})")
+        self._check_types()
         need(self.n_head % self.n_kv_head == 0,
              f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head}) for grouped-query attention")
         if self.diff_attn:
@@ -197,8 +231,8 @@ class ModelConfig:
         builder, depths = PRESETS[name]
         if depth is None:
             depth = depths[0]
-        if not isinstance(depth, int) or depth <= 0:
-            raise ConfigError(f"depth must be a positive integer (got {depth!r})")
+        if type(depth) is not int or not 0 < depth <= MAX_LAYERS:
+            raise ConfigError(f"depth must be a positive integer <= {MAX_LAYERS} (got {depth!r})")
         if depths and depth not in depths and name in FIXED_DEPTH:
             raise ConfigError(f"preset {name!r} has a fixed depth of {depths[0]} (got {depth})")
         try:

@@ -32,7 +32,7 @@ import re
 from typing import Any
 
 from sambay import plan as plans
-from sambay.config import ConfigError, ModelConfig
+from sambay.config import MAX_LAYERS, ConfigError, ModelConfig
 from sambay.interop.errors import CheckpointError
 from sambay.interop.layer_names import rename_mixer_param
 
@@ -102,6 +102,8 @@ def config_from_hf(raw: dict, source: str = "config.json", generation_config: di
         raise CheckpointError(f"{source}: phi4flash config is missing required key(s) {missing}")
     d_model = _positive_int(raw, "hidden_size", source)
     n_layer = _positive_int(raw, "num_hidden_layers", source)
+    if n_layer > MAX_LAYERS:
+        raise CheckpointError(f"{source}: num_hidden_layers = {n_layer:,}; at most {MAX_LAYERS} are supported")
     n_head = _positive_int(raw, "num_attention_heads", source)
     n_kv = raw.get("num_key_value_heads")
     n_kv = n_head if n_kv is None else _positive_int(raw, "num_key_value_heads", source)

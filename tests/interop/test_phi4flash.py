@@ -266,3 +266,17 @@ def test_name_mapping_round_trips_for_every_parameter():
     assert p4f.hf_to_sambay_name("model.layers.5.attn.Wqkv.bias", config.layer_plan) == "layers.5.mixer.qkv.bias"
     assert p4f.hf_to_sambay_name("model.layers.1.attn.inner_cross_attn.subln.weight", config.layer_plan) == \
         "layers.1.mixer.diff.subln.weight"
+
+
+def test_a_billion_layer_config_is_refused_at_once(tmp_path):
+    import json
+
+    config = tiny("phi4-mini-flash")
+    model = sambay.CausalLM(config, init=False)
+    folder = tmp_path / "m"
+    model.save_pretrained(folder, format="phi4flash")
+    raw = json.loads((folder / "config.json").read_text())
+    raw["num_hidden_layers"] = 10**9
+    (folder / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(sambay.CheckpointError, match="num_hidden_layers = 1,000,000,000; at most 4096"):
+        sambay.from_pretrained(folder)  # refused before any plan or module of that size is built

@@ -1,4 +1,6 @@
 
+import re
+
 import pytest
 
 from sambay import ConfigError, ModelConfig
@@ -123,3 +125,31 @@ def test_tiny_configs_keep_the_preset_plan_rule(preset):
     c = tiny(preset)
     assert c.n_layer == 8
     assert c.positional == ModelConfig.from_preset(preset).positional
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(d_model=True), "d_model must be a positive integer <= 65,536 (got True)"),
+    (dict(d_model=10**9), "d_model must be a positive integer <= 65,536"),
+    (dict(vocab_size=2**40), "vocab_size must be a positive integer"),
+    (dict(norm_eps="1e-5"), "norm_eps must be a finite number (got '1e-5')"),
+    (dict(rope_base=float("nan")), "rope_base must be a finite number"),
+    (dict(diff_attn="yes"), "diff_attn must be true or false"),
+    (dict(window=True), "window must be an integer or null"),
+    (dict(eos_token_id=2.0), "eos_token_id must be an integer or null"),
+    (dict(layer_plan="mamba"), "layer_plan must be a list of layer kinds"),
+    (dict(layer_plan=["mamba"] * 10**6), "layer_plan has 1,000,000 layers; at most 4096"),
+])
+def test_a_hostile_or_mistyped_config_fails_at_once_naming_the_key(change, message):
+    d = ModelConfig.from_preset("sambay", depth=8).to_dict()
+    d.update(change)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ModelConfig.from_dict(d)
+
+
+def test_a_huge_depth_is_refused_before_any_plan_is_built(capsys):
+    from sambay.cli.main import main
+
+    with pytest.raises(ConfigError, match="depth must be a positive integer <= 4096"):
+        ModelConfig.from_preset("sambay", depth=10**9)
+    assert main(["describe", "sambay", "--depth", "1000000000"]) == 2
+    assert "depth must be a positive integer <= 4096" in capsys.readouterr().err
