@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from sambay.interop.errors import CheckpointError
 
-__all__ = ["read_json_file", "read_json_object", "json_type"]
+__all__ = ["read_json_file", "read_json_object", "json_type", "MAX_JSON_BYTES"]
+
+MAX_JSON_BYTES = 64 << 20  # configs and indexes are kilobytes; a tokenizer.json a few tens of megabytes
 
 
 def read_json_file(path: str | os.PathLike[str], *, what: str = "JSON file") -> Any:
@@ -21,7 +24,7 @@ def read_json_file(path: str | os.PathLike[str], *, what: str = "JSON file") -> 
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = _read_regular_file(path, what)
     except FileNotFoundError:
         raise CheckpointError(f"{what} not found: {path}") from None
     except IsADirectoryError:
@@ -42,6 +45,24 @@ def read_json_file(path: str | os.PathLike[str], *, what: str = "JSON file") -> 
             f"{what} {path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} "
             f"(character {e.pos}){hint}"
         ) from None
+
+
+def _read_regular_file(path: Path, what: str) -> bytes:
+    """The bytes of a regular file of bounded size. A FIFO, device or socket would block or never end, so it is
+    refused before it is opened for reading (opened with O_NONBLOCK so that even that cannot block)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"{what} {path} is not a regular file (a FIFO, device or socket)")
+        if info.st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{what} {path} is {info.st_size:,} bytes; at most {MAX_JSON_BYTES:,} are read")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(MAX_JSON_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def read_json_object(path: Path, what: str) -> dict[str, Any]:

@@ -389,3 +389,25 @@ def test_check_state_dict_truncates_long_lists() -> None:
     assert "missing (100):" in msg and "... and 95 more" in msg
     assert "model.layers.4.w" in msg and "model.layers.5.w" not in msg
     assert len(msg.splitlines()) == 1 + 1 + 5 + 1
+
+
+def test_a_config_json_that_is_a_fifo_fails_at_once_instead_of_blocking(tmp_path):
+    import os
+
+    import sambay
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    os.mkfifo(folder / "config.json")
+    with pytest.raises(sambay.CheckpointError, match="is not a regular file"):
+        sambay.from_pretrained(folder)
+
+
+def test_an_oversized_json_file_is_refused_with_its_size(tmp_path, monkeypatch):
+    from sambay.interop import json_files
+
+    path = tmp_path / "config.json"
+    path.write_text('{"a": "' + "x" * 200 + '"}')
+    monkeypatch.setattr(json_files, "MAX_JSON_BYTES", 100)
+    with pytest.raises(json_files.CheckpointError, match="at most 100 are read"):
+        json_files.read_json_file(path, what="model config")
