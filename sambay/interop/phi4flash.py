@@ -89,8 +89,8 @@ def config_from_hf(raw: dict, source: str = "config.json", generation_config: di
 
     Raises `CheckpointError` naming the key for a wrong model_type, a missing required key, a value of the
     wrong type, or a setting sambay cannot represent (e.g. ``mb_per_layer != 2``).
-    `generation_config` (parsed `generation_config.json`, optional) supplies `eos_token_id`; the ids in
-    config.json itself are class defaults of the remote code and are not used.
+    `generation_config` (parsed `generation_config.json`, optional) supplies `eos_token_id` (the first of a
+    list); without one, config.json's own `eos_token_id` is used. An id outside the vocabulary is an error.
     """
     if not isinstance(raw, dict):
         raise CheckpointError(f"{source}: a config must be a JSON object")
@@ -136,13 +136,14 @@ def config_from_hf(raw: dict, source: str = "config.json", generation_config: di
     if type(max_len) is not int or max_len <= 0:
         raise CheckpointError(f"{source}: 'max_position_embeddings' must be a positive integer, found {max_len!r}")
     init_std = raw.get("initializer_range", 0.02)
-    eos = None
-    if generation_config:
-        eos = generation_config.get("eos_token_id")
-        if isinstance(eos, list):
-            eos = eos[0] if eos else None
-        if type(eos) is not int or not 0 <= eos < raw["vocab_size"]:
-            eos = None
+    vocab = _positive_int(raw, "vocab_size", source)
+    eos, eos_source = raw.get("eos_token_id"), source
+    if generation_config and generation_config.get("eos_token_id") is not None:
+        eos, eos_source = generation_config["eos_token_id"], "generation_config.json"
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    if eos is not None and (type(eos) is not int or not 0 <= eos < vocab):
+        raise CheckpointError(f"{eos_source}: eos_token_id {eos!r} is not a token id of the vocabulary [0, {vocab})")
     try:
         plan = plans.yoco_plan(n_layer, 2, gmu=True)
     except plans.PlanError as e:
@@ -151,7 +152,7 @@ def config_from_hf(raw: dict, source: str = "config.json", generation_config: di
         return ModelConfig(
             arch="phi4-mini-flash", layer_plan=plan, d_model=d_model, n_head=n_head, n_kv_head=n_kv,
             head_dim=d_model // n_head, d_ff=_positive_int(raw, "intermediate_size", source),
-            vocab_size=_positive_int(raw, "vocab_size", source),
+            vocab_size=vocab,
             window=_window(raw["sliding_window"], n_layer, source), positional="none", diff_attn=True,
             norm="layernorm", norm_eps=float(eps), attn_bias=True, attn_out_bias=True, tie_embeddings=tie,
             dt_rank=dt_rank, parametrization="sp", max_seq_len=max_len,

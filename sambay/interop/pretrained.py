@@ -150,11 +150,12 @@ def _cast(name: str, tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.T
 
 
 def load_state_into(model: CausalLM, tensors: Iterable[tuple[str, torch.Tensor]], *,
-                    dtype: torch.dtype | None = None) -> list[str]:
+                    dtype: torch.dtype | None = None, allow_non_finite: bool = False) -> list[str]:
     """Assign (our name, tensor) pairs into `model` one at a time (casting per the dtype policy).
 
     Returns the names assigned. Every parameter must be assigned exactly once; anything left on the meta
-    device afterwards is an error naming the parameters.
+    device afterwards is an error naming the parameters. A tensor holding NaN or infinities is refused by
+    name (a model with one decodes garbage without a word), unless `allow_non_finite` (for debugging).
     """
     expected = dict(model.named_parameters())
     done: list[str] = []
@@ -164,7 +165,12 @@ def load_state_into(model: CausalLM, tensors: Iterable[tuple[str, torch.Tensor]]
         want = tuple(expected[name].shape)
         if tuple(tensor.shape) != want:
             raise CheckpointError(f"tensor {name}: expected shape {want}, found {tuple(tensor.shape)}")
-        _set_parameter(model, name, _cast(name, tensor, dtype))
+        tensor = _cast(name, tensor, dtype)
+        if not allow_non_finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"tensor {name} holds {bad:,} NaN or infinite value(s); the checkpoint is "
+                                  "corrupt (from_pretrained(..., allow_non_finite=True) loads it anyway)")
+        _set_parameter(model, name, tensor)
         done.append(name)
     left = [n for n, p in model.named_parameters() if p.is_meta]
     if left:
@@ -185,7 +191,8 @@ def _progress_callback(progress: Any, total: int, label: str) -> Callable[[int, 
 
 
 def from_pretrained(path: str | os.PathLike[str], dtype: torch.dtype | str | None = None,
-                    device: torch.device | str | None = None, *, progress: Any = None) -> CausalLM:
+                    device: torch.device | str | None = None, *, progress: Any = None,
+                    allow_non_finite: bool = False) -> CausalLM:
     """Load a checkpoint folder: Hugging Face phi4flash (Phi-4-mini-flash) or sambay's own format.
 
     Args:
@@ -194,6 +201,8 @@ def from_pretrained(path: str | os.PathLike[str], dtype: torch.dtype | str | Non
             of the embedding). A_log and D keep their stored dtype.
         device: where the tensors are materialised (default CPU); read straight from the files to it.
         progress: None (report on stderr for loads over 1 GB), True/False, or callable(done, total) bytes.
+        allow_non_finite: load tensors holding NaN or infinities (refused by name otherwise; on a GPU the
+            check runs on the device, after the copy).
 
     The returned model is in eval mode. Raises `CheckpointError` (one readable message) for a missing or
     malformed config, an unsupported model_type, missing/unexpected tensors (listed by name), shape
@@ -235,7 +244,7 @@ def from_pretrained(path: str | os.PathLike[str], dtype: torch.dtype | str | Non
         for name, tensor in iter_tensors(files, names=names, device=device, progress=callback):
             yield layout.to_ours(name), tensor
 
-    load_state_into(model, mapped(), dtype=dtype)
+    load_state_into(model, mapped(), dtype=dtype, allow_non_finite=allow_non_finite)
     if head is not None and head in header:
         _check_tied_head(files, head, model.embed.weight, device, folder)
     model.eval()

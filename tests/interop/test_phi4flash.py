@@ -280,3 +280,44 @@ def test_a_billion_layer_config_is_refused_at_once(tmp_path):
     (folder / "config.json").write_text(json.dumps(raw))
     with pytest.raises(sambay.CheckpointError, match="num_hidden_layers = 1,000,000,000; at most 4096"):
         sambay.from_pretrained(folder)  # refused before any plan or module of that size is built
+
+
+def _saved_phi4flash(tmp_path, eos=None):
+    import json
+
+    config = tiny("phi4-mini-flash", eos_token_id=eos)
+    folder = tmp_path / "m"
+    sambay.CausalLM(config).save_pretrained(folder, format="phi4flash")
+    return folder, json.loads((folder / "config.json").read_text())
+
+
+def test_config_json_eos_is_kept_without_a_generation_config(tmp_path):
+    import json
+
+    folder, raw = _saved_phi4flash(tmp_path)
+    raw["eos_token_id"] = 2
+    (folder / "config.json").write_text(json.dumps(raw))
+    assert sambay.from_pretrained(folder).config.eos_token_id == 2
+
+
+@pytest.mark.parametrize("eos", [999, -1, "2", [5000]])
+def test_an_eos_id_outside_the_vocabulary_is_an_error_naming_the_file(tmp_path, eos):
+    import json
+
+    folder, _ = _saved_phi4flash(tmp_path, eos=7)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
+    with pytest.raises(sambay.CheckpointError, match="generation_config.json: eos_token_id .* is not a token id"):
+        sambay.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_by_name_unless_allowed(tmp_path, value):
+    config = tiny("sambay")
+    model = sambay.CausalLM(config)
+    with torch.no_grad():
+        model.layers[2].mixer.in_proj.weight[3, 1] = value
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(sambay.CheckpointError, match=r"tensor layers\.2\.mixer\.in_proj\.weight holds 1 NaN"):
+        sambay.from_pretrained(tmp_path / "m")
+    loaded = sambay.from_pretrained(tmp_path / "m", allow_non_finite=True)
+    assert not torch.isfinite(loaded.layers[2].mixer.in_proj.weight).all()
