@@ -5,10 +5,16 @@ Templates are rendered with ``jinja2.sandbox.ImmutableSandboxedEnvironment`` con
 ``strftime_now``, a pass-through ``{% generation %}`` block), because templates come from downloaded files
 and must not be able to touch Python objects. There is deliberately no built-in fallback template:
 guessing a chat format silently degrades a model, so a missing template is an error.
+
+A template is also bounded in what it can make the machine do: `*`, `+` and `**` are checked before they run
+(no string or list over MAX_VALUE_LEN items, no power of more than MAX_POWER_BITS bits), and one render may
+iterate at most MAX_RANGE_TOTAL `range` items in all. Jinja would otherwise fold `{{ 'a' * 10**10 }}` while
+compiling, allocating gigabytes as the tokenizer loads, and nested `range` loops would never end.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -19,6 +25,13 @@ from sambay.interop.errors import ChatTemplateError, TokenizerError
 from sambay.tokenizer.files import CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE
 
 __all__ = ["ChatTemplates"]
+
+MAX_VALUE_LEN = 1 << 20  # characters or items a `*` or `+` may produce
+MAX_POWER_BITS = 1 << 12  # bits of an integer a `**` may produce
+MAX_RANGE_TOTAL = 1 << 20  # `range` items one render may iterate, all loops together
+MAX_OUTPUT_LEN = 1 << 24  # characters one render may produce
+MAX_RENDER_SECONDS = 5.0  # checked each time the template emits text
+_range_left: contextvars.ContextVar[int] = contextvars.ContextVar("range_left", default=MAX_RANGE_TOTAL)
 
 
 class _TemplateRaised(ChatTemplateError):
@@ -40,10 +53,64 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+def _too_big(message: str):
+    from jinja2.sandbox import SecurityError
+
+    return SecurityError(f"{message}: a chat template may not build values that large")
+
+
+def _bounded_range(*args: int) -> range:
+    r = range(*args)
+    left = _range_left.get() - len(r)
+    if left < 0:
+        raise _too_big(f"range loops over more than {MAX_RANGE_TOTAL:,} items in all")
+    _range_left.set(left)
+    return r
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    """Refuse a `*`, `+` or `**` whose result would be huge, before computing it."""
+    if operator == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_VALUE_LEN:
+                raise _too_big(f"a repetition of {len(seq):,} x {n:,} items")
+    elif operator == "+":
+        if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)) and \
+                len(left) + len(right) > MAX_VALUE_LEN:
+            raise _too_big(f"a concatenation of {len(left) + len(right):,} items")
+    elif operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 and \
+            max(abs(left).bit_length(), 1) * right > MAX_POWER_BITS:
+        raise _too_big(f"a power {left} ** {right}")
+
+
+def _bounded_render(template: Any, context: dict[str, Any]) -> str:
+    """Render piece by piece, stopping a template whose output or time runs past the bounds."""
+    import time
+
+    deadline = time.monotonic() + MAX_RENDER_SECONDS
+    pieces, size = [], 0
+    for piece in template.generate(**context):
+        size += len(piece)
+        if size > MAX_OUTPUT_LEN:
+            raise _too_big(f"a rendered prompt of more than {MAX_OUTPUT_LEN:,} characters")
+        if time.monotonic() > deadline:
+            raise _too_big(f"a render of more than {MAX_RENDER_SECONDS:g} s")
+        pieces.append(piece)
+    return "".join(pieces)
+
+
 def _make_environment() -> Any:
     from jinja2 import nodes
     from jinja2.ext import Extension
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        # intercepted operators are never folded at compile time: they run through call_binop at render time
+        intercepted_binops = frozenset({"*", "+", "**"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            _check_binop(operator, left, right)
+            return super().call_binop(context, operator, left, right)
 
     class GenerationBlock(Extension):
         """``{% generation %}...{% endgeneration %}`` renders its body unchanged.
@@ -58,9 +125,10 @@ def _make_environment() -> Any:
             next(parser.stream)
             return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
-    env = ImmutableSandboxedEnvironment(
+    env = BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, "jinja2.ext.loopcontrols"]
     )
+    env.globals["range"] = _bounded_range
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
@@ -152,11 +220,14 @@ class ChatTemplates:
             "documents": documents,
         }
         context.update(variables)
+        budget = _range_left.set(MAX_RANGE_TOTAL)
         try:
-            return template.render(**context)
+            return _bounded_render(template, context)
         except _TemplateRaised as e:
             raise ChatTemplateError(f"the chat template rejected the messages: {e}") from None
-        except (TemplateError, TypeError, AttributeError, KeyError, IndexError, ValueError) as e:
+        except (TemplateError, TypeError, AttributeError, KeyError, IndexError, ValueError, OverflowError) as e:
             raise ChatTemplateError(
                 f"error while rendering the chat template ({where}): {type(e).__name__}: {e}"
             ) from e
+        finally:
+            _range_left.reset(budget)

@@ -4,6 +4,7 @@ in the fixture (CPU, fast)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -337,3 +338,22 @@ def test_incremental_decoder_long_stream(tok: Tokenizer) -> None:
     dec = IncrementalDecoder(tok)
     assert "".join(dec.push(i) for i in ids) + dec.flush() == text
     assert len(dec._ids) < 80  # the id buffer is trimmed as the stream goes
+
+
+@pytest.mark.parametrize("template, what", [
+    ("{{ 'a' * 10000000000 }}", "a repetition of 1 x 10,000,000,000 items"),
+    ("{{ [0] * 10000000 }}", "a repetition of 1 x 10,000,000 items"),
+    ("{{ 9 ** 99999999 }}", "a power 9 ** 99999999"),
+    ("{% set s = 'x' * 1000000 %}{{ s + s }}", "a concatenation of 2,000,000 items"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     "range loops over more than 1,048,576 items"),
+    ("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}", "a rendered prompt of more than"),
+])
+def test_a_hostile_chat_template_fails_with_a_message_instead_of_exhausting_memory_or_time(copy_dir, template, what):
+    """At load (Jinja would fold constant expressions while compiling) and at render."""
+    cfg = json.loads((copy_dir / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = template
+    (copy_dir / "tokenizer_config.json").write_text(json.dumps(cfg))
+    t = load_tokenizer(copy_dir)  # compiling the template no longer evaluates it
+    with pytest.raises(ChatTemplateError, match=re.escape(what)):
+        t.apply_chat_template([{"role": "user", "content": "x"}])
