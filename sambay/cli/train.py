@@ -88,7 +88,10 @@ def add_parser(subparsers) -> None:
     s.add_argument("--threads", type=int, help="torch threads per process")
     r = p.add_argument_group("run directory, checkpoints, logging")
     r.add_argument("--run-dir", default="runs/sambay")
-    r.add_argument("--resume", help="'auto' (latest checkpoint in the run dir, if any) or a checkpoint dir")
+    r.add_argument("--resume", help="'auto': the newest readable checkpoint in the run dir (if any), falling back "
+                   "past unreadable ones; or a checkpoint dir")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start over in a run dir that holds another run (its checkpoints and metrics are deleted)")
     r.add_argument("--ckpt-every", type=int, default=1000, help="optimizer steps between checkpoints")
     r.add_argument("--keep-last", type=int, default=3, help="checkpoints kept")
     r.add_argument("--eval-every", type=int, default=1000)
@@ -124,6 +127,7 @@ def config_from_args(args: argparse.Namespace):
         warmup_tokens=args.warmup_tokens, device=args.device, dtype=args.dtype, parallel=args.parallel,
         activation_checkpointing=args.activation_checkpointing, compile=args.compile, seed=args.seed,
         deterministic=args.deterministic, threads=args.threads, run_dir=args.run_dir, resume=args.resume,
+        overwrite=args.overwrite,
         ckpt_every=args.ckpt_every, keep_last=args.keep_last, eval_every=args.eval_every,
         eval_batches=args.eval_batches, eval_2x=not args.no_eval_2x, log_every=args.log_every,
         progress=not args.no_progress, tensorboard=args.tensorboard, peak_flops=args.peak_flops)

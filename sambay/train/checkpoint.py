@@ -38,6 +38,14 @@ TRAIN_STATE = "train_state.pt"
 FORMAT_VERSION = 1
 
 
+class CheckpointReadError(RuntimeError):
+    """A checkpoint's files cannot be read (truncated, corrupt or missing); the message names the file."""
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A readable checkpoint of another model (different parameters or shapes)."""
+
+
 def checkpoint_root(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / "checkpoints"
 
@@ -154,10 +162,21 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
     from sambay.interop.tensor_loading import load_safetensors_folder
 
     path = Path(path)
-    state = torch.load(path / TRAIN_STATE, map_location="cpu", weights_only=True)
-    if state.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported checkpoint version {state.get('version')}")
-    msd = load_safetensors_folder(path)  # one file or shards + index
+    try:
+        state = torch.load(path / TRAIN_STATE, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle opcode, missing file: all mean the same thing here
+        raise CheckpointReadError(f"{path / TRAIN_STATE} cannot be read ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    if not isinstance(state, dict) or state.get("version") != FORMAT_VERSION:
+        raise CheckpointReadError(f"{path}: unsupported checkpoint version "
+                                  f"{state.get('version') if isinstance(state, dict) else type(state).__name__}")
+    msd = load_safetensors_folder(path)  # one file or shards + index; CheckpointError naming the file
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in msd.items()}
+    if ours != theirs:
+        diff = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs[k])
+        raise CheckpointMismatchError(f"{path} holds another model ({len(theirs)} tensors vs this model's "
+                                      f"{len(ours)}; first difference: {diff[0]})")
     opts = StateDictOptions(full_state_dict=True, strict=True)
     if optimizer is None:
         set_state_dict(model, optimizers=(), model_state_dict=msd, optim_state_dict={}, options=opts)

@@ -74,6 +74,7 @@ class TrainConfig:
     # run directory, checkpoints, evaluation, logging
     run_dir: str = "runs/sambay"
     resume: str | None = None  # None | "auto" | a checkpoint directory
+    overwrite: bool = False  # start over in a run directory that holds another run
     ckpt_every: int = 1000
     keep_last: int = 3
     eval_every: int = 1000

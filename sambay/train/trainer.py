@@ -14,11 +14,14 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import torch
 
 from sambay.config import ModelConfig, tiny
+from sambay.interop.errors import CheckpointError
 from sambay.model import CausalLM
 from sambay.train import checkpoint as ckpt
 from sambay.train import distributed as D
@@ -84,6 +87,7 @@ class Trainer:
         self.step = 0  # optimizer steps completed
         self.tokens = 0
         self.history: list[dict] = []  # per-step train records (kept for tests and the final summary)
+        self._claim_run_dir()
         self._resume()
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -96,16 +100,53 @@ class Trainer:
         D.barrier()
 
     # ------------------------------------------------------------------ resume
+    def _claim_run_dir(self) -> None:
+        """A run directory that holds another run is never written over silently: --resume continues it,
+        --overwrite deletes that run's checkpoints, metrics and config first, anything else is an error."""
+        run_dir, cfg = self.run_dir, self.cfg
+        if run_dir.exists() and not run_dir.is_dir():
+            raise TrainConfigError(f"--run-dir {run_dir} is a file, not a directory")
+        held = [name for name in ("config.json", "metrics.jsonl", "checkpoints") if (run_dir / name).exists()]
+        D.barrier()  # every rank looks before rank 0 writes this run's config.json
+        if not held or cfg.resume is not None:
+            return
+        if not cfg.overwrite:
+            raise TrainConfigError(f"--run-dir {run_dir} already holds a run ({', '.join(held)}): pass --resume auto "
+                                   "to continue it, --overwrite to delete it and start over, or another --run-dir")
+        if self.dist.is_main:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            for name in ("config.json", "metrics.jsonl"):
+                (run_dir / name).unlink(missing_ok=True)
+            print(f"--overwrite: deleted the previous run in {run_dir}")
+        D.barrier()
+
     def _resume(self) -> None:
         cfg = self.cfg
         if cfg.resume is None:
             return
-        path = ckpt.find_latest(cfg.run_dir) if cfg.resume == "auto" else Path(cfg.resume)
-        if path is None:
-            return  # --resume auto with no checkpoint yet: a fresh start
-        if not (path / ckpt.TRAIN_STATE).is_file():
-            raise TrainConfigError(f"--resume {path}: not a training checkpoint (no {ckpt.TRAIN_STATE})")
-        state = ckpt.load_checkpoint(path, self.model, self.optimizer, rank=self.dist.rank)
+        if cfg.resume == "auto":  # newest first, falling back past checkpoints that cannot be read
+            candidates = [p for _, p in reversed(ckpt.list_checkpoints(cfg.run_dir))]
+            if not candidates:
+                return  # no checkpoint yet: a fresh start
+        else:
+            candidates = [Path(cfg.resume)]
+            if not (candidates[0] / ckpt.TRAIN_STATE).is_file():
+                raise TrainConfigError(f"--resume {candidates[0]}: not a training checkpoint (no {ckpt.TRAIN_STATE})")
+        for path in candidates:
+            try:
+                state = ckpt.load_checkpoint(path, self.model, self.optimizer, rank=self.dist.rank)
+                break
+            except ckpt.CheckpointMismatchError as e:
+                raise TrainConfigError(f"--resume: {e}; resume with the same model settings, or use another "
+                                       "--run-dir") from None
+            except (ckpt.CheckpointReadError, CheckpointError) as e:
+                if cfg.resume != "auto":
+                    raise TrainConfigError(f"--resume {path}: {e}") from None
+                if self.dist.is_main:
+                    print(f"warning: skipping checkpoint {path}: {e}", file=sys.stderr)
+        else:
+            raise TrainConfigError(f"--resume auto: none of the {len(candidates)} checkpoint(s) in "
+                                   f"{ckpt.checkpoint_root(cfg.run_dir)} can be read (see the warnings above)")
         saved = state.get("plan", {})
         for key in ("batch_tokens", "seq_len", "total_steps"):
             if saved.get(key) != getattr(self.plan, key) and self.dist.is_main:

@@ -112,3 +112,65 @@ def test_keep_last_k_and_resave(tmp_path):
     again = t.save()  # the same step again: swapped in atomically
     assert again.is_dir() and [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [3, 4]
     assert not [p for p in os.listdir(ckpt.checkpoint_root(tmp_path)) if p.startswith(".")]
+
+
+def test_a_run_dir_holding_another_run_is_refused_unless_resumed_or_overwritten(tmp_path):
+    from sambay.train.config import TrainConfigError
+
+    first = _trainer(tmp_path)
+    first.train_step()
+    first.save()
+    with pytest.raises(TrainConfigError, match="already holds a run .*--resume auto .*--overwrite"):
+        _trainer(tmp_path)
+    assert (tmp_path / "checkpoints" / "step-00000001").is_dir()  # nothing was touched
+    again = _trainer(tmp_path, overwrite=True)
+    assert again.step == 0 and not (tmp_path / "checkpoints").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TrainConfigError, match="is a file, not a directory"):
+        _trainer(tmp_path / "file")
+
+
+@pytest.mark.parametrize("damage", ["truncate train_state", "truncate weights", "delete weights"])
+def test_resume_auto_falls_back_past_an_unreadable_newest_checkpoint_and_says_which(tmp_path, capsys, damage):
+    t = _trainer(tmp_path)
+    t.train_step()
+    good = t.save()
+    want = _weights(t.model)
+    t.train_step()
+    newest = t.save()
+    target = newest / ("train_state.pt" if "train_state" in damage else "model.safetensors")
+    if damage.startswith("truncate"):
+        data = target.read_bytes()
+        target.write_bytes(data[: len(data) // 2])
+    else:
+        target.unlink()  # a kill during pruning leaves such a folder
+    resumed = _trainer(tmp_path, resume="auto")
+    assert resumed.step == 1
+    for name, tensor in _weights(resumed.model).items():
+        assert torch.equal(tensor, want[name]), name
+    err = capsys.readouterr().err
+    assert f"skipping checkpoint {newest}" in err and str(good) not in err
+
+
+def test_resume_auto_with_no_readable_checkpoint_is_one_clear_error(tmp_path):
+    from sambay.train.config import TrainConfigError
+
+    t = _trainer(tmp_path)
+    t.train_step()
+    path = t.save()
+    (path / "train_state.pt").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(TrainConfigError, match=r"none of the 1 checkpoint\(s\) .* can be read"):
+        _trainer(tmp_path, resume="auto")
+
+
+def test_resuming_another_models_checkpoint_is_one_line_naming_the_difference(tmp_path):
+    from sambay.train.config import TrainConfigError
+
+    t = _trainer(tmp_path)
+    t.train_step()
+    t.save()
+    cfg = TrainConfig(tiny=True, depth=8, model_overrides={"d_model": 64, "vocab_size": 64}, tokens=256 * 20,
+                      seq_len=32, micro_batch=4, batch_tokens=256, eta0=2e-2, base_batch_tokens=256,
+                      run_dir=str(tmp_path), progress=False, tensorboard=False, resume="auto")
+    with pytest.raises(TrainConfigError, match="holds another model .*first difference"):
+        Trainer(cfg)
