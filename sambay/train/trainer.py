@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import shutil
 import sys
@@ -264,7 +265,13 @@ class Trainer:
                 "loss": self.history[-1]["loss"] if self.history else None, **last_eval}
 
     def _report(self, record: dict, log: MetricsLogger, stop: int) -> None:
-        """Keep and log one finished step's record (throughput and MFU on the log_every steps)."""
+        """Keep and log one finished step's record (throughput and MFU on the log_every steps). A non-finite
+        loss stops the run here, before the step's checkpoint: no checkpoint is written or pruned after it."""
+        if not math.isfinite(record["loss"]):
+            raise TrainingDiverged(f"step {record['step']}: the training loss is {record['loss']}; stopped before "
+                                   "writing or pruning any checkpoint. Resume from the last good one "
+                                   f"({ckpt.find_latest(self.run_dir) or 'none yet'}) with a lower --eta0, or "
+                                   "check the weights and data")
         self.history.append(record)
         if record["step"] % self.cfg.log_every == 0 or record["step"] == stop:
             record.update(self.throughput.tick())
@@ -278,6 +285,10 @@ class Trainer:
         self.par = self.model = self.optimizer = None
         gc.collect()
         D.shutdown()
+
+
+class TrainingDiverged(TrainConfigError):
+    """The loss became NaN or infinite; the run stopped before touching its checkpoints."""
 
 
 def materialize(record: dict) -> dict:

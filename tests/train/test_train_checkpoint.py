@@ -174,3 +174,17 @@ def test_resuming_another_models_checkpoint_is_one_line_naming_the_difference(tm
                       run_dir=str(tmp_path), progress=False, tensorboard=False, resume="auto")
     with pytest.raises(TrainConfigError, match="holds another model .*first difference"):
         Trainer(cfg)
+
+
+def test_a_non_finite_loss_stops_the_run_before_any_checkpoint_is_written_or_pruned(tmp_path):
+    from sambay.train.trainer import TrainingDiverged
+
+    t = _trainer(tmp_path)
+    t.train_step()
+    good = t.save()
+    with torch.no_grad():  # weights gone bad (a corrupt resume, a blow-up): every later loss is NaN
+        t.model.layers[0].mixer.in_proj.weight.fill_(float("nan"))
+    t.cfg.ckpt_every, t.cfg.keep_last = 1, 1  # the next save would prune `good`
+    with pytest.raises(TrainingDiverged, match="step 2: the training loss is nan; stopped before"):
+        t.fit()
+    assert [p for _, p in ckpt.list_checkpoints(tmp_path)] == [good]
