@@ -135,11 +135,12 @@ def config_from_args(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from sambay.config import ConfigError
+    from sambay.data.shards import ShardError
     from sambay.data.sources import DataError
     from sambay.train.config import TrainConfigError
 
-    cfg = config_from_args(args)
     try:
+        cfg = config_from_args(args)
         if args.dry_run:
             from sambay.train.trainer import dry_run
 
@@ -150,6 +151,12 @@ def run_train(args: argparse.Namespace) -> int:
         summary = train(cfg)
     except (TrainConfigError, ConfigError, DataError) as e:
         raise CLIError(str(e)) from None
+    except ShardError as e:
+        hint = ""
+        if str(args.data).endswith((".jsonl", ".json", ".txt", ".gz")):
+            hint = (f"; --data takes token shards: turn a text corpus into shards first with "
+                    f"`sambay data prepare --input {args.data} --tokenizer TOKENIZER --output DIR`")
+        raise CLIError(f"{e}{hint}") from None
     if summary is not None:
         print(json.dumps(summary))
     return 0

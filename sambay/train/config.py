@@ -19,6 +19,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import torch
+
 from sambay.model.parametrization import mup_learning_rate
 
 SCHEDULES = ("linear", "cosine", "wsd")
@@ -84,6 +86,41 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool | None = None  # None: when installed
     peak_flops: float | None = None  # per device, for MFU; None: known GPUs only
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Values no run can use are refused, naming the option (the CLI spells it --name-with-dashes)."""
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise TrainConfigError(f"--{name.replace('_', '-')} {rule} (got {getattr(self, name)!r})")
+
+        def number(name: str) -> bool:
+            value = getattr(self, name)
+            return type(value) in (int, float) and math.isfinite(value)
+
+        for name in ("eta0", "eps"):
+            need(number(name) and getattr(self, name) > 0, name, "must be a positive number")
+        for name in ("beta1", "beta2"):
+            need(number(name) and 0 <= getattr(self, name) < 1, name, "must be in [0, 1)")
+        need(number("weight_decay") and self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(number("grad_clip") and self.grad_clip > 0, "grad_clip", "must be > 0 (clipping cannot be turned off "
+             "with a negative value; use a very large one)")
+        need(number("wsd_decay_fraction") and 0 < self.wsd_decay_fraction <= 1, "wsd_decay_fraction", "must be in (0, 1]")
+        for name in ("seq_len", "batch_tokens", "tokens", "max_steps", "threads"):
+            value = getattr(self, name)
+            need(value is None or (type(value) is int and value > 0), name, "must be a positive integer")
+        for name in ("depth", "micro_batch", "ckpt_every", "keep_last", "eval_every", "eval_batches", "log_every",
+                     "base_batch_tokens"):
+            need(type(getattr(self, name)) is int and getattr(self, name) > 0, name, "must be a positive integer")
+        need(self.warmup_tokens is None or (number("warmup_tokens") and self.warmup_tokens >= 0), "warmup_tokens",
+             "must be >= 0")
+        need(self.peak_flops is None or (number("peak_flops") and self.peak_flops > 0), "peak_flops",
+             "must be a positive number")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise TrainConfigError("--device cuda: no CUDA device is available (use --device cpu, or install a "
+                                   "CUDA build of torch)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -68,3 +68,34 @@ def test_train_on_shards_with_validation_and_document_ids(tmp_path, capsys):
     assert {"lr_matrices", "lr_vectors", "grad_norm_matrices", "grad_norm_vectors", "tokens_per_s"} <= set(train[0])
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["train"]["document_ids"] and saved["model"]["eos_token_id"] == 0 and saved["depth"] == 8
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--eta0", "-1"], "--eta0 must be a positive number (got -1.0)"),
+    (["--eta0", "nan"], "--eta0 must be a positive number (got nan)"),
+    (["--beta1", "2"], "--beta1 must be in [0, 1) (got 2.0)"),
+    (["--threads", "-3"], "--threads must be a positive integer (got -3)"),
+    (["--seq-len", "0"], "--seq-len must be a positive integer (got 0)"),
+    (["--grad-clip", "-1"], "--grad-clip must be > 0"),
+    (["--weight-decay", "-0.5"], "--weight-decay must be >= 0"),
+])
+def test_values_no_run_can_use_are_one_line_naming_the_option(extra, message, capsys, tmp_path):
+    assert main(["train", *TINY, *extra, "--run-dir", str(tmp_path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_device_cuda_without_a_gpu_is_one_line(capsys, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", *TINY, "--device", "cuda", "--run-dir", str(tmp_path), "--dry-run"]) == 2
+    assert "--device cuda: no CUDA device is available" in capsys.readouterr().err
+
+
+def test_a_text_corpus_given_as_data_suggests_preparing_shards(capsys, tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "hello"}\n')
+    assert main(["train", *_without(TINY, "--data"), "--data", str(corpus), "--tokens", "2K",
+                 "--run-dir", str(tmp_path / "r")]) == 2
+    assert "sambay data prepare --input" in capsys.readouterr().err
