@@ -100,7 +100,7 @@ class ModelRunner:
                              for r, t, lp in zip(rows, ids, logprobs.tolist())])
 
     def _fork(self, request: Request) -> list[Request]:
-        forks = [f for f in request.forks if not f.finished]
+        forks = request.pending_forks
         for f in forks:
             self.state.copy_slot(request.slot, f.slot)
             f.num_computed, f.state_len, f.prompt_logprobs = f.prompt_len, request.state_len, request.prompt_logprobs

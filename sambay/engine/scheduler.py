@@ -65,9 +65,6 @@ class Scheduler:
         """Queue a request (with its forks, which are admitted with it)."""
         heapq.heappush(self.waiting, (-request.priority, request.arrival, request))
 
-    def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
-
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.budget
@@ -104,10 +101,11 @@ class Scheduler:
         """Pages for r's first n_tokens, preempting the newest running requests while they are short; False
         when r itself had to go."""
         while not self.state.ensure_capacity(r.slot, n_tokens):
-            victim = self.running[-1]
+            # the newest request that is not a fork waiting for its parent (those go with their parent)
+            victim = next(v for v in reversed(self.running) if v.fork_of is None)
             for member in (victim, *victim.pending_forks):
                 self._preempt(member, out)
-            if victim is r or r.fork_of is victim:
+            if victim is r:
                 return False
         return True
 

@@ -302,3 +302,27 @@ def test_preemption_when_pages_run_out_recomputes_and_gives_the_same_tokens(pres
     for rid, out in roomy.items():
         assert contended[rid].token_ids == out.token_ids, rid
     assert tight.state.free_blocks == tight.state.num_blocks and tight.state.free_slots == tight.state.max_batch
+
+
+def test_n_completions_under_page_pressure_match_the_roomy_engine():
+    """Forks waiting for their parent go with it when it is preempted; forked completions are preempted and
+    recomputed on their own: the tokens stay those of an uncontended engine."""
+    model = make_model("transformer++")
+    prompts = _prompts([7, 12], seed=9)
+    arrivals = {0: [("n3", prompts[0], SamplingParams(temperature=1.0, seed=2, max_new_tokens=9, n=3)),
+                    ("g", prompts[1], SamplingParams(temperature=0, max_new_tokens=9))]}
+
+    def run(engine):
+        final = {}
+        step = 0
+        while engine.has_unfinished_requests() or step == 0:
+            for rid, prompt, params in arrivals.get(step, []):
+                engine.add_request(prompt, params, request_id=rid)
+            final.update({(o.request_id, o.index): o.token_ids for o in engine.step() if o.finished})
+            step += 1
+        return final
+
+    roomy = run(Engine(model, max_num_seqs=4, max_model_len=24, block_size=4))
+    tight = Engine(model, max_num_seqs=4, max_model_len=24, block_size=4, num_blocks=8, max_chunk=4)
+    assert run(tight) == roomy and tight.num_preemptions > 0
+    assert tight.state.free_blocks == tight.state.num_blocks
