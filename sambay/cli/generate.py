@@ -106,7 +106,17 @@ def _model(args):
     spec = args.model
     dtype = DTYPES[args.dtype] if args.dtype else None
     path = Path(spec).expanduser()
-    if path.is_dir():
+    if (path / "checkpoints").is_dir():  # a training run folder: its newest checkpoint
+        from sambay.train.checkpoint import find_latest
+
+        latest = find_latest(path)
+        if latest is None:
+            raise CLIError(f"--model {spec}: this training run has no checkpoint yet")
+        print(f"[sambay] using the newest checkpoint of the run: {latest}", file=sys.stderr)
+        path = latest
+    # a folder is a checkpoint only when it holds a config.json, so `--model sambay` run inside a checkout of
+    # this repository (which has a sambay/ folder) still means the preset
+    if path.is_dir() and (path / "config.json").is_file():
         if args.depth is not None:
             raise CLIError("--depth applies to presets only, not to a checkpoint folder")
         try:
@@ -123,6 +133,8 @@ def _model(args):
         return model, tokenizer
     name = spec.removeprefix("tiny:")
     if name not in PRESETS:
+        if path.is_dir():
+            raise CLIError(f"--model {spec}: the folder has no config.json, so it is not a checkpoint folder")
         if path.exists():
             raise CLIError(f"--model {spec}: is a file, not a checkpoint folder")
         if "/" in spec or "\\" in spec or spec.startswith((".", "~")):

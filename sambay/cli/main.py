@@ -26,6 +26,9 @@ class CLIError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sambay", description="SambaY language models: describe, generate, "
                                      "convert, train, data, tokenizer, scaling, bench")
+    from sambay import __version__
+
+    parser.add_argument("--version", action="version", version=f"sambay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

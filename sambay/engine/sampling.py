@@ -68,11 +68,11 @@ class SamplingParams:
             if not ok:
                 raise ValueError(msg)
 
-        need(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 0,
+        need(type(self.max_new_tokens) is int and self.max_new_tokens >= 0,
              f"max_new_tokens must be an integer >= 0 (got {self.max_new_tokens!r})")
         need(math.isfinite(self.temperature) and self.temperature >= 0,
              f"temperature must be >= 0 (0 = greedy; got {self.temperature!r})")
-        need(isinstance(self.top_k, int) and self.top_k >= -1, f"top_k must be -1, 0 (all) or >= 1 (got {self.top_k!r})")
+        need(type(self.top_k) is int and self.top_k >= -1, f"top_k must be -1, 0 (all) or >= 1 (got {self.top_k!r})")
         need(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1] (got {self.top_p!r})")
         need(0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1] (got {self.min_p!r})")
         need(math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,

@@ -49,3 +49,33 @@ def test_help_documents_the_model_forms(capsys):
         main(["generate", "--help"])
     text = capsys.readouterr().out
     assert "tiny:PRESET" in text and "UTF-8 bytes" in text and "checkpoint folder" in text
+
+
+def test_a_preset_name_means_the_preset_even_beside_a_folder_of_that_name(tmp_path, monkeypatch, capsys):
+    (tmp_path / "sambay").mkdir()  # e.g. inside a checkout of this repository
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--model", "sambay", "--depth", "8", "--prompt", "Hi", "--max-new-tokens", "2"]) == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["generate", "--model", "empty", "--prompt", "Hi", "--max-new-tokens", "1"]) == 2
+    assert "has no config.json, so it is not a checkpoint folder" in capsys.readouterr().err
+
+
+def test_a_training_run_folder_generates_from_its_newest_checkpoint(tmp_path, capsys):
+    from sambay import CausalLM
+    from sambay.config import tiny
+
+    run = tmp_path / "run"
+    for step in (1, 2):
+        folder = run / "checkpoints" / f"step-{step:08d}"
+        CausalLM(tiny("sambay")).save_pretrained(folder)
+        (folder / "train_state.pt").write_bytes(b"")
+    assert main(["generate", "--model", str(run), "--prompt", "Hi", "--max-new-tokens", "2"]) == 0
+    assert f"using the newest checkpoint of the run: {run / 'checkpoints' / 'step-00000002'}" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import sambay
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"sambay {sambay.__version__}"

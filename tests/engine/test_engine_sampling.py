@@ -155,7 +155,7 @@ def test_logprobs_are_the_raw_log_softmax_with_the_top_n_best_first():
 
 @pytest.mark.parametrize("bad", [dict(presence_penalty=2.5), dict(frequency_penalty=float("nan")),
                                  dict(logit_bias={1: 101}), dict(min_tokens=-1), dict(logprobs=21),
-                                 dict(seed=2**70), dict(seed=-1)])
+                                 dict(seed=2**70), dict(seed=-1), dict(max_new_tokens=True), dict(top_k=2.5)])
 def test_new_sampling_params_reject_bad_values(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
