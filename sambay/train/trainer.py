@@ -127,8 +127,10 @@ class Trainer:
             return
         if cfg.resume == "auto":  # newest first, falling back past checkpoints that cannot be read
             candidates = [p for _, p in reversed(ckpt.list_checkpoints(cfg.run_dir))]
-            if not candidates:
-                return  # no checkpoint yet: a fresh start
+            if not candidates:  # no checkpoint yet: a fresh start, without the killed attempt's metric lines
+                if self.dist.is_main:
+                    truncate_metrics(self.run_dir, 0)
+                return
         else:
             candidates = [Path(cfg.resume)]
             if not (candidates[0] / ckpt.TRAIN_STATE).is_file():

@@ -188,3 +188,12 @@ def test_a_non_finite_loss_stops_the_run_before_any_checkpoint_is_written_or_pru
     with pytest.raises(TrainingDiverged, match="step 2: the training loss is nan; stopped before"):
         t.fit()
     assert [p for _, p in ckpt.list_checkpoints(tmp_path)] == [good]
+
+
+def test_resume_auto_before_any_checkpoint_starts_over_with_one_clean_curve(tmp_path):
+    t = _trainer(tmp_path)
+    t.train_step()
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 4.1}\n{"step": 2, "lo')  # killed mid-line
+    resumed = _trainer(tmp_path, resume="auto")
+    assert resumed.step == 0
+    assert (tmp_path / "metrics.jsonl").read_text() == ""  # the killed attempt's lines are gone
