@@ -21,6 +21,23 @@ from .sources import DataError
 Source = str | os.PathLike | Sequence[str | os.PathLike]
 
 
+def manifest_tokenizer(source) -> Path | None:
+    """The tokenizer file the prepared data of `source` (a shard dir, a list, or a {source: weight} mixture)
+    was tokenized with, when its manifest names one that still exists."""
+    if isinstance(source, dict):
+        source = list(source)
+    for s in source if isinstance(source, (list, tuple)) else [source]:
+        manifest = Path(s) / "manifest.json"
+        if manifest.is_file():
+            try:
+                file = Path(json.loads(manifest.read_text())["tokenizer"]["file"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if file.is_file():
+                return file
+    return None
+
+
 def resolve_shards(source: Source) -> tuple[list[Path], int | None]:
     """Shard files of a source, in stream order, and the EOS id when a manifest names it."""
     if isinstance(source, (list, tuple)):

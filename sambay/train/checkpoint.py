@@ -109,12 +109,14 @@ def _write_model_folder(config, model_state: dict, folder: Path) -> None:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, extra: dict, keep_last: int = 3) -> Path | None:
+                    optimizer: torch.optim.Optimizer, extra: dict, keep_last: int = 3,
+                    tokenizer_file: str | os.PathLike | None = None) -> Path | None:
     """Collective: every rank calls it. Rank 0 writes `<run_dir>/checkpoints/step-XXXXXXXX` atomically and
     prunes to the newest `keep_last`. Returns the path on rank 0, None elsewhere.
 
     model: the plain `CausalLM` (FSDP2-sharded or not; not the DDP wrapper).
     extra: small picklable-by-weights_only state (step, tokens, loader state, plan, ...).
+    tokenizer_file: copied in as tokenizer.json, so the checkpoint loads and generates with nothing else.
     """
     msd, osd = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     rngs = D.all_gather_object(rng_state())
@@ -129,6 +131,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
         try:
             tmp.mkdir()
             _write_model_folder(model.config, msd, tmp)  # save_pretrained fsyncs the weights itself
+            if tokenizer_file is not None:
+                shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
             state = dict(extra, version=FORMAT_VERSION, step=step, optimizer=osd, rng=rngs)
             torch.save(state, tmp / TRAIN_STATE)
             for f in tmp.iterdir():

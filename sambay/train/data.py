@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sambay.data.sources import DataError
+
 SYNTHETIC = "synthetic"
 _VAL_STREAM = 0x76616C  # separates synthetic validation from training batches
 
@@ -96,9 +98,12 @@ def parse_source(data: str):
     """A source for `TokenLoader`: a mixture mapping for `*.json` files, else the path/glob itself."""
     p = Path(data)
     if p.suffix == ".json" and p.is_file():
-        mixture = json.loads(p.read_text())
+        try:
+            mixture = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{data}: a mixture file must be JSON {{source: weight}} ({e})") from None
         if not isinstance(mixture, dict) or not mixture:
-            raise ValueError(f"{data}: a mixture file must be a non-empty JSON object {{source: weight}}")
+            raise DataError(f"{data}: a mixture file must be a non-empty JSON object {{source: weight}}")
         base = p.parent
         return {str(base / k) if not Path(k).is_absolute() and (base / k).exists() else k: float(w)
                 for k, w in mixture.items()}

@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 
 from sambay.config import ModelConfig, tiny
+from sambay.data.dataset import manifest_tokenizer
 from sambay.interop.errors import CheckpointError
 from sambay.model import CausalLM
 from sambay.train import checkpoint as ckpt
 from sambay.train import distributed as D
 from sambay.train.config import TrainConfig, TrainConfigError, TrainPlan, resolve
-from sambay.train.data import build_loaders
+from sambay.train.data import SYNTHETIC, build_loaders, parse_source
 from sambay.train.metrics import MetricsLogger, Throughput, flops_per_token, known_peak_flops, truncate_metrics
 from sambay.train.optim import LRSchedule, build_optimizer, clip_gradients
 from sambay.train.parallel import parallelize
@@ -84,6 +85,10 @@ class Trainer:
         self.loader, self.val_sets = build_loaders(cfg, self.model_config, self.plan.seq_len,
                                                    self.plan.micro_batch, self.dist.rank, self.dist.world_size)
         self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+        # checkpoints carry the data's tokenizer and EOS id, so they load and generate with nothing else
+        self.tokenizer_file = None if cfg.data == SYNTHETIC else manifest_tokenizer(parse_source(cfg.data))
+        if self.model_config.eos_token_id is None and getattr(self.loader, "eos_id", None) is not None:
+            self.model_config.eos_token_id = self.loader.eos_id
         self.run_dir = Path(cfg.run_dir)
         self.step = 0  # optimizer steps completed
         self.tokens = 0
@@ -223,7 +228,7 @@ class Trainer:
         extra = {"tokens": self.tokens, "loader": self.loader.state_dict(), "plan": self.plan.to_dict(),
                  "train_config": self.cfg.to_dict()}
         return ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, extra,
-                                    keep_last=self.cfg.keep_last)
+                                    keep_last=self.cfg.keep_last, tokenizer_file=self.tokenizer_file)
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:

@@ -163,3 +163,29 @@ def test_cli_data_prepare_runs_and_reports_errors(corpus, tokenizer_dir, tmp_pat
                          str(tmp_path / "missing.txt"), "--output", str(tmp_path / "o")])
     assert args.func(args) == 2
     assert "input file not found" in capsys.readouterr().err
+
+
+def test_a_checkpoint_trained_on_prepared_data_carries_its_tokenizer_and_eos(corpus, tokenizer_dir, tmp_path):
+    """Generating from a checkpoint of `sambay train` needs nothing else: the tokenizer the data was prepared
+    with is copied in and the model config names the data's EOS id."""
+    import sambay
+    from sambay.data.prepare import PrepareConfig, prepare
+    from sambay.tokenizer import load_tokenizer
+    from sambay.train.config import TrainConfig
+    from sambay.train.trainer import Trainer
+
+    root, _ = corpus
+    shards = tmp_path / "shards"
+    manifest = prepare(PrepareConfig(tokenizer=str(tokenizer_dir), inputs=[str(root / "*")], output=str(shards),
+                                     progress=False)).manifest
+    cfg = TrainConfig(tiny=True, depth=8, model_overrides={"d_model": 32, "vocab_size": 400}, tokens=128 * 4,
+                      seq_len=32, micro_batch=4, batch_tokens=128, data=str(shards), run_dir=str(tmp_path / "run"),
+                      progress=False, tensorboard=False)
+    trainer = Trainer(cfg)
+    trainer.train_step()
+    path = trainer.save()
+    assert (path / "tokenizer.json").is_file()
+    model = sambay.from_pretrained(path)
+    assert model.config.eos_token_id == manifest["tokenizer"]["eos_id"]
+    tok = load_tokenizer(path)
+    assert tok.encode("the café") == load_tokenizer(tokenizer_dir).encode("the café")
