@@ -58,7 +58,7 @@ class RequestMetrics:
         return None if self.first_token_time is None else self.first_token_time - self.arrival_time
 
 
-@dataclass
+@dataclass(eq=False)  # identity: requests are found in queues by who they are, not by their fields
 class Request:
     """The engine's record of one request. `num_computed` counts the prompt tokens already in its state."""
 

@@ -58,12 +58,12 @@ class Scheduler:
             raise ValueError(f"max_num_batched_tokens must be >= 1 (got {max_num_batched_tokens})")
         self.state = state
         self.max_num_seqs, self.budget, self.max_chunk = max_num_seqs, max_num_batched_tokens, max_chunk
-        self.waiting: list[tuple[int, int, Request]] = []  # heap of (-priority, arrival, request)
+        self.waiting: list[tuple[int, int, int, Request]] = []  # heap of (-priority, arrival, index, request)
         self.running: list[Request] = []  # in admission order
 
     def add(self, request: Request) -> None:
         """Queue a request (with its forks, which are admitted with it)."""
-        heapq.heappush(self.waiting, (-request.priority, request.arrival, request))
+        heapq.heappush(self.waiting, (-request.priority, request.arrival, request.index, request))
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -78,7 +78,7 @@ class Scheduler:
                 if self._reserve(r, r.num_computed + n, out):
                     budget -= self._chunk(out, r, n)
         while self.waiting and budget > 0:
-            r = self.waiting[0][2]
+            r = self.waiting[0][-1]
             group = [r, *r.pending_forks]  # a request's n completions take their slots together
             n = min(len(r.prefill_tokens), budget, self.max_chunk or budget)
             if (len(self.running) + len(group) > self.max_num_seqs or self.state.free_slots < len(group)
@@ -116,14 +116,14 @@ class Scheduler:
         r.slot, r.status = -1, Status.WAITING
         r.preempt()
         if r.fork_of is None:  # a pending fork comes back with its parent
-            heapq.heappush(self.waiting, (-r.priority, r.arrival, r))
+            self.add(r)
 
     def remove(self, request: Request) -> None:
         """Take a finished or aborted request out of its queue and give its slot back."""
         if request in self.running:
             self.running.remove(request)
         else:
-            self.waiting = [e for e in self.waiting if e[2] is not request]
+            self.waiting = [e for e in self.waiting if e[-1] is not request]
             heapq.heapify(self.waiting)
         if request.slot >= 0:
             self.state.release(request.slot)
