@@ -326,3 +326,17 @@ def test_n_completions_under_page_pressure_match_the_roomy_engine():
     tight = Engine(model, max_num_seqs=4, max_model_len=24, block_size=4, num_blocks=8, max_chunk=4)
     assert run(tight) == roomy and tight.num_preemptions > 0
     assert tight.state.free_blocks == tight.state.num_blocks
+
+
+def test_waiting_completions_of_one_request_queue_in_index_order():
+    """A preempted forked completion waits with its parent's arrival: the queue orders them by index."""
+    from sambay.engine.request import Request
+
+    state = InferenceState(make_model("sambay").config, 4, 16)
+    scheduler = Scheduler(state, max_num_seqs=4, max_num_batched_tokens=64)
+    parent = Request("r", [1, 2], SamplingParams(), 4, frozenset(), arrival=3)
+    child = Request("r", [1, 2], SamplingParams(), 4, frozenset(), arrival=3, index=1)
+    scheduler.add(child)
+    scheduler.add(parent)
+    out = scheduler.schedule()
+    assert [r.index for r in out.admitted] == [0, 1]
