@@ -116,7 +116,7 @@ def test_graphed_paged_engine_keeps_streams_apart_under_random_add_abort_step():
     choice through rounding)."""
     import random
 
-    from engine_helpers import make_model
+    from engine_helpers import make_model, random_add_abort_step
 
     from sambay import Engine, SamplingParams
 
@@ -136,28 +136,9 @@ def test_graphed_paged_engine_keeps_streams_apart_under_random_add_abort_step():
 
     engine = Engine(model, max_num_seqs=4, max_model_len=64, block_size=16, num_blocks=6, max_chunk=16,
                     max_num_batched_tokens=32)
-    todo, added, aborted, final, streamed = list(prompts), [], set(), {}, {}
-    while todo or engine.has_unfinished_requests():
-        op = rng.random()
-        if todo and op < 0.35:
-            rid = todo.pop()
-            engine.add_request(prompts[rid], SamplingParams(temperature=0, max_new_tokens=news[rid]), rid)
-            added.append(rid)
-        elif added and op < 0.42:
-            rid = rng.choice(added)
-            if rid not in final:
-                engine.abort(rid)
-                aborted.add(rid)
-        else:
-            for out in engine.step():
-                assert out.request_id not in final and out.prompt_token_ids == prompts[out.request_id]
-                streamed.setdefault(out.request_id, []).extend(out.delta_token_ids)
-                assert streamed[out.request_id] == out.token_ids
-                if out.finished:
-                    final[out.request_id] = out
-    assert set(final) == set(prompts) and engine.num_preemptions > 0
+    final = random_add_abort_step(engine, prompts, news, rng, p_add=0.35, p_abort=0.07)
+    assert engine.num_preemptions > 0
     for rid, out in final.items():
-        assert out.finish_reason == "length" or (out.finish_reason == "abort" and rid in aborted)
         if out.finish_reason == "length":
             assert out.token_ids == alone(rid), rid
     assert engine.state.free_blocks == engine.state.num_blocks

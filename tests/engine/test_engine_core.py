@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from engine_helpers import ALL_PRESETS, make_model
+from engine_helpers import ALL_PRESETS, make_model, random_add_abort_step
 
 from sambay import Engine, SamplingParams
 from sambay.engine import ByteTokenizer
@@ -121,32 +121,9 @@ def test_streams_never_see_another_requests_tokens_under_random_add_abort_step(p
     engine = Engine(model, max_num_seqs=3, max_num_batched_tokens=rng.randint(4, 9), max_chunk=3, max_model_len=40)
     prompts = {f"q{i}": p for i, p in enumerate(_prompts([rng.randint(1, 12) for _ in range(10)], seed=3))}
     news = {rid: rng.randint(1, 6) for rid in prompts}
-    added, aborted, streamed, final = [], set(), {}, {}
-    todo = list(prompts)
-    while todo or engine.has_unfinished_requests():
-        op = rng.random()
-        if todo and op < 0.4:
-            rid = todo.pop()
-            engine.add_request(prompts[rid], SamplingParams(temperature=0, max_new_tokens=news[rid]), request_id=rid)
-            added.append(rid)
-        elif added and op < 0.5:
-            rid = rng.choice(added)
-            if rid not in final:
-                engine.abort(rid)
-                aborted.add(rid)
-        else:
-            for out in engine.step():
-                assert out.request_id in prompts and out.request_id not in final
-                assert out.prompt_token_ids == prompts[out.request_id]
-                streamed.setdefault(out.request_id, []).extend(out.delta_token_ids)
-                assert streamed[out.request_id] == out.token_ids
-                if out.finished:
-                    final[out.request_id] = out
-    assert set(final) == set(prompts)
+    final = random_add_abort_step(engine, prompts, news, rng, p_add=0.4, p_abort=0.1)
     for rid, out in final.items():
-        if out.finish_reason == "abort":
-            assert rid in aborted
-        else:
+        if out.finish_reason == "length":
             assert out.token_ids == forward_greedy(model, prompts[rid], news[rid])
     assert engine.state.free_slots == engine.state.max_batch
 
