@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
     d.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB",
                    help=".txt (whole file = one document), .jsonl (one document per line), .parquet "
                         "(needs pyarrow); .txt/.jsonl may be .gz; directories and globs expand")
-    d.add_argument("--output", required=True, metavar="DIR")
+    d.add_argument("--output", required=True, metavar="DIR", help="folder for the shards and manifest.json")
     d.add_argument("--workers", type=int, default=1, help="processes, one input file at a time each")
     d.add_argument("--shard-tokens", type=int, default=1 << 26, help="max tokens per shard")
     d.add_argument("--text-field", default="text", help="JSON/parquet field holding the text")

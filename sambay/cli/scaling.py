@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
     f.add_argument("runs", nargs="*", metavar="RUNS",
                    help="JSON/JSONL files of {arch, depth, val_loss[, tokens]} records, or run "
                         "directories (metrics.jsonl + config.json)")
-    f.add_argument("--axis", choices=("compute", "tokens"), default="compute")
+    f.add_argument("--axis", choices=("compute", "tokens"), default="compute", help="X of the fit L = A·X^(-b) + C")
     f.add_argument("--plot", metavar="OUT.png", help="write a plot (needs matplotlib)")
     f.add_argument("--published", action="store_true",
                    help="also fit the published SlimPajama losses of the SambaY paper (depths 8-24)")

@@ -15,7 +15,7 @@ def add_parser(subparsers) -> None:
     t.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB",
                    help=".txt (whole file = one document), .jsonl, .parquet files, dirs or globs")
     t.add_argument("--vocab-size", type=int, required=True, help="total vocab incl. 256 bytes + EOS")
-    t.add_argument("--output", required=True, metavar="DIR")
+    t.add_argument("--output", required=True, metavar="DIR", help="folder for tokenizer.json")
     t.add_argument("--text-field", default="text", help="JSON/parquet field holding the text")
     t.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
     t.set_defaults(func=run_train)

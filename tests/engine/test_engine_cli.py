@@ -79,3 +79,22 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"sambay {sambay.__version__}"
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from sambay.cli.main import build_parser
+
+    missing = []
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, sub_parser in action.choices.items():
+                    walk(sub_parser, f"{name} {sub}")
+            elif action.option_strings and action.dest != "help" and not action.help:
+                missing.append(f"{name} {action.option_strings[-1]}")
+
+    walk(build_parser(), "sambay")
+    assert not missing, missing
