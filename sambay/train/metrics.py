@@ -92,6 +92,7 @@ class MetricsLogger:
                  tensorboard: bool | None = None, progress: bool = True):
         self.enabled = enabled
         self.bar = None
+        self._rates: dict[str, float] = {}  # the latest measured tokens/s and MFU, for the progress bar
         self.tb = None
         if not enabled:
             return
@@ -129,9 +130,13 @@ class MetricsLogger:
     def progress_update(self, step: int, loss: float, rates: dict) -> None:
         if not (self.enabled and self.progress):
             return
-        parts = {"loss": f"{loss:.4f}", "tok/s": f"{rates.get('tokens_per_s', 0):,.0f}"}
-        if "mfu" in rates:
-            parts["mfu"] = f"{100 * rates['mfu']:.1f}%"
+        # rates are measured on the log_every steps: show the latest measured ones in between (not 0)
+        self._rates.update({k: rates[k] for k in ("tokens_per_s", "mfu") if k in rates})
+        parts = {"loss": f"{loss:.4f}"}
+        if "tokens_per_s" in self._rates:
+            parts["tok/s"] = f"{self._rates['tokens_per_s']:,.0f}"
+        if "mfu" in self._rates:
+            parts["mfu"] = f"{100 * self._rates['mfu']:.1f}%"
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix(parts, refresh=True)

@@ -99,3 +99,16 @@ def test_a_text_corpus_given_as_data_suggests_preparing_shards(capsys, tmp_path)
     assert main(["train", *_without(TINY, "--data"), "--data", str(corpus), "--tokens", "2K",
                  "--run-dir", str(tmp_path / "r")]) == 2
     assert "sambay data prepare --input" in capsys.readouterr().err
+
+
+def test_the_progress_line_shows_the_latest_measured_rate_between_log_steps(tmp_path, capsys):
+    from sambay.train.metrics import MetricsLogger
+
+    log = MetricsLogger(tmp_path, enabled=True, total_steps=10, progress=True, tensorboard=False)
+    log.bar = None  # plain lines, as when stderr is not a terminal
+    log.progress_update(1, 2.5, {})
+    log.progress_update(2, 2.4, {"tokens_per_s": 1234.0})
+    log.progress_update(3, 2.3, {})
+    log.close()
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("step")]
+    assert lines == ["step 1 loss 2.5000", "step 2 loss 2.4000 tok/s 1,234", "step 3 loss 2.3000 tok/s 1,234"]
