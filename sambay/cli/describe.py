@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sambay.cli.main import CLIError
+from sambay.cli.main import CLIError, parse_count
 from sambay.config import PRESETS, ConfigError, ModelConfig
 
 
@@ -10,7 +10,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("describe", help="print a preset's layer plan, parameters and inference state size")
     p.add_argument("preset", help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--depth", type=int, default=None, help="number of layers (research presets: 8-24)")
-    p.add_argument("--length", type=int, default=None, help="also report the state bytes at this sequence length")
+    p.add_argument("--length", type=parse_count, default=None,
+                   help="also report the state bytes at this sequence length (e.g. 32768; 32K means 32,000)")
     p.set_defaults(func=run)
 
 

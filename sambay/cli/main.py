@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 # Every subcommand module, in help order. Each exposes add_parser(subparsers) and sets `func` (args -> int).
@@ -21,6 +22,21 @@ COMMAND_MODULES = (
 
 class CLIError(Exception):
     """A bad command-line argument: printed as one line, exit code 2."""
+
+
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+def parse_count(text: str) -> int:
+    """'4096', '1e9', '2**21', '12.7B', '500M' -> int."""
+    s = str(text).strip().replace("_", "")
+    m = re.fullmatch(r"(\d+)\*\*(\d+)", s)
+    if m:
+        return int(m.group(1)) ** int(m.group(2))
+    m = re.fullmatch(r"([0-9.]+(?:[eE][+-]?\d+)?)([KMBGT]?)", s, flags=re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (examples: 4096, 1e9, 2**21, 12.7B)")
+    return int(round(float(m.group(1)) * _SUFFIX[m.group(2).upper()]))
 
 
 def build_parser() -> argparse.ArgumentParser:

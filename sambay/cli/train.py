@@ -9,23 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
-from sambay.cli.main import CLIError
-
-_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
-
-
-def parse_count(text: str) -> int:
-    """'4096', '1e9', '2**21', '12.7B', '500M' -> int."""
-    s = str(text).strip().replace("_", "")
-    m = re.fullmatch(r"(\d+)\*\*(\d+)", s)
-    if m:
-        return int(m.group(1)) ** int(m.group(2))
-    m = re.fullmatch(r"([0-9.]+(?:[eE][+-]?\d+)?)([KMBGT]?)", s, flags=re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r} (examples: 4096, 1e9, 2**21, 12.7B)")
-    return int(round(float(m.group(1)) * _SUFFIX[m.group(2).upper()]))
+from sambay.cli.main import CLIError, parse_count
 
 
 def _override(text: str) -> tuple[str, object]:

@@ -98,3 +98,8 @@ def test_every_option_of_every_command_says_what_it_does():
 
     walk(build_parser(), "sambay")
     assert not missing, missing
+
+
+def test_describe_takes_counts_with_suffixes(capsys):
+    assert main(["describe", "sambay", "--depth", "8", "--length", "32K"]) == 0
+    assert "at 32,000 tokens:" in capsys.readouterr().out
