@@ -21,20 +21,20 @@ from .sources import DataError
 Source = str | os.PathLike | Sequence[str | os.PathLike]
 
 
-def manifest_tokenizer(source) -> Path | None:
-    """The tokenizer file the prepared data of `source` (a shard dir, a list, or a {source: weight} mixture)
-    was tokenized with, when its manifest names one that still exists."""
+def manifest_tokenizer(source) -> dict | None:
+    """The tokenizer entry ({"file", "sha256", "vocab_size", "eos_id", ...}) of the manifest of the prepared
+    data of `source` (a shard dir, a list, or a {source: weight} mixture), or None for bare shards."""
     if isinstance(source, dict):
         source = list(source)
     for s in source if isinstance(source, (list, tuple)) else [source]:
         manifest = Path(s) / "manifest.json"
         if manifest.is_file():
             try:
-                file = Path(json.loads(manifest.read_text())["tokenizer"]["file"])
+                entry = json.loads(manifest.read_text())["tokenizer"]
             except (ValueError, KeyError, TypeError):
                 continue
-            if file.is_file():
-                return file
+            if isinstance(entry, dict):
+                return entry
     return None
 
 

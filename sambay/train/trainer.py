@@ -34,11 +34,19 @@ from sambay.train.optim import LRSchedule, build_optimizer, clip_gradients
 from sambay.train.parallel import parallelize
 
 
+def data_tokenizer(cfg: TrainConfig) -> dict | None:
+    """The tokenizer entry of the training data's manifest (None for synthetic data or bare shards)."""
+    return None if cfg.data == SYNTHETIC else manifest_tokenizer(parse_source(cfg.data))
+
+
 def build_model_config(cfg: TrainConfig) -> ModelConfig:
     overrides = dict(cfg.model_overrides)
     if cfg.parametrization is not None:
         overrides["parametrization"] = cfg.parametrization
     if cfg.tiny:
+        tokenizer = data_tokenizer(cfg)
+        if tokenizer is not None and "vocab_size" not in overrides:  # a toy model sized to the data's vocabulary
+            overrides["vocab_size"] = int(tokenizer["vocab_size"])
         return tiny(cfg.preset, depth=cfg.depth, **overrides)
     return ModelConfig.from_preset(cfg.preset, depth=cfg.depth, **overrides)
 
@@ -86,7 +94,9 @@ class Trainer:
                                                    self.plan.micro_batch, self.dist.rank, self.dist.world_size)
         self.autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
         # checkpoints carry the data's tokenizer and EOS id, so they load and generate with nothing else
-        self.tokenizer_file = None if cfg.data == SYNTHETIC else manifest_tokenizer(parse_source(cfg.data))
+        tokenizer = data_tokenizer(cfg)
+        file = None if tokenizer is None else Path(str(tokenizer.get("file", "")))
+        self.tokenizer_file = file if file is not None and file.is_file() else None
         if self.model_config.eos_token_id is None and getattr(self.loader, "eos_id", None) is not None:
             self.model_config.eos_token_id = self.loader.eos_id
         self.run_dir = Path(cfg.run_dir)

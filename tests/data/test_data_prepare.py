@@ -189,3 +189,18 @@ def test_a_checkpoint_trained_on_prepared_data_carries_its_tokenizer_and_eos(cor
     assert model.config.eos_token_id == manifest["tokenizer"]["eos_id"]
     tok = load_tokenizer(path)
     assert tok.encode("the café") == load_tokenizer(tokenizer_dir).encode("the café")
+
+
+def test_a_tiny_model_takes_its_vocabulary_from_the_prepared_data(corpus, tokenizer_dir, tmp_path):
+    from sambay.data.prepare import PrepareConfig, prepare
+    from sambay.train.config import TrainConfig
+    from sambay.train.trainer import build_model_config
+
+    root, _ = corpus
+    shards = tmp_path / "shards"
+    manifest = prepare(PrepareConfig(tokenizer=str(tokenizer_dir), inputs=[str(root / "*")], output=str(shards),
+                                     progress=False)).manifest
+    cfg = TrainConfig(tiny=True, depth=8, data=str(shards), tokens=1000, run_dir=str(tmp_path / "run"))
+    assert build_model_config(cfg).vocab_size == manifest["tokenizer"]["vocab_size"]
+    override = TrainConfig(tiny=True, depth=8, data=str(shards), tokens=1000, model_overrides={"vocab_size": 512})
+    assert build_model_config(override).vocab_size == 512  # an explicit choice wins
