@@ -35,9 +35,7 @@ def add_parser(sub) -> None:
                    help="also time the prefill of one N-token prompt per model (e.g. 32768)")
     g.add_argument("--points", type=int, default=5, help="context lengths sampled along the generation")
     g.add_argument("--steps", type=int, default=10, help="timed decode steps per sampled context")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="weights and K/V")
-    g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    g.add_argument("--tiny", action="store_true", help="tiny versions of the presets (CPU smoke runs)")
+    _inference_options(g)
     g.add_argument("--hf-new-tokens", type=int, default=256, help="tokens generated in the HF comparison")
     _json_option(g)
     g.add_argument("--compile", action="store_true",
@@ -59,9 +57,7 @@ def add_parser(sub) -> None:
     e.add_argument("--max-num-batched-tokens", type=int, default=8192, help="the engine's token budget per step")
     e.add_argument("--max-chunk", type=int, default=2048, help="prompt tokens of one request per step")
     e.add_argument("--steps", type=int, default=20, help="timed bare steps per context")
-    e.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="weights and K/V")
-    e.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    e.add_argument("--tiny", action="store_true", help="tiny versions of the presets (CPU smoke runs)")
+    _inference_options(e)
     e.add_argument("--compile", action="store_true", help="the engine's decode step compiled by inductor")
     _json_option(e)
     e.set_defaults(func=run_engine)
@@ -112,6 +108,24 @@ def add_parser(sub) -> None:
     a.set_defaults(func=run_attention)
 
 
+def _inference_options(p) -> None:
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="weights and K/V")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--tiny", action="store_true", help="tiny versions of the presets (CPU smoke runs)")
+
+
+def _inference_device(args):
+    """The device of `bench generate` / `bench engine`, checked against --compile."""
+    import torch
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda but no CUDA device is available")
+    if args.compile and device.type != "cuda":
+        raise CLIError("--compile times the compiled CUDA-graph decode step; it needs a CUDA device")
+    return device
+
+
 def _json_option(p) -> None:
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write the numbers here, with the git commit, device, date, versions and command")
@@ -141,11 +155,7 @@ def run_generate(args) -> int:
         raise CLIError(f"--long-prompt must be >= 0 (got {args.long_prompt})")
     if args.batch is not None and args.batch < 1:
         raise CLIError(f"--batch must be >= 1 (got {args.batch})")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda but no CUDA device is available")
-    if args.compile and device.type != "cuda":
-        raise CLIError("--compile times the compiled CUDA-graph decode step; it needs a CUDA device")
+    device = _inference_device(args)
     if device.type == "cpu" and args.batch is None:
         args.batch = 2  # --fill measures GPU memory
     dtype = getattr(torch, DTYPES[args.dtype])
@@ -214,11 +224,7 @@ def run_engine(args) -> int:
         raise CLIError(f"--gen-len must be >= 2 (got {args.gen_len}): decode speed needs a second token")
     if args.long_prompt < 0:
         raise CLIError(f"--long-prompt must be >= 0 (got {args.long_prompt})")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda but no CUDA device is available")
-    if args.compile and device.type != "cuda":
-        raise CLIError("--compile compiles the CUDA-graph decode step; it needs a CUDA device")
+    device = _inference_device(args)
     try:
         configs = [(n, _config(n, args.preset, args.tiny)) for n in [args.preset, *(args.baseline or [])]]
     except ConfigError as e:

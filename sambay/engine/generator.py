@@ -140,11 +140,7 @@ class Generator:
         return outputs
 
     def _drain(self, rid: str) -> list[RequestOutput]:
-        queue = self._pending.get(rid)
-        out = list(queue) if queue else []
-        if queue:
-            queue.clear()
-        return out
+        return list(self._pending.pop(rid, ()))
 
     def _normalise(self, prompts, params) -> tuple[list, list[SamplingParams]]:
         if isinstance(prompts, torch.Tensor):

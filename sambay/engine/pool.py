@@ -3,31 +3,18 @@ pages for the growing caches (full-attention K/V), from a memory budget and max_
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from sambay.config import ModelConfig
+from sambay.model.state import state_bytes
 
 
 @dataclass(frozen=True)
 class PoolSize:
     slots: int  # sequences that hold state at once
     num_blocks: int | None  # pages of block_size tokens for the growing caches (None: not paged)
-
-
-def state_bytes(config: ModelConfig, max_len: int, dtype: torch.dtype) -> tuple[int, int]:
-    """(bytes per slot of constant state, bytes per token of growing cache) for sequences up to max_len."""
-    constant = per_token = 0
-    for spec in config.layers:
-        for s in spec.mixer_class.state_spec(config, max_len).values():
-            itemsize = (dtype if s.dtype is None else s.dtype).itemsize
-            if s.grows:
-                per_token += math.prod(s.shape) // s.shape[1] * itemsize
-            else:
-                constant += math.prod(s.shape) * itemsize
-    return constant, per_token
 
 
 def size_pool(config: ModelConfig, max_model_len: int, dtype: torch.dtype, *, max_num_seqs: int | None,

@@ -1,7 +1,6 @@
 """The inference state of a batch of sequences: a static slot pool sized from the layer plan.
 
-Each mixer declares what it keeps per slot (`Mixer.state_spec`, read through
-`sambay.model.state.layer_state_shapes`); the engine owns the tensors. Every tensor is allocated once, with
+Each mixer declares what it keeps per slot (`Mixer.state_spec`); the engine owns the tensors. Every tensor is allocated once, with
 `max_batch` slots on its first dim, and never resized. For SambaY:
 
     mamba (M)     conv_state (S, E, d_conv-1) model dtype, ssm_state (S, E, N) fp32

@@ -10,26 +10,28 @@ import torch
 from sambay.config import ModelConfig
 
 
-def layer_state_shapes(config: ModelConfig, layer: int, batch: int, max_len: int,
-                       dtype: torch.dtype) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """name -> (shape, dtype) of the state layer `layer` keeps for `batch` sequences of up to `max_len` tokens."""
-    spec = config.layers[layer]
-    return {name: ((batch, *s.shape), dtype if s.dtype is None else s.dtype)
-            for name, s in spec.mixer_class.state_spec(config, max_len).items()}
-
-
 def state_nbytes(config: ModelConfig, batch: int, max_len: int, dtype: torch.dtype = torch.bfloat16) -> int:
-    """Bytes of every state tensor for `batch` sequences of up to `max_len` tokens (what the engine allocates)."""
-    total = 0
-    for i in range(config.n_layer):
-        for shape, dt in layer_state_shapes(config, i, batch, max_len, dtype).values():
-            total += math.prod(shape) * dt.itemsize
-    return total
+    """Bytes of every state tensor for `batch` sequences of up to `max_len` tokens (what the engine allocates
+    with contiguous caches)."""
+    constant, per_token = state_bytes(config, max_len, dtype)
+    return batch * (constant + per_token * max_len)
+
+
+def state_bytes(config: ModelConfig, max_len: int, dtype: torch.dtype) -> tuple[int, int]:
+    """(bytes per slot of constant state, bytes per token of growing cache) for sequences up to max_len."""
+    constant = per_token = 0
+    for spec in config.layers:
+        for s in spec.mixer_class.state_spec(config, max_len).values():
+            itemsize = (dtype if s.dtype is None else s.dtype).itemsize
+            if s.grows:
+                per_token += math.prod(s.shape) // s.shape[1] * itemsize
+            else:
+                constant += math.prod(s.shape) * itemsize
+    return constant, per_token
 
 
 def state_bytes_per_sequence(config: ModelConfig, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int]:
     """(bytes per token of growing K/V, constant bytes of recurrent / window state) for one sequence that is
     at least one window long (shorter sequences allocate rings of only max_len entries)."""
-    n = config.window or 1  # from here on only the full-attention caches grow
-    per_token = state_nbytes(config, 1, n + 1, dtype) - state_nbytes(config, 1, n, dtype)
-    return per_token, state_nbytes(config, 1, n, dtype) - n * per_token
+    constant, per_token = state_bytes(config, config.window or 1, dtype)
+    return per_token, constant

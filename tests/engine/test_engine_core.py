@@ -165,7 +165,7 @@ def test_the_pool_is_sized_from_the_memory_budget_once():
 
 
 def test_a_paged_pool_gives_the_budget_beyond_the_slots_constant_state_to_pages():
-    from sambay.engine.pool import state_bytes
+    from sambay.model.state import state_bytes
 
     model = make_model("sambay")
     constant, per_token = state_bytes(model.config, 64, torch.float32)
