@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -37,6 +39,7 @@ from sambay.engine.text import TextCodec
 from sambay.model.model import CausalLM
 
 Prompt = str | Sequence[int]
+logger = logging.getLogger(__name__)
 
 
 class Engine:
@@ -104,6 +107,7 @@ class Engine:
         self._lock = threading.Lock()  # one step at a time
         self._streams: dict[str, asyncio.Queue] = {}
         self._driver: asyncio.Task | None = None
+        self.dead: BaseException | None = None  # the error of the step that failed
 
     @staticmethod
     def _budget_bytes(memory_budget, device) -> int | None:
@@ -185,6 +189,8 @@ class Engine:
                 self.runner.admit(r)
             result = self.runner.execute(plan)
             outputs += self.output.process(result.sampled)
+            for request in result.scored:
+                outputs.append(self._finish(request, Status.FINISHED, "length"))
             for request, _, _ in result.sampled:
                 if request.finished:
                     self._retire(request)
@@ -197,21 +203,23 @@ class Engine:
             group = [request, *request.forks]
             for member in group:
                 self.output.add(member)
-            if request.max_new > 0:
+            if request.max_new > 0 or request.params.prompt_logprobs is not None:  # (the prompt is scored)
                 self.scheduler.add(request)
                 continue
-            for member in group:  # nothing to generate
-                member.status, member.finish_reason = Status.FINISHED, "length"
-                outputs.append(self.output.output(member))
-                self._retire(member)
+            outputs += [self._finish(member, Status.FINISHED, "length") for member in group]  # nothing to do
         while self._aborts:
             request = self._requests.get(self._aborts.popleft())
             for member in () if request is None else (request, *request.forks):
                 if not member.finished:
-                    member.status, member.finish_reason = Status.ABORTED, "abort"
-                    outputs.append(self.output.output(member))
-                    self._retire(member)
+                    outputs.append(self._finish(member, Status.ABORTED, "abort"))
         return outputs
+
+    def _finish(self, request: Request, status: Status, reason: str) -> RequestOutput:
+        request.status, request.finish_reason = status, reason
+        request.metrics.finished_time = time.perf_counter()
+        output = self.output.output(request)
+        self._retire(request)
+        return output
 
     def _retire(self, request: Request) -> None:
         slot = request.slot
@@ -220,38 +228,97 @@ class Engine:
             self.runner.release(slot)
         self._requests.pop(request.key, None)
 
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> EngineStats:
+        """What a metrics endpoint reports about the engine now (cheap; safe from another thread)."""
+        state = self.state
+        if state.paged:
+            usage = 1 - state.free_blocks / max(state.num_blocks, 1)
+        else:
+            usage = len(self.scheduler.running) / self.max_num_seqs
+        return EngineStats(num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting) +
+                           len(self._inbox), kv_cache_usage=usage, num_preemptions=self.num_preemptions)
+
     # ------------------------------------------------------------------ asyncio front
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
                        priority: int = 0) -> AsyncIterator[RequestOutput]:
         """Yield this request's outputs (of every completion, told apart by `index`) as steps produce them;
-        steps run in a worker thread. Leaving the loop early (or cancelling the task) aborts the request."""
-        request_id = self.add_request(prompt, params, request_id, priority)
-        queue: asyncio.Queue = asyncio.Queue()
-        self._streams[request_id] = queue
-        if self._driver is None or self._driver.done():
-            self._driver = asyncio.get_running_loop().create_task(self._drive())
-        open_completions = (SamplingParams() if params is None else params).n
+        steps run in a worker thread. Leaving the loop early (or cancelling the task) aborts the request.
+        Raises `EngineDeadError` once a step has failed: the engine's state can no longer be trusted."""
+        stream = self.add_stream(prompt, params, request_id, priority)
         try:
-            while open_completions:
-                out = await queue.get()
-                if isinstance(out, BaseException):
-                    raise out
-                open_completions -= out.finished
+            async for out in stream:
                 yield out
         finally:
-            self._streams.pop(request_id, None)
-            if open_completions:
-                self.abort(request_id)
+            stream.close()
+
+    def add_stream(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
+                   priority: int = 0) -> OutputStream:
+        """`generate`, except that the request is added (and checked, raising ValueError or TypeError) now,
+        in this call. Iterate the stream in this event loop; `close()` it when done (it aborts the request if
+        it has not finished)."""
+        if self.dead is not None:
+            raise EngineDeadError(f"the engine stopped after an error: {self.dead}")
+        request_id = self.add_request(prompt, params, request_id, priority)
+        stream = OutputStream(self, request_id, (SamplingParams() if params is None else params).n)
+        self._streams[request_id] = stream.queue
+        if self._driver is None or self._driver.done():
+            self._driver = asyncio.get_running_loop().create_task(self._drive())
+        return stream
 
     async def _drive(self) -> None:
-        while self.has_unfinished_requests():
+        while self.has_unfinished_requests() and self.dead is None:
             try:
                 outputs = await asyncio.to_thread(self.step)
-            except Exception as e:  # a failing step ends every waiting stream with the error
+            except Exception as e:  # noqa: BLE001 - a failed step ends every stream; the engine is dead
+                logger.exception("engine step failed; the engine is stopped")
+                self.dead = e
                 for queue in self._streams.values():
-                    queue.put_nowait(e)
-                raise
+                    queue.put_nowait(EngineDeadError(f"the engine stopped after an error: {type(e).__name__}: {e}"))
+                return
             for out in outputs:
                 queue = self._streams.get(out.request_id)
                 if queue is not None:
                     queue.put_nowait(out)
+
+
+class OutputStream:
+    """The outputs of one request added with `Engine.add_stream`, as an async iterator."""
+
+    def __init__(self, engine: Engine, request_id: str, n: int):
+        self.engine, self.request_id = engine, request_id
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.open_completions = n
+
+    def __aiter__(self) -> OutputStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if not self.open_completions:
+            self.close()
+            raise StopAsyncIteration
+        out = await self.queue.get()
+        if isinstance(out, BaseException):
+            self.close()
+            raise out
+        self.open_completions -= out.finished
+        return out
+
+    def close(self) -> None:
+        """Stop listening; abort the request unless every completion has finished."""
+        self.engine._streams.pop(self.request_id, None)
+        if self.open_completions:
+            self.open_completions = 0
+            self.engine.abort(self.request_id)
+
+
+class EngineDeadError(RuntimeError):
+    """A step of the engine failed (its state may be corrupt): no request can run on it any more."""
+
+
+@dataclass
+class EngineStats:
+    num_running: int  # requests holding a state slot
+    num_waiting: int  # requests waiting for one (preempted ones included)
+    kv_cache_usage: float  # share of the growing cache's pages in use (of the slots, without pages)
+    num_preemptions: int  # since the engine started

@@ -27,7 +27,8 @@ class RequestOutput:
     token_ids: every generated token (a stop token that ended the request included); text: their text (None
     without a tokenizer; stop tokens and strings excluded); delta_token_ids / delta_text: what is new since
     the previous output of this request; finish_reason: None while running, else "stop", "length" or
-    "abort"; stop_reason: the stop token id or string that ended it.
+    "abort"; stop_reason: the stop token id or string that ended it; error: why the engine ended it
+    (finish_reason "abort"), when it was not the caller's abort.
     """
 
     request_id: str
@@ -43,6 +44,7 @@ class RequestOutput:
     logprobs: list[Logprobs] | None = None  # one per generated token, when the params asked for logprobs
     prompt_logprobs: list[Logprobs | None] | None = None  # one per prompt token (None for the first)
     metrics: RequestMetrics | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    error: str | None = None  # why the engine aborted it
     logprobs: list[Logprobs] = field(default_factory=list)
     prompt_logprobs: list[Logprobs | None] = field(default_factory=lambda: [None])
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.perf_counter()))

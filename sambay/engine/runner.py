@@ -30,9 +30,11 @@ from sambay.model.model import CausalLM
 @dataclass
 class RunnerOutput:
     """The token sampled this step for each request that produced one (decoders and completed prompts), with
-    its logprobs when the request asked for them."""
+    its logprobs when the request asked for them; and the requests that only wanted their prompt scored
+    (max_new 0 with prompt logprobs), whose prompt is now done."""
 
     sampled: list[tuple[Request, int, Logprobs | None]]
+    scored: list[Request] = dataclasses.field(default_factory=list)
 
 
 class ModelRunner:
@@ -66,6 +68,7 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, plan: SchedulerOutput) -> RunnerOutput:
         rows: list[Request] = []
+        scored: list[Request] = []
         logits: list[torch.Tensor] = []
         for group in _prefill_groups(plan.prefill):
             out = self._prefill(group)
@@ -73,7 +76,11 @@ class ModelRunner:
                 self._prompt_logprobs(group, out)
                 out = out[:, -1]
             for i, c in enumerate(group):
-                if c.completes_prompt:  # its forks (n > 1) continue from this state and sample from these logits
+                if c.completes_prompt and c.request.max_new == 0:  # nothing to sample: its forks share the scores
+                    for f in c.request.pending_forks:
+                        f.prompt_logprobs = c.request.prompt_logprobs
+                    scored += [c.request, *c.request.pending_forks]
+                elif c.completes_prompt:  # its forks (n > 1) continue from this state and sample from these logits
                     members = [c.request, *self._fork(c.request)]
                     rows += members
                     logits.append(out[i:i + 1].expand(len(members), -1))
@@ -87,7 +94,7 @@ class ModelRunner:
             for r in plan.decode:
                 r.state_len += 1
         if not rows:
-            return RunnerOutput([])
+            return RunnerOutput([], scored)
         slot_list = [r.slot for r in rows]
         slots = torch.tensor(slot_list, device=self.device)
         tokens, logprobs = self.sampler.sample(torch.cat(logits), slots, slot_list,
@@ -95,9 +102,9 @@ class ModelRunner:
         self.last_tokens[slots] = tokens
         ids = tokens.tolist()  # the host sync of the step
         if logprobs is None:
-            return RunnerOutput([(r, t, None) for r, t in zip(rows, ids)])
+            return RunnerOutput([(r, t, None) for r, t in zip(rows, ids)], scored)
         return RunnerOutput([(r, t, None if r.params.logprobs is None else split_logprobs(lp, r.params.logprobs))
-                             for r, t, lp in zip(rows, ids, logprobs.tolist())])
+                             for r, t, lp in zip(rows, ids, logprobs.tolist())], scored)
 
     def _fork(self, request: Request) -> list[Request]:
         forks = request.pending_forks

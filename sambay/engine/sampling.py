@@ -33,8 +33,10 @@ class SamplingParams:
     once per occurrence (OpenAI's rule, in [-2, 2]). logit_bias: token id -> value added to its logit.
     stop_token_ids: ids that end the request (besides the tokenizer's / model's EOS unless ignore_eos); the
     stop token is kept in `token_ids`, not in `text`. stop: strings that end the request; the text is cut
-    before the match. max_new_tokens: at most this many generated tokens (0: none). min_tokens: stop ids
-    cannot be sampled before this many tokens. logprobs: also return the sampled token's log-probability
+    before the match, unless include_stop_str_in_output. skip_special_tokens: leave special tokens out of
+    `text` (token_ids keep them). max_new_tokens: at most this many generated tokens (0: none; with
+    prompt_logprobs the prompt is still scored). min_tokens: stop ids cannot be sampled before this many
+    tokens. logprobs: also return the sampled token's log-probability
     and the `logprobs` most likely tokens' (None: no logprobs). prompt_logprobs: the same for every prompt
     token after the first (the prompt then runs through every layer at every position). n: completions of the prompt, sharing one
     prefill (a seeded request's completion i uses seed + i).
@@ -53,6 +55,8 @@ class SamplingParams:
     stop_token_ids: Sequence[int] = field(default_factory=tuple)
     stop: Sequence[str] | str = field(default_factory=tuple)
     ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
     min_tokens: int = 0
     logprobs: int | None = None
     prompt_logprobs: int | None = None
