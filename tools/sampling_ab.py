@@ -1,10 +1,11 @@
-"""Cost of the top-p building blocks on the GPU, to choose how `Sampler` filters without a full sort.
+"""Cost of top-p sampling on the GPU: the sorting reference against the sampler's sort-free draw.
 
     python tools/sampling_ab.py [--batch 256] [--vocab 200064]
 
-Times, at one batch and vocabulary (fp32 logits), each candidate's core in one process: the full sort the
-sampler uses today, a top-k prefilter of K tokens, one pass of a probability-threshold bisection (a full
-masked sum), softmax, and the sampler's whole `sample` call with top_p=0.95.
+For two kinds of logits (fp32, one batch): "flat" (Gaussian logits of std 1.1, like a random-weight
+model's) and "peaked" (a Zipf-like fall-off, like a trained model's), at temperature 0.7 and top_p 0.95, it
+times: the reference (`sorted_filter` plus the Gumbel pick), `Sampler.draw` (the sort-free path), the exact
+redraw of the rows it rejects, and softmax as a floor; and it prints the share of rows redrawn.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 
 import torch
 
+from sambay.engine.nucleus import sorted_filter
 from sambay.engine.sampling import Sampler, SamplingParams
 
 
@@ -34,25 +36,35 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=200064)
     args = p.parse_args()
     dev = torch.device("cuda")
-    logits = torch.randn(args.batch, args.vocab, device=dev) * 3
-    probs = torch.softmax(logits, -1)
-    tau = torch.full((args.batch, 1), 1e-6, device=dev)
-    rows = {
-        "softmax": lambda: torch.softmax(logits, -1),
-        "sort (today)": lambda: logits.sort(-1, descending=True),
-        "topk 64": lambda: probs.topk(64, -1),
-        "topk 1024": lambda: probs.topk(1024, -1),
-        "one bisection pass": lambda: (probs * (probs >= tau)).sum(-1),
-    }
-    sampler = Sampler(args.batch, args.vocab, dev)
-    for s in range(args.batch):
+    B, V = args.batch, args.vocab
+    ranks = torch.arange(1, V + 1, device=dev).float()
+    kinds = {"flat": torch.randn(B, V, device=dev) * 1.1,
+             "peaked": (-2.0 * ranks.log())[None].expand(B, V)[:, torch.randperm(V, device=dev)] + torch.randn(B, V, device=dev)}
+    sampler = Sampler(B, V, dev)
+    for s in range(B):
         sampler.admit(s, SamplingParams(temperature=0.7, top_p=0.95), [0])
-    slots = torch.arange(args.batch, device=dev)
-    slot_list = list(range(args.batch))
-    rows["Sampler.sample top_p=0.95"] = lambda: sampler.sample(logits, slots, slot_list)
-    print(f"{torch.cuda.get_device_name(dev)}  batch {args.batch}  vocab {args.vocab}")
-    for name, fn in rows.items():
-        print(f"  {name:<28}{timed(fn):8.3f} ms")
+    slots = torch.arange(B, device=dev)
+    slot_list = list(range(B))
+    print(f"{torch.cuda.get_device_name(dev)}  batch {B}  vocab {V}  temperature 0.7  top_p 0.95")
+    for kind, logits in kinds.items():
+        scaled = logits / 0.7
+        top_k, top_p, min_p = torch.full((B,), V, device=dev), torch.full((B,), 0.95, device=dev), torch.zeros(B, device=dev)
+
+        def reference():
+            probs, order = sorted_filter(scaled, top_k, top_p, min_p)
+            noise = torch.empty_like(probs).exponential_().gather(-1, order)
+            return order.gather(-1, (probs / noise).argmax(-1, keepdim=True))
+
+        draw = sampler.draw(logits, slots, slot_list)
+        redo = draw.incomplete.nonzero()[:, 0].tolist()
+        rows = {"softmax (a floor)": lambda: torch.softmax(scaled, -1),
+                "reference: sort + pick": reference,
+                "Sampler.draw (sort-free)": lambda: sampler.draw(logits, slots, slot_list),
+                f"redraw of the {len(redo)} rejected rows": lambda: sampler.redraw(draw, redo or [0]),
+                "Sampler.sample (all of it, one sync)": lambda: sampler.sample(logits, slots, slot_list)}
+        print(f"{kind} logits: {len(redo) / B:.1%} of rows redrawn")
+        for name, fn in rows.items():
+            print(f"  {name:<40}{timed(fn):8.3f} ms")
 
 
 if __name__ == "__main__":

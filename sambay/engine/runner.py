@@ -97,10 +97,18 @@ class ModelRunner:
             return RunnerOutput([], scored)
         slot_list = [r.slot for r in rows]
         slots = torch.tensor(slot_list, device=self.device)
-        tokens, logprobs = self.sampler.sample(torch.cat(logits), slots, slot_list,
-                                               [len(r.output_token_ids) for r in rows], return_logprobs=True)
+        draw = self.sampler.draw(torch.cat(logits), slots, slot_list, [len(r.output_token_ids) for r in rows])
+        tokens = draw.tokens
+        if draw.incomplete is None:
+            ids = tokens.tolist()  # the host sync of the step
+        else:  # the same sync brings the rows whose candidates were too few; they are redrawn exactly
+            ids, redo = torch.stack([tokens, draw.incomplete.long()]).tolist()
+            if any(redo):
+                tokens = self.sampler.redraw(draw, [b for b, r in enumerate(redo) if r])
+                ids = tokens.tolist()
+        self.sampler.commit(slots, tokens)
         self.last_tokens[slots] = tokens
-        ids = tokens.tolist()  # the host sync of the step
+        logprobs = self.sampler.logprobs(draw, tokens)
         if logprobs is None:
             return RunnerOutput([(r, t, None) for r, t in zip(rows, ids)], scored)
         return RunnerOutput([(r, t, None if r.params.logprobs is None else split_logprobs(lp, r.params.logprobs))

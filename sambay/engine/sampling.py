@@ -3,7 +3,10 @@
 Per-row settings live in per-slot device tensors, written once when a request is admitted, so a step does
 no host work per row except drawing its noise from the request's own `torch.Generator` (which is what makes
 a seeded request reproducible whatever else is in the batch). Nothing syncs with the host: the token is
-`argmax(probs / E)` with E ~ Exp(1) (the Gumbel-max trick, as in gpt-fast), not `multinomial`.
+`argmax(probs / E)` with E ~ Exp(1) (the Gumbel-max trick, as in gpt-fast), not `multinomial`. Rows that
+filter (top-k / top-p / min-p) sample without sorting the vocabulary (`sambay.engine.nucleus`): a top-k
+selection, or a draw tested for membership in the nucleus; the few rows whose draw falls outside it are
+redrawn exactly after the step's host sync (`draw` / `redraw` / `commit`; `sample` does all three).
 
 Order of the transforms (vLLM's): min_tokens (stop ids masked) -> logit bias -> repetition, presence and
 frequency penalties -> temperature -> min-p -> top-k -> top-p. Logprobs are those of the model's raw logits
@@ -17,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from sambay.engine.nucleus import rejection_pick, sorted_filter, top_k_filter
 
 
 @dataclass
@@ -111,6 +116,18 @@ class SamplingParams:
 
 
 @dataclass
+class Draw:
+    """One step's sampled tokens (B,) on the device, the rows that must be redrawn exactly (B,) bool or None,
+    and what `redraw` and `logprobs` need: the raw logits (B, V) fp32 and the scaled, processed ones."""
+
+    tokens: torch.Tensor
+    incomplete: torch.Tensor | None
+    raw: torch.Tensor
+    scaled: torch.Tensor | None
+    slot_list: Sequence[int]
+
+
+@dataclass
 class Logprobs:
     """Of one sampled token: its log-probability and the top-N (token id, log-probability), best first."""
 
@@ -176,38 +193,95 @@ class Sampler:
         self.params[slot] = self.generators[slot] = self.bias[slot] = self.stop_ids[slot] = None
 
     @torch.inference_mode()
-    def sample(self, logits: torch.Tensor, slots: torch.Tensor, slot_list: Sequence[int],
-               generated: Sequence[int] | None = None, return_logprobs: bool = False):
-        """logits (B, V) for rows in `slots` (B,) (same slots as the Python list); generated[b]: tokens row b
-        has generated so far (for min_tokens). -> tokens (B,) int64; with `return_logprobs`, (tokens,
-        `token_logprobs` of the sampled and top-N tokens, or None when no row asks for logprobs)."""
+    def draw(self, logits: torch.Tensor, slots: torch.Tensor, slot_list: Sequence[int],
+             generated: Sequence[int] | None = None) -> Draw:
+        """Sample one token per row without waiting for the host. logits (B, V) for rows in `slots` (B,) (the
+        same slots as the Python list); generated[b]: tokens row b has generated so far (for min_tokens).
+        Rows in `Draw.incomplete` must be redrawn (`redraw`) before their token is used."""
         params = [self.params[s] for s in slot_list]
         raw = logits.float()
         logits = self._processed(raw, slots, slot_list, params, generated)
-        greedy_tokens = logits.argmax(-1)
+        tokens = logits.argmax(-1)
         if all(p.greedy for p in params):
-            tokens = greedy_tokens
-        else:
-            noise = torch.empty_like(logits).exponential_()  # one draw for every unseeded row
-            for row, s in enumerate(slot_list):  # seeded rows redraw from their own generator
-                if self.generators[s] is not None:
-                    noise[row].exponential_(generator=self.generators[s])
-            filtered = any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in params)
-            probs, order = sampling_probs(logits, self.temperature[slots], self.top_k[slots], self.top_p[slots],
-                                          self.min_p[slots], sort=filtered)
-            if order is not None:  # each token keeps its own noise, sorted or not: a seeded row's draw
-                noise = noise.gather(-1, order)  # must not depend on whether another row asked for a filter
-            pick = (probs / noise.clamp_min(1e-20)).argmax(-1, keepdim=True)
-            sampled = (order.gather(-1, pick) if order is not None else pick)[:, 0]
-            tokens = torch.where(self.temperature[slots] > 0, sampled, greedy_tokens)
+            return Draw(tokens, None, raw, None, slot_list)
+        temperature = self.temperature[slots]
+        scaled = logits / torch.where(temperature > 0, temperature, torch.ones_like(temperature))[:, None]
+        V = scaled.shape[-1]
+        with_top_k = [not p.greedy and 0 < p.top_k < V for p in params]
+        nucleus = [not p.greedy and not k and (p.top_p < 1 or p.min_p > 0) for p, k in zip(params, with_top_k)]
+        plain = [not p.greedy and not k and not n for p, k, n in zip(params, with_top_k, nucleus)]
+        incomplete = None
+
+        def rows(flags):
+            return torch.tensor(flags, device=tokens.device)
+
+        if any(plain):  # Gumbel-max over the whole vocabulary: argmax(log p - log E)
+            noise = self._exponential(slot_list, V, [V * f for f in plain])
+            tokens = torch.where(rows(plain), (scaled - noise.log()).argmax(-1), tokens)
+        if any(with_top_k):  # among the top-k candidates (a selection, not a sort)
+            top_k = self.top_k[slots].clamp_max(V)
+            weights, ids = top_k_filter(scaled, torch.where(rows(with_top_k), top_k, torch.ones_like(top_k)),
+                                        self.top_p[slots], self.min_p[slots], max(p.top_k * f for p, f in zip(params, with_top_k)))
+            noise = self._exponential(slot_list, weights.shape[-1], [p.top_k * f for p, f in zip(params, with_top_k)])
+            pick = ids.gather(-1, (weights / noise).argmax(-1, keepdim=True))[:, 0]
+            tokens = torch.where(rows(with_top_k), pick, tokens)
+        if any(nucleus):  # a draw from the min-p survivors, kept if it is in the top-p nucleus
+            noise = self._exponential(slot_list, V, [V * f for f in nucleus])
+            pick, accepted = rejection_pick(scaled, noise, self.top_p[slots], self.min_p[slots])
+            tokens = torch.where(rows(nucleus), pick, tokens)
+            incomplete = rows(nucleus) & ~accepted
+        return Draw(tokens, incomplete, raw, scaled, slot_list)
+
+    @torch.inference_mode()
+    def redraw(self, draw: Draw, rows: Sequence[int]) -> torch.Tensor:
+        """Draw `rows` (indices into the batch) again with the exact, sorting filter -> the batch's tokens."""
+        rows_t = torch.tensor(list(rows), device=draw.tokens.device)
+        slots = torch.tensor([draw.slot_list[r] for r in rows], device=draw.tokens.device)
+        probs, order = sorted_filter(draw.scaled[rows_t], self.top_k[slots], self.top_p[slots], self.min_p[slots])
+        noise = self._exponential([draw.slot_list[r] for r in rows], probs.shape[-1], [probs.shape[-1]] * len(rows))
+        noise = noise.gather(-1, order)  # each token keeps its own noise
+        picked = order.gather(-1, (probs / noise).argmax(-1, keepdim=True))[:, 0]
+        tokens = draw.tokens.clone()
+        tokens[rows_t] = picked
+        return tokens
+
+    @torch.inference_mode()
+    def commit(self, slots: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Record the step's final tokens (for the repetition, presence and frequency penalties)."""
         if self.seen is not None:
             self.seen[slots, tokens] = True
         if self.counts is not None:
             self.counts[slots, tokens] += 1
+
+    def sample(self, logits: torch.Tensor, slots: torch.Tensor, slot_list: Sequence[int],
+               generated: Sequence[int] | None = None, return_logprobs: bool = False):
+        """`draw`, `redraw` where needed (a host sync) and `commit` -> tokens (B,) int64; with
+        `return_logprobs`, (tokens, `token_logprobs` of the sampled and top-N tokens, or None when no row
+        asks for logprobs)."""
+        draw = self.draw(logits, slots, slot_list, generated)
+        tokens = draw.tokens
+        if draw.incomplete is not None and bool(draw.incomplete.any()):
+            tokens = self.redraw(draw, draw.incomplete.nonzero()[:, 0].tolist())
+        self.commit(slots, tokens)
         if not return_logprobs:
             return tokens
-        n_top = max((p.logprobs for p in params if p.logprobs is not None), default=None)
-        return tokens, None if n_top is None else token_logprobs(raw, tokens, n_top)
+        return tokens, self.logprobs(draw, tokens)
+
+    def logprobs(self, draw: Draw, tokens: torch.Tensor) -> torch.Tensor | None:
+        """`token_logprobs` of the raw logits for the step's tokens, or None when no row asks for them."""
+        n_top = max((self.params[s].logprobs for s in draw.slot_list if self.params[s].logprobs is not None),
+                    default=None)
+        return None if n_top is None else token_logprobs(draw.raw, tokens, n_top)
+
+    def _exponential(self, slot_list: Sequence[int], width: int, widths: Sequence[int]) -> torch.Tensor:
+        """(B, width) Exp(1) noise: one batched draw, then each seeded row redraws its first widths[b] values
+        from its own generator (0: the row does not use this noise). A seeded row thus draws the same numbers
+        whatever its batch mates do."""
+        noise = torch.empty(len(slot_list), width, device=self.device).exponential_()
+        for row, s in enumerate(slot_list):
+            if self.generators[s] is not None and widths[row]:
+                noise[row, :widths[row]].exponential_(generator=self.generators[s])
+        return noise
 
     def _processed(self, logits, slots, slot_list, params, generated) -> torch.Tensor:
         logits = logits.clone()  # the caller's (raw) logits stay as they are, for logprobs
@@ -246,25 +320,8 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 
 
 def sampling_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                   min_p: torch.Tensor, sort: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The filtered distribution per row: (probs (B, V), order (B, V) or None).
-
-    With `sort`, probs are over tokens sorted by decreasing logit and `order` maps back to token ids;
-    top_k (B,) holds V for "all". Rows with temperature 0 are scaled by 1 (the caller takes argmax there).
-    """
+                   min_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference filtered distribution per row: (probs (B, V) over tokens sorted by decreasing logit,
+    order (B, V) token ids). top_k (B,) holds V for "all"; rows with temperature 0 are scaled by 1."""
     t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))[:, None]
-    scaled = logits / t
-    if not sort:
-        return torch.softmax(scaled, -1), None
-    scaled, order = scaled.sort(-1, descending=True)
-    probs = torch.softmax(scaled, -1)
-    ranks = torch.arange(scaled.shape[-1], device=scaled.device)[None, :]
-    drop = probs < min_p[:, None] * probs[:, :1]  # min-p, relative to the most likely token
-    drop |= ranks >= top_k[:, None]
-    kept = probs.masked_fill(drop, 0.0)
-    kept = kept / kept.sum(-1, keepdim=True)
-    before = kept.cumsum(-1) - kept  # mass of the more likely tokens: keep until it reaches top_p
-    drop |= before >= top_p[:, None]
-    drop[:, 0] = False  # the most likely token always survives
-    kept = probs.masked_fill(drop, 0.0)
-    return kept / kept.sum(-1, keepdim=True), order
+    return sorted_filter(logits / t, top_k, top_p, min_p)

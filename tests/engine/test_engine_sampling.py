@@ -172,3 +172,56 @@ def test_a_seeded_unfiltered_row_draws_the_same_whether_or_not_another_row_sorts
         sampler.admit(1, other, [1])
         draws.append([sampler.sample(logits, torch.tensor([0, 1]), [0, 1])[0].item() for _ in range(20)])
     assert draws[0] == draws[1]
+
+
+@pytest.mark.parametrize("settings", [dict(top_k=5), dict(top_k=7, top_p=0.8, min_p=0.01), dict(top_k=1),
+                                      dict(top_k=40, min_p=0.1), dict(top_k=64, top_p=0.5)])
+@pytest.mark.parametrize("spread", [0.3, 1.0, 4.0])
+def test_top_k_selection_keeps_exactly_what_the_sorted_reference_keeps(settings, spread):
+    from sambay.engine.nucleus import sorted_filter, top_k_filter
+
+    B, V = 16, 64
+    scaled = torch.randn(B, V, generator=torch.Generator().manual_seed(3)) * spread
+    top_k = torch.full((B,), settings["top_k"])
+    top_p = torch.full((B,), settings.get("top_p", 1.0))
+    min_p = torch.full((B,), settings.get("min_p", 0.0))
+    weights, ids = top_k_filter(scaled, top_k, top_p, min_p, settings["top_k"])
+    ref_probs, order = sorted_filter(scaled, top_k, top_p, min_p)
+    for b in range(B):
+        ref = torch.zeros(V, dtype=torch.float64).index_put_((order[b],), ref_probs[b].double())
+        got = torch.zeros(V, dtype=torch.float64).index_put_((ids[b],), weights[b].double())
+        torch.testing.assert_close(got / got.sum(), ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("settings", [dict(top_p=0.9), dict(top_p=0.5, min_p=0.02), dict(min_p=0.1), dict(top_p=0.99)])
+@pytest.mark.parametrize("spread", [0.3, 1.0, 4.0])
+def test_an_accepted_nucleus_draw_is_always_a_token_the_reference_keeps(settings, spread):
+    from sambay.engine.nucleus import rejection_pick, sorted_filter
+
+    B, V = 256, 64
+    scaled = torch.randn(B, V, generator=torch.Generator().manual_seed(5)) * spread
+    top_p = torch.full((B,), settings.get("top_p", 1.0))
+    min_p = torch.full((B,), settings.get("min_p", 0.0))
+    tokens, accepted = rejection_pick(scaled, torch.empty(B, V).exponential_(), top_p, min_p)
+    ref_probs, order = sorted_filter(scaled, torch.full((B,), V), top_p, min_p)
+    kept = torch.zeros(B, V, dtype=torch.bool).scatter_(1, order, ref_probs > 0)
+    in_nucleus = kept.gather(1, tokens[:, None])[:, 0]
+    assert torch.equal(accepted, in_nucleus)  # accepted exactly when the draw is in the kept set
+    assert accepted.float().mean() > 0.4
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=1.0, top_p=0.6), dict(temperature=2.0, min_p=0.3, top_p=0.8)])
+def test_nucleus_draws_with_many_redraws_still_follow_the_filtered_distribution(settings):
+    """A flat distribution and a small top_p reject about half the first draws: the mixture of accepted
+    draws and exact redraws must still pass the chi-square test."""
+    from scipy.stats import chisquare
+
+    logits = torch.randn(12, generator=torch.Generator().manual_seed(2)) * 0.5
+    n = 6000
+    draws = _sample_many(SamplingParams(seed=1, **settings), logits, n)
+    expected = _reference_distribution(logits, **settings)
+    counts = torch.bincount(draws, minlength=12)
+    support = expected > 0
+    assert counts[~support].sum() == 0
+    result = chisquare(counts[support].double().numpy(), (expected[support] / expected[support].sum() * n).numpy())
+    assert result.pvalue > 1e-3, (settings, result)
