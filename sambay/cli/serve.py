@@ -59,6 +59,10 @@ def add_parser(subparsers) -> None:
                    help="tokens per engine step: one per decoding request, the rest for prompt chunks (default 4096)")
     p.add_argument("--block-size", type=int, default=64, metavar="N", help="tokens per K/V cache page (default 64)")
     p.add_argument("--compile", action="store_true", help="compile the CUDA-graph decode step (CUDA only)")
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                   help="reuse the state of shared prompt prefixes and previous turns (default: on)")
+    p.add_argument("--prefix-cache-snapshots", type=int, default=None, metavar="N",
+                   help="state snapshots the prefix cache keeps (default: a tenth of the memory budget)")
     p.add_argument("--max-waiting-requests", type=int, default=1024, metavar="N",
                    help="queued requests beyond which new ones get 429 with Retry-After (default 1024)")
     p.add_argument("--max-request-bytes", type=parse_count, default=32 << 20, metavar="BYTES",
@@ -74,6 +78,8 @@ def _check(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 2 - (name == "max_num_seqs"):
             raise CLIError(f"--{name.replace('_', '-')} must be >= {2 - (name == 'max_num_seqs')} (got {value})")
+    if args.prefix_cache_snapshots is not None and args.prefix_cache_snapshots < 1:
+        raise CLIError(f"--prefix-cache-snapshots must be >= 1 (got {args.prefix_cache_snapshots})")
     for name, low in (("port", 0), ("max_num_batched_tokens", 1), ("block_size", 1), ("max_waiting_requests", 1),
                       ("max_request_bytes", 1024)):
         if getattr(args, name) < low:
@@ -118,7 +124,9 @@ def run(args) -> int:
     try:
         engine = Engine(model, tokenizer, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
                         max_num_batched_tokens=args.max_num_batched_tokens, memory_budget=budget,
-                        block_size=args.block_size, compile=args.compile)
+                        block_size=args.block_size, compile=args.compile,
+                        enable_prefix_caching=args.enable_prefix_caching,
+                        prefix_cache_snapshots=args.prefix_cache_snapshots)
     except ValueError as e:
         raise CLIError(str(e)) from None
     name = args.served_model_name or (folder.name if folder.is_dir() else args.model)
@@ -129,6 +137,8 @@ def run(args) -> int:
     served = ServedModel(engine, tokenizer, options)
     state = engine.state
     pages = f"{state.num_blocks} K/V pages of {state.block_size} tokens" if state.paged else "contiguous K/V"
+    cache = engine.prefix_cache
+    pages += f", prefix cache of {len(cache.snapshots.free)} snapshots" if cache is not None else ", no prefix cache"
     print(f"[sambay serve] {name}: {model.config.arch}, {args.device}, {engine.max_num_seqs} slots, {pages}, "
           f"max length {engine.max_model_len}, defaults {defaults or 'none'} -> http://{args.host}:{args.port}/v1",
           file=sys.stderr, flush=True)

@@ -30,6 +30,7 @@ import torch
 
 from sambay.engine.output import OutputProcessor
 from sambay.engine.pool import size_pool
+from sambay.engine.prefix_cache import PrefixCache
 from sambay.engine.request import Request, RequestOutput, Status
 from sambay.engine.runner import ModelRunner
 from sambay.engine.sampling import SamplingParams
@@ -37,6 +38,7 @@ from sambay.engine.scheduler import Scheduler
 from sambay.engine.state import InferenceState
 from sambay.engine.text import TextCodec
 from sambay.model.model import CausalLM
+from sambay.model.state import state_bytes
 
 Prompt = str | Sequence[int]
 logger = logging.getLogger(__name__)
@@ -62,12 +64,17 @@ class Engine:
         num_blocks: pages (default: from the memory budget, else enough for every slot at max_model_len).
         cuda_graphs: replay decode steps as CUDA graphs (default: on a CUDA device).
         compile: capture the decode step compiled by inductor (needs CUDA graphs).
+        enable_prefix_caching: reuse the state of shared prompt prefixes (`sambay.engine.prefix_cache`).
+            Default: on whenever the growing caches are paged (or the model has none).
+        prefix_cache_snapshots: snapshots the prefix cache keeps (default: a tenth of the memory budget,
+            else twice max_num_seqs).
     """
 
     def __init__(self, model: CausalLM, tokenizer=None, *, max_num_seqs: int | None = None,
                  max_model_len: int | None = None, max_num_batched_tokens: int = 4096, max_chunk: int | None = None,
                  memory_budget: float | int | None = None, block_size: int | None = 64, num_blocks: int | None = None,
-                 cuda_graphs: bool | None = None, compile: bool = False):
+                 cuda_graphs: bool | None = None, compile: bool = False, enable_prefix_caching: bool | None = None,
+                 prefix_cache_snapshots: int | None = None):
         self.model = model.eval()
         self.config = config = model.config
         self.codec = None if tokenizer is None else TextCodec(tokenizer)
@@ -84,16 +91,29 @@ class Engine:
         if max_chunk is not None and max_chunk < 1:
             raise ValueError(f"max_chunk must be >= 1 (got {max_chunk})")
         scratch = 1 if cuda_graphs else 0  # the graphed decoder's slot for padded rows
+        budget = self._budget_bytes(memory_budget, device)
+        constant, per_token = state_bytes(config, self.max_model_len, dtype)
+        cacheable = per_token == 0 or block_size is not None
+        if enable_prefix_caching and not cacheable:
+            raise ValueError("prefix caching shares K/V pages: it needs block_size (a paged cache)")
+        caching = cacheable if enable_prefix_caching is None else enable_prefix_caching
+        snapshots = 0
+        if caching:
+            share = budget // 10 if budget is not None else None  # the snapshots' part of the budget
+            snapshots = prefix_cache_snapshots or (max(1, share // constant) if share and constant else
+                                                   2 * (max_num_seqs or 16))
+            budget = None if budget is None else budget - snapshots * constant
         size = size_pool(config, self.max_model_len, dtype, max_num_seqs=max_num_seqs, block_size=block_size,
-                         memory_budget=self._budget_bytes(memory_budget, device), num_blocks=num_blocks,
-                         default_seqs=256 - scratch)
+                         memory_budget=budget, num_blocks=num_blocks, default_seqs=256 - scratch)
         self.max_num_seqs = size.slots
         self.state = InferenceState(config, size.slots + scratch, self.max_model_len, dtype, device,
                                     block_size=block_size if size.num_blocks is not None else None,
                                     num_blocks=size.num_blocks)
-        self.scheduler = Scheduler(self.state, size.slots, max_num_batched_tokens, max_chunk)
+        self.prefix_cache = PrefixCache(self.state, snapshots, block_size or 64) if caching else None
+        self.scheduler = Scheduler(self.state, size.slots, max_num_batched_tokens, max_chunk, self.prefix_cache)
         self.num_preemptions = 0
-        self.runner = ModelRunner(model, self.state, cuda_graphs=cuda_graphs, compile=compile)
+        self.runner = ModelRunner(model, self.state, cuda_graphs=cuda_graphs, compile=compile,
+                                  prefix_cache=self.prefix_cache)
         self.runner.warm_up()
         self.output = OutputProcessor(self.codec)
         eos = set(self.codec.eos_token_ids if self.codec else ())
@@ -223,6 +243,10 @@ class Engine:
 
     def _retire(self, request: Request) -> None:
         slot = request.slot
+        if self.prefix_cache is not None and request.status is Status.FINISHED and slot >= 0 and request.state_len:
+            # the next turn of a conversation starts with this prompt and answer (all but the last token,
+            # which never entered the state)
+            self.prefix_cache.insert(slot, (request.prompt_token_ids + request.output_token_ids)[:request.state_len])
         self.scheduler.remove(request)
         if slot >= 0:
             self.runner.release(slot)
@@ -236,8 +260,11 @@ class Engine:
             usage = 1 - state.free_blocks / max(state.num_blocks, 1)
         else:
             usage = len(self.scheduler.running) / self.max_num_seqs
+        cache = self.prefix_cache.stats if self.prefix_cache is not None else None
         return EngineStats(num_running=len(self.scheduler.running), num_waiting=len(self.scheduler.waiting) +
-                           len(self._inbox), kv_cache_usage=usage, num_preemptions=self.num_preemptions)
+                           len(self._inbox), kv_cache_usage=usage, num_preemptions=self.num_preemptions,
+                           prefix_cache_queries=cache.queries if cache else 0, prefix_cache_hits=cache.hits if cache else 0,
+                           prefix_cache_bytes=cache.snapshot_bytes if cache else 0)
 
     # ------------------------------------------------------------------ asyncio front
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None,
@@ -322,3 +349,6 @@ class EngineStats:
     num_waiting: int  # requests waiting for one (preempted ones included)
     kv_cache_usage: float  # share of the growing cache's pages in use (of the slots, without pages)
     num_preemptions: int  # since the engine started
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of which restored from it
+    prefix_cache_bytes: int = 0  # memory of the snapshots it holds

@@ -19,6 +19,7 @@ import torch
 from sambay.engine.cuda_graphs import GraphedDecoder
 from sambay.engine.decode import decode_step
 from sambay.engine.prefill import prefill_chunk
+from sambay.engine.prefix_cache import PrefixCache
 from sambay.engine.request import Request
 from sambay.engine.sampling import Logprobs, Sampler, split_logprobs, token_logprobs
 from sambay.engine.scheduler import PrefillChunk, SchedulerOutput
@@ -38,8 +39,9 @@ class RunnerOutput:
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, state: InferenceState, *, cuda_graphs: bool = False, compile: bool = False):
-        self.model, self.state = model, state
+    def __init__(self, model: CausalLM, state: InferenceState, *, cuda_graphs: bool = False, compile: bool = False,
+                 prefix_cache: PrefixCache | None = None):
+        self.model, self.state, self.prefix_cache = model, state, prefix_cache
         self.device = state.device
         self.sampler = Sampler(state.max_batch, model.config.vocab_size, self.device)
         self.last_tokens = torch.zeros(state.max_batch, dtype=torch.long, device=self.device)
@@ -131,7 +133,10 @@ class ModelRunner:
         out = prefill_chunk(self.model, self.state, ctx, ids, last=any(c.completes_prompt for c in group),
                             every_position=_wants_prompt_logprobs(group[0]))
         for c in group:
-            c.request.num_computed = c.request.state_len = c.end
+            r = c.request
+            r.num_computed = r.state_len = c.end
+            if c.end in r.snapshot_at and self.prefix_cache is not None:
+                self.prefix_cache.insert(r.slot, r.prefill_tokens[:c.end])
         return out
 
     def _prompt_logprobs(self, group: list[PrefillChunk], logits: torch.Tensor) -> None:

@@ -16,6 +16,9 @@ With `block_size`, the growing caches (full attention's K/V) are paged instead: 
 block_size) int32 maps a slot's token p to page block_table[slot, p // block_size]. Pages are taken as a
 sequence grows (`ensure_capacity`) and returned when its slot is released, so memory follows the tokens in
 use rather than max_len x slots. Every layer's dict of a paged cache also holds the shared `block_table`.
+Pages are reference-counted: a prefix cache (`sambay.engine.prefix_cache`) shares the full pages of a
+prompt between sequences (`share_pages`), and a page goes back to the free list when its last holder lets
+it go. A shared page is never written: sequences only write at positions past the shared prefix.
 
 Requests take a slot with `acquire()` and give it back with `release()`, so a scheduler can admit new
 sequences while others decode (continuous batching) without moving any state. Keys are cached after RoPE,
@@ -76,6 +79,7 @@ class InferenceState:
         self.lengths = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self._free = list(range(max_batch))
         self._free_blocks = list(range(self.num_blocks))
+        self._refs = [0] * self.num_blocks  # holders of each page: slots and prefix-cache entries
         self._blocks: list[list[int]] = [[] for _ in range(max_batch)]  # pages held by each slot, in order
 
     # ------------------------------------------------------------------ slots
@@ -95,7 +99,7 @@ class InferenceState:
         """Give a slot back, with every page it holds."""
         if slot in self._free or not 0 <= slot < self.max_batch:
             raise ValueError(f"slot {slot} is not in use")
-        self._free_blocks += self._blocks[slot]
+        self.unref_pages(self._blocks[slot])
         self._blocks[slot] = []
         self._free.append(slot)
         self._free.sort()
@@ -145,11 +149,61 @@ class InferenceState:
             return True
         if need > len(self._free_blocks):
             return False
-        new = [self._free_blocks.pop() for _ in range(need)]
-        first = len(self._blocks[slot])
-        self._blocks[slot] += new
-        self.block_table[slot, first:first + need] = torch.tensor(new, dtype=torch.int32, device=self.device)
+        self._append_pages(slot, self.take_pages(need))
         return True
+
+    def take_pages(self, n: int) -> list[int]:
+        """n free pages, each with one holder (the caller); raises RuntimeError when too few are free."""
+        if n > len(self._free_blocks):
+            raise RuntimeError(f"{n} pages wanted, {len(self._free_blocks)} free")
+        pages = [self._free_blocks.pop() for _ in range(n)]
+        for page in pages:
+            self._refs[page] = 1
+        return pages
+
+    def ref_pages(self, pages: list[int]) -> None:
+        for page in pages:
+            self._refs[page] += 1
+
+    def unref_pages(self, pages: list[int]) -> None:
+        """Drop one holder of each page; a page nobody holds is free again."""
+        for page in pages:
+            self._refs[page] -= 1
+            if self._refs[page] == 0:
+                self._free_blocks.append(page)
+
+    def pages_of(self, slot: int) -> list[int]:
+        return list(self._blocks[slot])
+
+    def share_pages(self, slot: int, pages: list[int]) -> None:
+        """Put `pages` (full, already filled; the caller's holds stay its own) first in the empty `slot`'s
+        page list: the slot reads them as its first len(pages) x block_size tokens."""
+        if self._blocks[slot]:
+            raise ValueError(f"slot {slot} already holds pages")
+        self.ref_pages(pages)
+        self._append_pages(slot, pages)
+
+    def copy_page(self, src: int, dst: int) -> None:
+        """Copy one page's contents into another (copy-on-write of a partly filled page)."""
+        for t in self._pages:
+            t[dst] = t[src]
+
+    def append_page_copy(self, slot: int, src: int) -> None:
+        """Give `slot` a new page holding a copy of page `src` (raises RuntimeError when none is free)."""
+        (own,) = self.take_pages(1)
+        self.copy_page(src, own)
+        self._append_pages(slot, [own])
+
+    def _append_pages(self, slot: int, pages: list[int]) -> None:
+        first = len(self._blocks[slot])
+        self._blocks[slot] += pages
+        if pages:
+            self.block_table[slot, first:first + len(pages)] = torch.tensor(pages, dtype=torch.int32, device=self.device)
+
+    @property
+    def slot_tensors(self) -> list[torch.Tensor]:
+        """The constant-size state tensors (slot on dim 0): what a prefix-cache snapshot copies."""
+        return self._slot_tensors
 
     # ------------------------------------------------------------------ accounting
     def nbytes(self) -> int:

@@ -33,10 +33,17 @@ class _EngineCollector:
             g = GaugeMetricFamily(PREFIX + name, doc, labels=["model_name"])
             g.add_metric([self.model_name], value)
             yield g
-        c = CounterMetricFamily(PREFIX + "num_preemptions", "Requests preempted (recomputed later).",
-                                labels=["model_name"])
-        c.add_metric([self.model_name], stats.num_preemptions)
-        yield c
+        for name, doc, value in (
+                ("num_preemptions", "Requests preempted (recomputed later).", stats.num_preemptions),
+                ("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", stats.prefix_cache_queries),
+                ("prefix_cache_hits", "Prompt tokens restored from the prefix cache.", stats.prefix_cache_hits)):
+            c = CounterMetricFamily(PREFIX + name, doc, labels=["model_name"])
+            c.add_metric([self.model_name], value)
+            yield c
+        g = GaugeMetricFamily(PREFIX + "prefix_cache_snapshot_bytes", "Memory of the prefix cache's state snapshots.",
+                              labels=["model_name"])
+        g.add_metric([self.model_name], stats.prefix_cache_bytes)
+        yield g
 
 
 class ServerMetrics:

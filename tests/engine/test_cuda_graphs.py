@@ -141,4 +141,5 @@ def test_graphed_paged_engine_keeps_streams_apart_under_random_add_abort_step():
     for rid, out in final.items():
         if out.finish_reason == "length":
             assert out.token_ids == alone(rid), rid
+    engine.prefix_cache.clear()
     assert engine.state.free_blocks == engine.state.num_blocks

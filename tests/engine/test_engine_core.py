@@ -170,11 +170,18 @@ def test_a_paged_pool_gives_the_budget_beyond_the_slots_constant_state_to_pages(
     model = make_model("sambay")
     constant, per_token = state_bytes(model.config, 64, torch.float32)
     budget = 4 * constant + 10 * 16 * per_token + 7
-    engine = Engine(model, max_model_len=64, max_num_seqs=4, memory_budget=budget, block_size=16)
+    engine = Engine(model, max_model_len=64, max_num_seqs=4, memory_budget=budget, block_size=16,
+                    enable_prefix_caching=False)
     assert engine.state.paged and engine.state.num_blocks == 10 and engine.state.block_size == 16
     with pytest.raises(ValueError, match="lower max_model_len or max_num_seqs, or raise the budget"):
         Engine(model, max_model_len=64, max_num_seqs=4, memory_budget=4 * constant + 3 * 16 * per_token,
-               block_size=16)
+               block_size=16, enable_prefix_caching=False)
+    # with the prefix cache, its snapshots take a tenth of the budget and the pool the rest
+    big = 40 * constant + 100 * 16 * per_token
+    cached = Engine(model, max_model_len=64, max_num_seqs=4, memory_budget=big, block_size=16)
+    snapshots = cached.prefix_cache.snapshots
+    assert len(snapshots.free) * snapshots.row_bytes <= big // 10 and snapshots.row_bytes == constant
+    assert cached.state.nbytes() + len(snapshots.free) * constant <= big
 
 
 def test_async_generate_streams_each_request_and_aborts_when_left_early():
@@ -278,6 +285,7 @@ def test_preemption_when_pages_run_out_recomputes_and_gives_the_same_tokens(pres
         assert tight.num_preemptions > 0
     for rid, out in roomy.items():
         assert contended[rid].token_ids == out.token_ids, rid
+    tight.prefix_cache.clear()  # the cache's snapshots hold pages until evicted: none is leaked
     assert tight.state.free_blocks == tight.state.num_blocks and tight.state.free_slots == tight.state.max_batch
 
 
@@ -302,6 +310,7 @@ def test_n_completions_under_page_pressure_match_the_roomy_engine():
     roomy = run(Engine(model, max_num_seqs=4, max_model_len=24, block_size=4))
     tight = Engine(model, max_num_seqs=4, max_model_len=24, block_size=4, num_blocks=8, max_chunk=4)
     assert run(tight) == roomy and tight.num_preemptions > 0
+    tight.prefix_cache.clear()
     assert tight.state.free_blocks == tight.state.num_blocks
 
 

@@ -208,6 +208,18 @@ def test_metrics_use_vllm_names_and_count_tokens(server, client):
     text = httpx.get(server.base + "/metrics").text
     assert metric(server, "sambay:generation_tokens_total") == before + 4
     for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "num_preemptions_total",
+                 "prefix_cache_queries_total", "prefix_cache_hits_total", "prefix_cache_snapshot_bytes",
                  "prompt_tokens_total", "time_to_first_token_seconds_bucket", "inter_token_latency_seconds_bucket",
                  "e2e_request_latency_seconds_bucket", "request_queue_time_seconds_bucket"):
         assert f"sambay:{name}{{" in text, name
+
+
+def test_a_repeated_chat_turn_is_served_from_the_prefix_cache(server, client):
+    messages = [{"role": "system", "content": "you are a helpful assistant. " * 4}, {"role": "user", "content": "hi"}]
+    first = client.chat.completions.create(model="tiny-chat", messages=messages, max_completion_tokens=6, temperature=0)
+    hits = metric(server, "sambay:prefix_cache_hits_total")
+    follow = messages + [{"role": "assistant", "content": first.choices[0].message.content},
+                         {"role": "user", "content": "and then?"}]
+    again = client.chat.completions.create(model="tiny-chat", messages=follow, max_completion_tokens=6, temperature=0)
+    assert again.choices[0].message.content is not None
+    assert metric(server, "sambay:prefix_cache_hits_total") - hits >= first.usage.prompt_tokens
