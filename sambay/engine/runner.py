@@ -118,8 +118,10 @@ class ModelRunner:
 
     def _fork(self, request: Request) -> list[Request]:
         forks = request.pending_forks
+        if forks and self.prefix_cache is not None:  # a page each for the copies of the partial last page
+            self.prefix_cache.free_pages_for(len(forks))
         for f in forks:
-            self.state.copy_slot(request.slot, f.slot)
+            self.state.copy_slot(request.slot, f.slot, request.state_len)
             f.num_computed, f.state_len, f.prompt_logprobs = f.prompt_len, request.state_len, request.prompt_logprobs
             f.fork_of = None
         return forks

@@ -104,19 +104,17 @@ class InferenceState:
         self._free.append(slot)
         self._free.sort()
 
-    def copy_slot(self, src: int, dst: int) -> None:
-        """Make slot `dst` continue exactly where `src` is (every layer's state and the length): a fork.
-        Paged caches get pages of their own, copied (raises RuntimeError when not enough are free)."""
+    def copy_slot(self, src: int, dst: int, n_tokens: int) -> None:
+        """Make the empty slot `dst` continue exactly where `src` is, holding n_tokens tokens: a fork. Full
+        pages are shared (neither writes to them again); the partly filled last page is copied (raises
+        RuntimeError when no page is free for it)."""
         for t in self._slot_tensors:
             t[dst] = t[src]
-        if self._pages and self._blocks[src]:
-            n = len(self._blocks[src]) * self.block_size
-            if not self.ensure_capacity(dst, n):
-                raise RuntimeError(f"no free pages to fork slot {src} ({n} tokens)")
-            src_pages = torch.tensor(self._blocks[src], device=self.device)
-            dst_pages = torch.tensor(self._blocks[dst][:len(self._blocks[src])], device=self.device)
-            for t in self._pages:
-                t[dst_pages] = t[src_pages]
+        if self._pages and n_tokens:
+            full = n_tokens // self.block_size
+            self.share_pages(dst, self._blocks[src][:full])
+            if n_tokens % self.block_size:
+                self.append_page_copy(dst, self._blocks[src][full])
         self.lengths[dst] = self.lengths[src]
 
     def reset(self, slot: int) -> None:

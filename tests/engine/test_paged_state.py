@@ -50,14 +50,17 @@ def test_pages_follow_the_tokens_and_come_back_with_the_slot():
     assert not samba.paged and samba.ensure_capacity(samba.acquire(), 32)  # no growing cache: nothing to page
 
 
-def test_a_fork_copies_the_pages_into_pages_of_its_own():
+def test_a_fork_shares_the_full_pages_and_copies_the_partial_one():
     model = make_model("sambay")
     state = InferenceState(model.config, 3, 24, block_size=4)
     a, b = state.acquire(), state.acquire()
     state.ensure_capacity(a, 9)
     prefill(model, state, [list(range(9))], [a])
-    state.copy_slot(a, b)
-    assert set(state._blocks[a]).isdisjoint(state._blocks[b])
+    state.copy_slot(a, b, 9)
+    assert state._blocks[a][:2] == state._blocks[b][:2] and state._blocks[a][2] != state._blocks[b][2]
     tok = torch.tensor([3, 3])
     out = decode_step(model, state, tok, torch.tensor([a, b]))
     assert_close(out[0], out[1])
+    state.release(a)
+    state.release(b)
+    assert state.free_blocks == state.num_blocks  # shared pages are freed once, by their last holder
