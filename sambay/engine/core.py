@@ -18,6 +18,7 @@ construction, and every CUDA graph is captured then: nothing is resized or recap
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import threading
@@ -68,13 +69,14 @@ class Engine:
             Default: on whenever the growing caches are paged (or the model has none).
         prefix_cache_snapshots: snapshots the prefix cache keeps (default: a tenth of the memory budget,
             else twice max_num_seqs).
+        prefix_cache_policy: "sambay" (default), or "align" (vLLM's align mode, for comparisons).
     """
 
     def __init__(self, model: CausalLM, tokenizer=None, *, max_num_seqs: int | None = None,
                  max_model_len: int | None = None, max_num_batched_tokens: int = 4096, max_chunk: int | None = None,
                  memory_budget: float | int | None = None, block_size: int | None = 64, num_blocks: int | None = None,
                  cuda_graphs: bool | None = None, compile: bool = False, enable_prefix_caching: bool | None = None,
-                 prefix_cache_snapshots: int | None = None):
+                 prefix_cache_snapshots: int | None = None, prefix_cache_policy: str = "sambay"):
         self.model = model.eval()
         self.config = config = model.config
         self.codec = None if tokenizer is None else TextCodec(tokenizer)
@@ -105,11 +107,15 @@ class Engine:
             budget = None if budget is None else budget - snapshots * constant
         size = size_pool(config, self.max_model_len, dtype, max_num_seqs=max_num_seqs, block_size=block_size,
                          memory_budget=budget, num_blocks=num_blocks, default_seqs=256 - scratch)
+        if caching and size.num_blocks is not None and budget is None and num_blocks is None:
+            # without a budget the pool has exactly the slots' pages: give each snapshot room for the copy of
+            # its partial last page, or a full pool would leave the cache nothing
+            size = dataclasses.replace(size, num_blocks=size.num_blocks + snapshots)
         self.max_num_seqs = size.slots
         self.state = InferenceState(config, size.slots + scratch, self.max_model_len, dtype, device,
                                     block_size=block_size if size.num_blocks is not None else None,
                                     num_blocks=size.num_blocks)
-        self.prefix_cache = PrefixCache(self.state, snapshots, block_size or 64) if caching else None
+        self.prefix_cache = PrefixCache(self.state, snapshots, block_size or 64, prefix_cache_policy) if caching else None
         self.scheduler = Scheduler(self.state, size.slots, max_num_batched_tokens, max_chunk, self.prefix_cache)
         self.num_preemptions = 0
         self.runner = ModelRunner(model, self.state, cuda_graphs=cuda_graphs, compile=compile,
@@ -243,10 +249,12 @@ class Engine:
 
     def _retire(self, request: Request) -> None:
         slot = request.slot
-        if self.prefix_cache is not None and request.status is Status.FINISHED and slot >= 0 and request.state_len:
+        cache = self.prefix_cache
+        if cache is not None and cache.snapshots_answers and request.status is Status.FINISHED and slot >= 0 \
+                and request.state_len:
             # the next turn of a conversation starts with this prompt and answer (all but the last token,
             # which never entered the state)
-            self.prefix_cache.insert(slot, (request.prompt_token_ids + request.output_token_ids)[:request.state_len])
+            cache.insert(slot, (request.prompt_token_ids + request.output_token_ids)[:request.state_len])
         self.scheduler.remove(request)
         if slot >= 0:
             self.runner.release(slot)

@@ -17,12 +17,16 @@ Where snapshots are taken (each costs one copy of the constant state, ~23 MiB fo
   cut at the last shared block boundary and snapshotted there, so every later request with that prefix
   hits it (the insertion idea of Marconi).
 
+`policy="align"` keeps only vLLM's align-mode snapshots, at the last block boundary of each prompt (an
+ablation, for comparing hit rates on the same traces).
+
 Lookups key entries by a chained digest of the full blocks before P plus the P mod block_size tokens after
 them, so a lookup hashes each block of the prompt once. The longest entry that is a proper prefix of the
 prompt wins (at least one token must be computed, for the logits). Memory is bounded: `capacity` snapshots,
 and the pages entries hold are given back (entries evicted) before a running request is preempted.
-Eviction weighs recency against the prefill work an entry saves: the entry with the largest
-age / (1 + P / 1024) goes first.
+Eviction weighs recency against the prefill work an entry saves and how shared it has proved: the entry with
+the largest age / ((1 + P / 1024) (1 + uses)) goes first, where uses counts its hits, the requests that
+would have inserted it again, and one for a branch point (known to be shared when it is made).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Entry:
     pages: list[int]  # its K/V pages: full ones shared, the partial last one its own copy
     digests: list[bytes]  # of every full block before `length`
     last_used: int = 0
+    uses: int = 0  # hits, repeated insertions, and 1 for a branch point
 
 
 @dataclass
@@ -85,15 +90,22 @@ class StateSnapshots:
         self.free.append(row)
 
 
+POLICIES = ("sambay", "align")
+
+
 class PrefixCache:
-    def __init__(self, state: InferenceState, capacity: int, block_size: int):
+    def __init__(self, state: InferenceState, capacity: int, block_size: int, policy: str = "sambay"):
         if capacity < 1:
             raise ValueError(f"the prefix cache needs room for at least one snapshot (got {capacity})")
-        self.state, self.block_size = state, block_size
+        if policy not in POLICIES:
+            raise ValueError(f"unknown prefix-cache policy {policy!r}; choose from {', '.join(POLICIES)}")
+        self.state, self.block_size, self.policy = state, block_size, policy
         self.snapshots = StateSnapshots(state, capacity)
         self.entries: dict[tuple[bytes, tuple[int, ...]], Entry] = {}
         self.by_digest: dict[bytes, list[Entry]] = {}  # entries by the digest of their last full block
         self.known: dict[bytes, int] = {}  # digest of a full block -> entries whose prefix contains it
+        self.inflight: dict[bytes, int] = {}  # digest of a full block -> running prompts that contain it
+        self._inflight_of: dict[int, list[bytes]] = {}
         self.clock = 0
         self.stats = PrefixCacheStats()
 
@@ -109,13 +121,14 @@ class PrefixCache:
         return out
 
     # ------------------------------------------------------------------ lookup
-    def lookup(self, tokens: list[int]) -> tuple[Entry | None, int]:
+    def lookup(self, tokens: list[int]) -> tuple[Entry | None, int, list[bytes]]:
         """-> (the longest entry that is a proper prefix of `tokens`, or None; the number of leading tokens
-        whose full blocks some entry holds: a branch point past the entry when larger than its length)."""
+        whose full blocks an entry or a running prompt holds: a branch point past the entry when larger than
+        its length; the digests of the full blocks before the last token)."""
         b = self.block_size
         digests = self.digests(tokens[:len(tokens) - 1])
         known = 0
-        while known < len(digests) and digests[known] in self.known:
+        while known < len(digests) and (digests[known] in self.known or digests[known] in self.inflight):
             known += 1
         best = None
         for k in range(len(digests), -1, -1):
@@ -126,7 +139,20 @@ class PrefixCache:
                     best = e
             if best is not None:
                 break
-        return best, known * b
+        return best, known * b, digests
+
+    def running(self, owner: object, digests: list[bytes]) -> None:
+        """A prompt with these block digests is now being prefilled: later prompts that share them know."""
+        self._inflight_of[id(owner)] = digests
+        for d in digests:
+            self.inflight[d] = self.inflight.get(d, 0) + 1
+
+    def done(self, owner: object) -> None:
+        """The prompt of `owner` left (finished, aborted or preempted)."""
+        for d in self._inflight_of.pop(id(owner), ()):
+            self.inflight[d] -= 1
+            if not self.inflight[d]:
+                del self.inflight[d]
 
     def record(self, n_tokens: int, entry: Entry | None) -> None:
         """Count a lookup of an admitted request (and mark its entry used)."""
@@ -137,6 +163,7 @@ class PrefixCache:
             self.stats.request_hits += 1
             self.stats.hits += entry.length
             entry.last_used = self.clock
+            entry.uses += 1
 
     def restore(self, entry: Entry, slot: int) -> bool:
         """Make the empty `slot` continue from the entry's snapshot. False when no page is free for the
@@ -152,8 +179,25 @@ class PrefixCache:
         self.state.lengths[slot] = entry.length
         return True
 
+    def snapshot_points(self, n_tokens: int, start: int, known: int) -> dict[int, int]:
+        """Where the prefill of an n_tokens prompt, restored at `start`, leaves snapshots -> {position: uses
+        to credit the entry with}; `known`: leading tokens whose full blocks some entry holds."""
+        boundary = (n_tokens - 1) // self.block_size * self.block_size  # the last one before the last token
+        if self.policy == "align":
+            points = {boundary: 0}
+        else:
+            points = {n_tokens: 0}  # the whole prompt (for a next turn whose answer re-tokenizes differently)
+            if known > start:  # a branch point: later requests with this prefix start there
+                points[min(known, boundary)] = 1
+        return {p: uses for p, uses in points.items() if p > start}
+
+    @property
+    def snapshots_answers(self) -> bool:
+        """Whether a finished request leaves a snapshot of its prompt and answer."""
+        return self.policy != "align"
+
     # ------------------------------------------------------------------ insertion
-    def insert(self, slot: int, tokens: list[int]) -> Entry | None:
+    def insert(self, slot: int, tokens: list[int], uses: int = 0) -> Entry | None:
         """Snapshot `slot`, whose state holds exactly `tokens`. Returns the entry (an existing one for the
         same tokens is only touched), or None when there is no room even after evicting."""
         self.clock += 1
@@ -164,6 +208,7 @@ class PrefixCache:
         entry = self.entries.get(key)
         if entry is not None:
             entry.last_used = self.clock
+            entry.uses += 1
             return entry
         held = self.state.pages_of(slot)
         needs_page = self.state.paged and len(tokens) % b != 0
@@ -178,7 +223,7 @@ class PrefixCache:
             (own,) = self.state.take_pages(1)
             self.state.copy_page(held[n_full], own)
             pages = pages + [own]
-        entry = Entry(len(tokens), key[0], key[1], row, pages, digests, self.clock)
+        entry = Entry(len(tokens), key[0], key[1], row, pages, digests, self.clock, uses)
         self.entries[key] = entry
         self.by_digest.setdefault(key[0], []).append(entry)
         for d in digests:
@@ -191,7 +236,8 @@ class PrefixCache:
         """Drop the entry least worth keeping; False when there is none."""
         if not self.entries:
             return False
-        entry = max(self.entries.values(), key=lambda e: (self.clock - e.last_used) / (1 + e.length / 1024))
+        entry = max(self.entries.values(),
+                    key=lambda e: (self.clock - e.last_used) / ((1 + e.length / 1024) * (1 + e.uses)))
         self._drop(entry)
         self.stats.evictions += 1
         return True

@@ -80,7 +80,7 @@ class Request:
     num_computed: int = 0  # tokens of prefill_tokens already in the state
     state_len: int = 0  # tokens in the state (prefilled, then one more per decode step)
     resume_tokens: list[int] | None = None  # after a preemption: prompt + output so far, to recompute
-    snapshot_at: set[int] = field(default_factory=set)  # prefill positions where the prefix cache snapshots it
+    snapshot_at: dict[int, int] = field(default_factory=dict)  # prefix-cache snapshot positions -> uses credited
     output_token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: int | str | None = None

@@ -138,7 +138,7 @@ class ModelRunner:
             r = c.request
             r.num_computed = r.state_len = c.end
             if c.end in r.snapshot_at and self.prefix_cache is not None:
-                self.prefix_cache.insert(r.slot, r.prefill_tokens[:c.end])
+                self.prefix_cache.insert(r.slot, r.prefill_tokens[:c.end], r.snapshot_at[c.end])
         return out
 
     def _prompt_logprobs(self, group: list[PrefillChunk], logits: torch.Tensor) -> None:

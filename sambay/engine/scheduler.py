@@ -87,7 +87,7 @@ class Scheduler:
             group = [r, *r.pending_forks]  # a request's n completions take their slots together
             if len(self.running) + len(group) > self.max_num_seqs or self.state.free_slots < len(group):
                 break
-            entry, known = self._lookup(r)
+            entry, known, digests = self._lookup(r)
             start = 0 if entry is None else entry.length
             n = min(len(r.prefill_tokens) - start, budget, self.max_chunk or budget)
             if not self._pages_free(self.state.blocks_for(start + n) + (entry is not None)):
@@ -97,7 +97,7 @@ class Scheduler:
                 member.slot, member.status = self.state.acquire(), Status.RUNNING
                 self.running.append(member)
                 out.admitted.append(member)
-            self._start(r, entry, known)
+            self._start(r, entry, known, digests)
             n = self._chunk_len(r, budget)
             self.state.ensure_capacity(r.slot, r.num_computed + n)
             budget -= self._chunk(out, r, n)
@@ -105,10 +105,10 @@ class Scheduler:
 
     def _lookup(self, r: Request):
         if self.cache is None or not _cacheable(r):
-            return None, 0
+            return None, 0, []
         return self.cache.lookup(r.prefill_tokens)
 
-    def _start(self, r: Request, entry, known: int) -> None:
+    def _start(self, r: Request, entry, known: int, digests: list[bytes]) -> None:
         """Restore r's cached prefix (if any) and choose where its prefill leaves snapshots."""
         if self.cache is None or not _cacheable(r):
             return
@@ -117,11 +117,8 @@ class Scheduler:
         self.cache.record(len(r.prefill_tokens), entry)
         if entry is not None:
             r.num_computed = r.state_len = entry.length
-        n = len(r.prefill_tokens)
-        points = {n}  # the whole prompt (for a follow-up turn whose answer does not re-tokenize the same)
-        if known > r.num_computed:  # a branch point: later requests with this prefix start there
-            points.add(min(known, (n - 1) // self.cache.block_size * self.cache.block_size))
-        r.snapshot_at = {p for p in points if p > r.num_computed}
+        r.snapshot_at = self.cache.snapshot_points(len(r.prefill_tokens), r.num_computed, known)
+        self.cache.running(r, digests)
 
     def _chunk_len(self, r: Request, budget: int) -> int:
         """Prompt tokens r prefills this step: up to the budget and max_chunk, ending at a snapshot point."""
@@ -154,6 +151,8 @@ class Scheduler:
 
     def _preempt(self, r: Request, out: SchedulerOutput) -> None:
         out.preempted.append((r, r.slot))
+        if self.cache is not None:
+            self.cache.done(r)
         # a request scheduled earlier in this step (its decode token or a chunk) runs no more
         out.decode = [d for d in out.decode if d is not r]
         out.prefill = [c for c in out.prefill if c.request is not r]
@@ -166,6 +165,8 @@ class Scheduler:
 
     def remove(self, request: Request) -> None:
         """Take a finished or aborted request out of its queue and give its slot back."""
+        if self.cache is not None:
+            self.cache.done(request)
         if request in self.running:
             self.running.remove(request)
         else:

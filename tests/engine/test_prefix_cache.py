@@ -130,3 +130,51 @@ def test_prefix_caching_needs_paged_k_v():
         Engine(make_model("sambay"), block_size=None, enable_prefix_caching=True)
     assert Engine(make_model("sambay"), block_size=None).prefix_cache is None
     assert Engine(make_model("samba"), block_size=None).prefix_cache is not None  # nothing grows: no pages needed
+
+
+def test_the_align_policy_is_exact_and_hits_less_on_a_chat():
+    """vLLM's align mode (snapshots only at a prompt's last block boundary) against sambay's policy on the
+    same two-turn chat: both give the uncached tokens; sambay restores more."""
+    model = make_model("sambay")
+    common = dict(max_num_seqs=4, max_model_len=64, block_size=BLOCK, max_chunk=5)
+    turn1 = tokens(14, 3)
+    hits = {}
+    for policy in ("sambay", "align"):
+        engine = Engine(model, prefix_cache_policy=policy, **common)
+        answer = run(engine, [{"t1": turn1}], new=7)["t1"]
+        turn2 = turn1 + answer + tokens(4, 4)
+        assert run(engine, [{"t2": turn2}]) == run(Engine(model, enable_prefix_caching=False, **common), [{"t2": turn2}])
+        hits[policy] = engine.prefix_cache.stats.hits
+    assert hits == {"sambay": 14 + 7 - 1, "align": 12}
+    with pytest.raises(ValueError, match="align"):
+        Engine(model, prefix_cache_policy="all", **common)
+
+
+def test_requests_admitted_together_share_a_header_through_the_branch_point():
+    """Four requests with one 300-token header arrive at once: none can hit, but the second sees the
+    first's blocks in flight and snapshots the shared part; the next four restore 256 tokens each."""
+    model = make_model("sambay")
+    engine = Engine(model, max_num_seqs=4, max_model_len=340, max_chunk=2048, block_size=64)
+    header = tokens(300, 1)
+    run(engine, [{f"a{i}": header + tokens(20, 10 + i) for i in range(4)}], new=2)
+    assert engine.prefix_cache.stats.hits == 0
+    run(engine, [{f"b{i}": header + tokens(20, 20 + i) for i in range(4)}], new=2)
+    assert engine.prefix_cache.stats.hits == 4 * 256
+
+
+def test_the_prefix_cache_benchmark_runs_every_policy_on_both_workloads():
+    from sambay.bench.prefix_cache import bench_prefix_cache, format_report
+    from sambay.config import tiny
+
+    reports = []
+    for workload in ("chat", "fewshot"):
+        reports += bench_prefix_cache("tiny", tiny("sambay"), workload=workload, dtype=torch.float32,
+                                      device=torch.device("cpu"), conversations=2, turns=2, system_len=70,
+                                      requests=6, prefix_len=130, tail_len=10, answer_len=3, max_num_seqs=2)
+    table = format_report(reports)
+    assert [(r.workload, r.policy) for r in reports] == [(w, p) for w in ("chat", "fewshot") for p in ("off", "align", "sambay")]
+    by = {(r.workload, r.policy): r for r in reports}
+    for workload in ("chat", "fewshot"):
+        assert by[workload, "off"].hit_rate == 0 and by[workload, "sambay"].hit_rate > 0
+        assert by[workload, "sambay"].prefilled_tokens < by[workload, "off"].prefilled_tokens
+    assert "sambay" in table and "hit rate" in table
