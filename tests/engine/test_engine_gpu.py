@@ -40,3 +40,34 @@ def test_generator_runs_on_cuda_in_bf16_with_mixed_requests():
     assert [len(r.token_ids) for r in results] == [8, 5]
     again = Generator(model).generate([list(range(40))], params[1])[0]
     assert again.token_ids == results[1].token_ids
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset", ["phi4-mini-flash", "transformer++"])
+def test_prefix_caching_gives_the_uncached_greedy_tokens_in_bf16_with_cuda_graphs(preset):
+    """Shared headers, a chat follow-up and page pressure, in bf16 with graphed decode: caching on equals off."""
+    from sambay import Engine
+
+    model = make_model(preset, dtype=torch.bfloat16).cuda()
+    g = torch.Generator().manual_seed(0)
+    header = torch.randint(0, 256, (45,), generator=g).tolist()
+    prompts = {f"r{i}": header[:n] + torch.randint(0, 256, (7,), generator=g).tolist()
+               for i, n in enumerate([45, 45, 20, 8, 45, 33])}
+
+    def run(engine):
+        out = {}
+        for wave in (dict(list(prompts.items())[:2]), dict(list(prompts.items())[2:])):
+            for rid, p in wave.items():
+                engine.add_request(p, SamplingParams(temperature=0, max_new_tokens=6), rid)
+            while engine.has_unfinished_requests():
+                out.update({o.request_id: o.token_ids for o in engine.step() if o.finished})
+        follow = prompts["r0"] + out["r0"] + [5, 6, 7]
+        engine.add_request(follow, SamplingParams(temperature=0, max_new_tokens=6), "follow")
+        while engine.has_unfinished_requests():
+            out.update({o.request_id: o.token_ids for o in engine.step() if o.finished})
+        return out
+
+    kw = dict(max_num_seqs=3, max_model_len=96, block_size=8, max_chunk=16, num_blocks=40)
+    cached = Engine(model, **kw)
+    assert run(cached) == run(Engine(model, enable_prefix_caching=False, **kw))
+    assert cached.prefix_cache.stats.hits > 0
