@@ -155,7 +155,8 @@ class Engine:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be a SamplingParams, got {type(params).__name__}")
         ids = self._encode(prompt)
-        if len(ids) >= self.max_model_len:
+        scoring_only = params.max_new_tokens == 0 and params.prompt_logprobs is not None
+        if len(ids) > self.max_model_len or (len(ids) == self.max_model_len and not scoring_only):
             raise ValueError(f"the prompt has {len(ids)} tokens; max_model_len is {self.max_model_len}, which must "
                              "leave room for at least one generated token")
         if params.stop and self.codec is None:
