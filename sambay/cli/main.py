@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "sambay.cli.describe",
     "sambay.cli.generate",
     "sambay.cli.serve",
+    "sambay.cli.eval",
     "sambay.cli.convert",
     "sambay.cli.train",
     "sambay.cli.data",
@@ -42,7 +43,7 @@ def parse_count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sambay", description="SambaY language models: describe, generate, "
-                                     "serve, convert, train, data, tokenizer, scaling, bench")
+                                     "serve, eval, convert, train, data, tokenizer, scaling, bench")
     from sambay import __version__
 
     parser.add_argument("--version", action="version", version=f"sambay {__version__}")

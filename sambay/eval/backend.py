@@ -19,8 +19,9 @@ from sambay.engine import Engine, SamplingParams
 @dataclass
 class Completion:
     text: str
-    token_ids: list[int]
+    token_ids: list[int]  # empty from a server (OpenAI's API returns text)
     finish_reason: str | None
+    num_tokens: float  # generated tokens (from a server with n > 1: the mean of the request's completions)
 
 
 class LocalBackend:
@@ -38,8 +39,13 @@ class LocalBackend:
                 if out.finished:
                     if out.error is not None:
                         raise RuntimeError(f"request {out.request_id} failed: {out.error}")
-                    done[out.request_id, out.index] = Completion(out.text or "", out.token_ids, out.finish_reason)
+                    done[out.request_id, out.index] = Completion(out.text or "", out.token_ids, out.finish_reason,
+                                                                 len(out.token_ids))
         return [[done[rid, i] for i in range(params.n)] for rid in ids]
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation in the model's chat template, ending with the assistant's cue."""
+        return self.tokenizer.encode_chat(messages, add_generation_prompt=True)
 
     def score(self, sequences: Sequence[list[int]]) -> list[list[tuple[float, bool]]]:
         """-> per sequence, for each token after the first: (log-probability, whether it was the argmax)."""
@@ -95,6 +101,11 @@ class RemoteBackend:
         self.tokenizer = RemoteTokenizer(self.client, self.model)
         self.concurrency = concurrency
 
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        r = self.client.post("/tokenize", json={"model": self.model, "messages": messages, "add_generation_prompt": True})
+        _check(r)
+        return r.json()["tokens"]
+
     def _run(self, bodies: list[dict]) -> list[dict]:
         import httpx
 
@@ -117,8 +128,8 @@ class RemoteBackend:
         if params.seed is not None:
             body["seed"] = params.seed
         answers = self._run([{**body, "prompt": p} for p in prompts])
-        return [[Completion(c["text"], [], c["finish_reason"]) for c in sorted(a["choices"], key=lambda c: c["index"])]
-                for a in answers]
+        return [[Completion(c["text"], [], c["finish_reason"], a["usage"]["completion_tokens"] / len(a["choices"]))
+                 for c in sorted(a["choices"], key=lambda c: c["index"])] for a in answers]
 
     def score(self, sequences: Sequence[list[int]]) -> list[list[tuple[float, bool]]]:
         answers = self._run([{"prompt": s, "max_tokens": 1, "temperature": 0, "logprobs": 1, "echo": True}

@@ -1,0 +1,72 @@
+"""`sambay eval reasoning | harness` as a user runs them, locally and against a server."""
+
+import json
+
+import pytest
+from serve.serve_helpers import Server, write_chat_model
+from test_harness_adapter import local_tasks
+
+from sambay.cli.main import main
+
+pytest.importorskip("lm_eval")  # the eval extra; CI installs it for the `-m eval` step
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_chat_model(tmp_path_factory.mktemp("cli") / "m", max_seq_len=128)
+
+
+def problems(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({"question": q, "answer": a}) for q, a in [("6 x 7?", "42"), ("2 + 2?", "4")]))
+    return path
+
+
+def test_reasoning_writes_its_report(folder, tmp_path, capsys):
+    assert main(["eval", "reasoning", "--model", str(folder), "--data", str(problems(tmp_path)), "--samples", "2",
+                 "--max-new-tokens", "5", "--output", str(tmp_path / "out")]) == 0
+    assert "2 problems x 2 samples: pass@1" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "reasoning.json").read_text())
+    assert report["report"]["problems"] == 2 and "git_sha" in report["meta"]
+
+
+def test_harness_runs_local_tasks_offline(folder, tmp_path, capsys):
+    (tmp_path / "tasks").mkdir()
+    tasks = local_tasks(tmp_path / "tasks")
+    assert main(["eval", "harness", "--model", str(folder), "--tasks", "tiny_mc,tiny_ppl", "--include-path", str(tasks),
+                 "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "tiny_mc" in out and "tiny_ppl" in out
+    results = json.loads((tmp_path / "out" / "harness.json").read_text())["results"]
+    assert 0 <= results["tiny_mc"]["acc,none"] <= 1
+
+
+def test_reasoning_against_a_server_matches_the_local_run(folder, tmp_path, capsys):
+    server = Server(folder, log=tmp_path / "log")
+    try:
+        args = ["--data", str(problems(tmp_path)), "--samples", "2", "--max-new-tokens", "4", "--temperature", "0"]
+        assert main(["eval", "reasoning", "--base-url", server.base, *args, "--output", str(tmp_path / "remote")]) == 0
+        assert main(["eval", "reasoning", "--model", str(folder), *args, "--output", str(tmp_path / "local")]) == 0
+        remote = json.loads((tmp_path / "remote" / "reasoning.json").read_text())["report"]
+        local = json.loads((tmp_path / "local" / "reasoning.json").read_text())["report"]
+        assert [r["new_tokens"] for r in remote["per_problem"]] == [r["new_tokens"] for r in local["per_problem"]]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["reasoning", "--data", "/nonexistent.jsonl"], "no such file"),
+    (["reasoning", "--data", "P", "--samples", "0"], "--samples must be >= 1"),
+    (["harness", "--tasks", "no_such_task"], "unknown task"),
+    (["harness", "--tasks", "x", "--metadata", "{bad"], "--metadata is not JSON"),
+])
+def test_bad_arguments_are_one_line_errors(folder, tmp_path, capsys, argv, words):
+    argv = [a.replace("P", str(problems(tmp_path))) if a == "P" else a for a in argv]
+    assert main(["eval", *argv[:1], "--model", str(folder), *argv[1:]]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_an_unreachable_server_is_a_one_line_error(tmp_path, capsys):
+    assert main(["eval", "reasoning", "--base-url", "http://127.0.0.1:9", "--data", str(problems(tmp_path))]) == 2
+    assert "--base-url" in capsys.readouterr().err
