@@ -121,6 +121,7 @@ def bench_prefix_cache(name: str, config: ModelConfig, *, workload: str, dtype: 
                         max_num_batched_tokens=max_num_batched_tokens, max_chunk=max_chunk,
                         memory_budget=memory_budget, enable_prefix_caching=policy != "off",
                         prefix_cache_policy="sambay" if policy == "off" else policy)
+        _warm_up(engine, config.vocab_size)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -146,6 +147,16 @@ def bench_prefix_cache(name: str, config: ModelConfig, *, workload: str, dtype: 
     if off is not None:  # with the cache off every prompt token is prefilled
         off.prompt_tokens = off.prefilled_tokens = max((r.prompt_tokens for r in reports), default=0)
     return reports
+
+
+def _warm_up(engine: Engine, vocab: int) -> None:
+    """One short request first (kernel autotuning, allocator), then an empty cache with fresh counters."""
+    engine.add_request(list(range(min(vocab, 100))), SamplingParams(temperature=0, max_new_tokens=2), "warm-up")
+    while engine.has_unfinished_requests():
+        engine.step()
+    if engine.prefix_cache is not None:
+        engine.prefix_cache.clear()
+        engine.prefix_cache.stats = type(engine.prefix_cache.stats)()
 
 
 def format_report(reports: list[CacheReport]) -> str:

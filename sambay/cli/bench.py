@@ -2,13 +2,14 @@
 
 generate: long-generation throughput of a SambaY model vs its baselines, one process; engine: the same end to
 end through `sambay.Engine` beside the bare decode step, and the streams' latency while a long prompt is
-admitted; train: training
+admitted; prefix-cache: chat and few-shot workloads with the prefix cache off, in align mode and on; train: training
 tokens/s and MFU; kernels: the Mamba-1 Triton kernels; attention: decode and prefill attention. Each
 prints a report and, with --json PATH, writes its numbers with `sambay.bench.meta.metadata()` under "meta".
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -61,6 +62,29 @@ def add_parser(sub) -> None:
     e.add_argument("--compile", action="store_true", help="the engine's decode step compiled by inductor")
     _json_option(e)
     e.set_defaults(func=run_engine)
+
+    c = bsub.add_parser("prefix-cache", help="prefix caching on chat and few-shot workloads: off / align / sambay",
+                        description="Multi-turn chats over a shared system prompt (closed loop: each answer becomes "
+                        "part of the next turn) and requests with one shared few-shot header, through the Engine with "
+                        "the prefix cache off, in vLLM's align mode, and with sambay's policy: time to first token, "
+                        "prompt tokens actually prefilled, hit rate.")
+    c.add_argument("--preset", default="phi4-mini-flash", help="the model (a preset; random weights)")
+    c.add_argument("--baseline", action="append", default=None, help="more presets, run the same way (repeatable)")
+    c.add_argument("--workload", choices=("chat", "fewshot", "both"), default="both", help="which workload(s)")
+    c.add_argument("--conversations", type=int, default=64, help="chat: conversations")
+    c.add_argument("--turns", type=int, default=8, help="chat: turns per conversation")
+    c.add_argument("--system-len", type=int, default=1024, help="chat: shared system-prompt tokens")
+    c.add_argument("--requests", type=int, default=1000, help="few-shot: requests")
+    c.add_argument("--prefix-len", type=int, default=4096, help="few-shot: shared header tokens")
+    c.add_argument("--tail-len", type=int, default=100, help="few-shot: unique tokens per request")
+    c.add_argument("--answer-len", type=int, default=64, help="generated tokens per request (ignore_eos)")
+    c.add_argument("--max-num-seqs", type=int, default=64, help="requests the engine runs at once")
+    c.add_argument("--policy", action="append", choices=("off", "align", "sambay"), default=None,
+                   help="policies to run (repeatable; default all three)")
+    _inference_options(c)
+    c.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    _json_option(c)
+    c.set_defaults(func=run_prefix_cache)
 
     t = bsub.add_parser("train", help="training tokens/s and MFU of one preset/depth (torchrun for several GPUs)",
                         description="Training throughput: the real trainer step, `--warmup` untimed steps, then "
@@ -241,6 +265,38 @@ def run_engine(args) -> int:
     print(bench.format_report(reports))
     if args.json is not None:
         write_json(args.json, {"meta": metadata(device), "models": reports})
+    return 0
+
+
+def run_prefix_cache(args) -> int:
+    import torch
+
+    from sambay.bench import prefix_cache as bench
+    from sambay.bench.meta import metadata, write_json
+
+    for flag in ("conversations", "turns", "system_len", "requests", "prefix_len", "tail_len", "answer_len",
+                 "max_num_seqs"):
+        if getattr(args, flag) < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be >= 1 (got {getattr(args, flag)})")
+    device = _inference_device(args)
+    try:
+        configs = [(n, _config(n, args.preset, args.tiny)) for n in [args.preset, *(args.baseline or [])]]
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
+    workloads = ("chat", "fewshot") if args.workload == "both" else (args.workload,)
+    reports = []
+    for name, cfg in configs:
+        for workload in workloads:
+            print(f"[bench] {name} {workload} ...", file=sys.stderr, flush=True)
+            reports += bench.bench_prefix_cache(
+                name, cfg, workload=workload, dtype=getattr(torch, DTYPES[args.dtype]), device=device,
+                conversations=args.conversations, turns=args.turns, system_len=args.system_len,
+                requests=args.requests, prefix_len=args.prefix_len, tail_len=args.tail_len,
+                answer_len=args.answer_len, max_num_seqs=args.max_num_seqs,
+                policies=tuple(args.policy or bench.POLICIES))
+    print(bench.format_report(reports))
+    if args.json is not None:
+        write_json(args.json, {"meta": metadata(device), "reports": reports})
     return 0
 
 

@@ -255,7 +255,9 @@ class Engine:
                 and request.state_len:
             # the next turn of a conversation starts with this prompt and answer (all but the last token,
             # which never entered the state)
-            cache.insert(slot, (request.prompt_token_ids + request.output_token_ids)[:request.state_len])
+            if cache.insert(slot, (request.prompt_token_ids + request.output_token_ids)[:request.state_len]) \
+                    and request.restored_from is not None:
+                cache.superseded(request.restored_from)
         self.scheduler.remove(request)
         if slot >= 0:
             self.runner.release(slot)

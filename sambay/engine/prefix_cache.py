@@ -24,9 +24,11 @@ Lookups key entries by a chained digest of the full blocks before P plus the P m
 them, so a lookup hashes each block of the prompt once. The longest entry that is a proper prefix of the
 prompt wins (at least one token must be computed, for the logits). Memory is bounded: `capacity` snapshots,
 and the pages entries hold are given back (entries evicted) before a running request is preempted.
-Eviction weighs recency against the prefill work an entry saves and how shared it has proved: the entry with
-the largest age / ((1 + P / 1024) (1 + uses)) goes first, where uses counts its hits, the requests that
-would have inserted it again, and one for a branch point (known to be shared when it is made).
+Eviction keeps what has proved shared. `uses` counts an entry's hits and repeated insertions, plus one for a
+branch point (shared when it is made), less one for each hit whose request went on to leave its own longer
+snapshot (a chat turn superseded by the next: its use is spent). Entries with no uses go first, the one with
+the largest age / (1 + P / 1024) first (recency against the prefill work it saves); then the others by
+age / ((1 + P / 1024) (1 + uses)). A few-shot header thus outlives the unique prompts that restore it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Entry:
     pages: list[int]  # its K/V pages: full ones shared, the partial last one its own copy
     digests: list[bytes]  # of every full block before `length`
     last_used: int = 0
-    uses: int = 0  # hits, repeated insertions, and 1 for a branch point
+    uses: int = 0  # hits and repeated insertions not yet superseded, and 1 for a branch point
 
 
 @dataclass
@@ -165,6 +167,11 @@ class PrefixCache:
             entry.last_used = self.clock
             entry.uses += 1
 
+    def superseded(self, entry: Entry) -> None:
+        """A request restored from `entry` has left a longer snapshot of its own: that hit's use is spent."""
+        if (entry.digest, entry.tail) in self.entries and self.entries[entry.digest, entry.tail] is entry:
+            entry.uses -= 1
+
     def restore(self, entry: Entry, slot: int) -> bool:
         """Make the empty `slot` continue from the entry's snapshot. False when no page is free for the
         copy of its partial last page."""
@@ -236,8 +243,9 @@ class PrefixCache:
         """Drop the entry least worth keeping; False when there is none."""
         if not self.entries:
             return False
-        entry = max(self.entries.values(),
-                    key=lambda e: (self.clock - e.last_used) / ((1 + e.length / 1024) * (1 + e.uses)))
+        unused = [e for e in self.entries.values() if e.uses <= 0]
+        entry = max(unused or self.entries.values(),
+                    key=lambda e: (self.clock - e.last_used) / ((1 + e.length / 1024) * (1 + max(e.uses, 0))))
         self._drop(entry)
         self.stats.evictions += 1
         return True

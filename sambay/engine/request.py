@@ -81,6 +81,7 @@ class Request:
     state_len: int = 0  # tokens in the state (prefilled, then one more per decode step)
     resume_tokens: list[int] | None = None  # after a preemption: prompt + output so far, to recompute
     snapshot_at: dict[int, int] = field(default_factory=dict)  # prefix-cache snapshot positions -> uses credited
+    restored_from: object | None = None  # the prefix-cache entry its state started from
     output_token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: int | str | None = None

@@ -117,6 +117,7 @@ class Scheduler:
         self.cache.record(len(r.prefill_tokens), entry)
         if entry is not None:
             r.num_computed = r.state_len = entry.length
+        r.restored_from = entry
         r.snapshot_at = self.cache.snapshot_points(len(r.prefill_tokens), r.num_computed, known)
         self.cache.running(r, digests)
 
