@@ -8,6 +8,7 @@ from test_harness_adapter import local_tasks
 
 from sambay.cli.main import main
 
+pytestmark = pytest.mark.eval  # needs the eval extra: CI installs it and runs pytest -m eval
 pytest.importorskip("lm_eval")  # the eval extra; CI installs it for the `-m eval` step
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from serve.serve_helpers import Server, write_chat_model
 
+pytestmark = pytest.mark.eval  # needs the eval extra: CI installs it and runs pytest -m eval
 lm_eval = pytest.importorskip("lm_eval")  # the eval extra; CI installs it for the `-m eval` step
 
 from lm_eval.api.instance import Instance  # noqa: E402

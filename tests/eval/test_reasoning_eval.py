@@ -3,6 +3,7 @@ import json
 import pytest
 from serve.serve_helpers import write_chat_model
 
+pytestmark = pytest.mark.eval  # needs the eval extra: CI installs it and runs pytest -m eval
 pytest.importorskip("math_verify")  # the eval extra; CI installs it for the `-m eval` step
 
 from sambay import from_pretrained, load_tokenizer  # noqa: E402
