@@ -8,7 +8,7 @@ OUT=${1:-runs/quickstart}
 mkdir -p "$OUT"
 python3 -m sambay describe sambay --depth 8 --length 32768
 python3 "$(dirname "$0")/make_toy_corpus.py" "$OUT/corpus.jsonl"
-python3 -m sambay tokenizer train --input "$OUT/corpus.jsonl" --vocab-size 320 --output "$OUT/tokenizer"
+python3 -m sambay tokenizer train --input "$OUT/corpus.jsonl" --vocab-size 320 --output "$OUT/tokenizer" --force
 python3 -m sambay data prepare --tokenizer "$OUT/tokenizer" --input "$OUT/corpus.jsonl" --output "$OUT/shards" --quiet
 python3 -m sambay train --preset sambay --tiny --d-model 64 --model-override vocab_size=320 --data "$OUT/shards" --tokens 600K --batch-tokens 4096 --base-batch-tokens 4096 \
     --micro-batch 8 --seq-len 128 --warmup-tokens 20000 --eta0 2e-3 --run-dir "$OUT/run" --ckpt-every 1000000 \

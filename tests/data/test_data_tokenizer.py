@@ -50,3 +50,17 @@ def test_trained_tokenizer_loads_as_the_one_tokenizer_type(tokenizer_dir):
     assert tok.sha256 == hashlib.sha256(tok.file.read_bytes()).hexdigest()
     assert tok.eos_token_ids == [tok.eos_id] and tok.chat_template is None
     assert tok.encode("room 42") == tok.backend.encode("room 42").ids
+
+
+def test_tokenizer_train_keeps_an_existing_tokenizer_unless_forced(corpus, tmp_path, capsys):
+    from sambay.cli.main import main
+
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", "--input", str(corpus[0] / "*.txt"), "--vocab-size", "300", "--output", str(out)]
+    assert main(argv) == 0
+    before = (out / "tokenizer.json").read_bytes()
+    (out / "tokenizer.json").write_bytes(before + b" ")
+    assert main(argv) == 2
+    assert "already holds a tokenizer" in capsys.readouterr().err
+    assert (out / "tokenizer.json").read_bytes() == before + b" "  # untouched
+    assert main([*argv, "--force"]) == 0 and (out / "tokenizer.json").read_bytes() == before
