@@ -47,7 +47,7 @@ class SamplingParams:
     prefill (a seeded request's completion i uses seed + i).
     """
 
-    max_new_tokens: int = 16
+    max_new_tokens: int = 128  # as `sambay generate`; the HTTP completions endpoint keeps OpenAI's 16
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
