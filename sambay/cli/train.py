@@ -51,8 +51,12 @@ def add_parser(subparsers) -> None:
     d.add_argument("--micro-batch", type=int, default=2, help="sequences per rank per forward")
     d.add_argument("--seq-len", type=int, help="training length (default min(4096, model max_seq_len))")
     o = p.add_argument_group("optimizer and schedule")
-    o.add_argument("--eta0", type=float, default=4e-4, help="base LR at batch b0 (and depth d0 for μP++)")
-    o.add_argument("--base-batch-tokens", type=parse_count, default=2**21, help="b0 of the √ batch rule")
+    o.add_argument("--eta0", type=float, default=None,
+                   help="base LR η0, tuned at batch b0 (and depth d0 = 16 for μP++); the run's LR is "
+                        "η0·√(b/b0)·√(d0/L) (default 4e-4, the paper's; 2e-3 with --tiny)")
+    o.add_argument("--base-batch-tokens", type=parse_count, default=None,
+                   help="b0 of the √ batch rule: the batch η0 was tuned at (default 2M tokens, the paper's; 16K "
+                        "with --tiny, so that a small toy batch is not scaled down to an LR that cannot learn)")
     o.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay of the matrices (μP++: vectors get none)")
     o.add_argument("--beta1", type=float, default=0.9, help="AdamW first-moment decay, in [0, 1)")
     o.add_argument("--beta2", type=float, default=0.95, help="AdamW second-moment decay, in [0, 1)")
@@ -108,8 +112,10 @@ def config_from_args(args: argparse.Namespace):
         preset=args.preset, depth=args.depth, tiny=args.tiny, model_overrides=overrides,
         parametrization=args.parametrization, data=args.data, val_data=args.val_data,
         document_ids=args.document_ids, tokens=args.tokens, budget=args.budget, max_steps=args.max_steps,
-        batch_tokens=args.batch_tokens, micro_batch=args.micro_batch, seq_len=args.seq_len, eta0=args.eta0,
-        base_batch_tokens=args.base_batch_tokens, weight_decay=args.weight_decay, beta1=args.beta1,
+        batch_tokens=args.batch_tokens, micro_batch=args.micro_batch, seq_len=args.seq_len,
+        eta0=args.eta0 if args.eta0 is not None else (2e-3 if args.tiny else 4e-4),
+        base_batch_tokens=args.base_batch_tokens or (2**14 if args.tiny else 2**21),
+        weight_decay=args.weight_decay, beta1=args.beta1,
         beta2=args.beta2, eps=args.eps, grad_clip=args.grad_clip, schedule=args.schedule,
         warmup_tokens=args.warmup_tokens, device=args.device, dtype=args.dtype, parallel=args.parallel,
         activation_checkpointing=args.activation_checkpointing, compile=args.compile, seed=args.seed,

@@ -113,3 +113,22 @@ def test_schedules():
     f = [wsd.factor(s) for s in range(16)]
     assert f[2:12] == [1.0] * 10 and f[12:] == pytest.approx([1.0, 0.75, 0.5, 0.25])
     assert all(0 <= x <= 1 for x in f)
+
+
+def test_a_tiny_cli_run_gets_a_learning_rate_that_can_learn():
+    """`sambay train --tiny --tokens 100K` once resolved to lr 1.25e-5 (the paper's b0 of 2M tokens scaled a
+    4K batch down 22x); tiny runs now default to η0 2e-3 at b0 16K, and the paper's defaults stay otherwise."""
+    import argparse
+
+    from sambay.cli import train as cli
+    from sambay.config import tiny
+
+    p = argparse.ArgumentParser()
+    cli.add_parser(p.add_subparsers())
+    small = cli.config_from_args(p.parse_args(["train", "--tiny", "--tokens", "100K", "--data", "synthetic"]))
+    big = cli.config_from_args(p.parse_args(["train", "--tokens", "100K", "--data", "synthetic"]))
+    assert (small.eta0, small.base_batch_tokens) == (2e-3, 2**14) and (big.eta0, big.base_batch_tokens) == (4e-4, 2**21)
+    mc = tiny("sambay", depth=8)
+    plan = resolve(small, mc, _meta_model(mc).num_parameters(exclude_embeddings=True), world_size=1, parallel="none",
+                   dtype="fp32")
+    assert plan.lr >= 5e-4
