@@ -2,7 +2,8 @@
 
 * ``axis="compute"``: X = training FLOPs ``6*N*T`` with N, T from the Transformer++ formula for every
   architecture (``N = 14.5 * 128**2 * L**3``, ``T = 1e11 * N / n0``, ``n0 = 237568 * 16**3``), so
-  parameter-matched architectures share the x-axis. X is in raw FLOPs (9.12e18 ... 6.65e21 for d8...d24):
+  parameter-matched architectures share the x-axis. A run that records its ``tokens`` uses them as T (a
+  run trained off the paper's budget is placed where its compute really was). X is in raw FLOPs (9.12e18 ... 6.65e21 for d8...d24):
   the published A values (39.79, 40.57, 49.64, ...) are only reproduced with raw FLOPs, not e.g. PFLOPs.
 * ``axis="tokens"``: X = D in billions of tokens.
 
@@ -123,10 +124,13 @@ class Run:
             object.__setattr__(self, "label", self.arch)
 
     def x(self, axis: str) -> float:
-        """The run's coordinate: Transformer++ FLOPs at its depth, or billions of tokens."""
+        """The run's coordinate: Transformer++ FLOPs at its depth (6·N·T, T its own tokens when recorded,
+        else the paper's budget for the depth), or billions of tokens."""
         if axis == "compute":
             if self.depth is None:
                 raise ValueError(f"{self.source}: run of {self.arch} has no depth (needed for --axis compute)")
+            if self.tokens is not None:
+                return 6.0 * transformer_pp_params(self.depth) * self.tokens
             return transformer_pp_flops(self.depth)
         if self.tokens is None:
             raise ValueError(f"{self.source}: run of {self.arch} has no tokens (needed for --axis tokens)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def add_parser(subparsers) -> None:
@@ -12,8 +11,10 @@ def add_parser(subparsers) -> None:
     sub = p.add_subparsers(dest="scaling_command", required=True)
     f = sub.add_parser(
         "fit", help="fit L(X) = A*X^-b + C per architecture",
-        description="Fit L(X) = A*X^(-b) + C per architecture. --axis compute: X = 6*N*T FLOPs from the "
-                    "Transformer++ formula at each run's depth; --axis tokens: X = billions of tokens.")
+        description="Fit L(X) = A*X^(-b) + C per architecture. --axis compute: X = 6*N*T FLOPs, N from the "
+                    "Transformer++ formula at each run's depth and T its recorded tokens (else the paper's budget "
+                    "for that depth); --axis tokens: X = billions of tokens. Try it with the paper's own losses: "
+                    "sambay scaling fit --published --plot fit.png")
     f.add_argument("runs", nargs="*", metavar="RUNS",
                    help="JSON/JSONL files of {arch, depth, val_loss[, tokens]} records, or run "
                         "directories (metrics.jsonl + config.json)")
@@ -27,6 +28,7 @@ def add_parser(subparsers) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     from sambay.analysis.scaling import PUBLISHED_FITS, fit_runs, load_runs, plot_fits, published_runs
+    from sambay.cli.main import CLIError
 
     try:
         runs = load_runs(args.runs)
@@ -38,8 +40,7 @@ def run_fit(args: argparse.Namespace) -> int:
             raise ValueError("no runs given (pass RUNS files/directories or --published)")
         fits = fit_runs(runs, args.axis)
     except (ValueError, OSError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CLIError(str(e)) from None
     if args.json:
         print(json.dumps({a: vars(f) for a, f in fits.items()}, indent=1))
     else:
@@ -53,9 +54,8 @@ def run_fit(args: argparse.Namespace) -> int:
         try:
             written = plot_fits(runs, fits, args.plot)
         except ImportError:
-            print("error: --plot needs matplotlib, which is not installed (pip install matplotlib, or "
-                  "pip install 'sambay[plot]'); the fits above are unaffected", file=sys.stderr)
-            return 1
+            raise CLIError("--plot needs matplotlib, which is not installed (pip install matplotlib, or "
+                           "pip install 'sambay[plot]'); the fits above are unaffected") from None
         for path in written:
             print(f"wrote {path}")
     return 0

@@ -1,4 +1,3 @@
-import argparse
 import json
 
 import numpy as np
@@ -84,12 +83,9 @@ def test_runs_load_from_json_jsonl_and_run_directories(tmp_path):
 
 
 def _cli(argv):
-    from sambay.cli import scaling
+    from sambay.cli.main import main
 
-    p = argparse.ArgumentParser()
-    scaling.add_parser(p.add_subparsers())
-    args = p.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_cli_scaling_fit_prints_fits_for_run_files(tmp_path, capsys):
@@ -106,8 +102,18 @@ def test_cli_plot_without_matplotlib_says_so_clearly(tmp_path, capsys):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        assert _cli(["scaling", "fit", "--published", "--plot", str(tmp_path / "f.png")]) == 1
+        assert _cli(["scaling", "fit", "--published", "--plot", str(tmp_path / "f.png")]) == 2
         assert "needs matplotlib" in capsys.readouterr().err
     else:
         assert _cli(["scaling", "fit", "--published", "--plot", str(tmp_path / "f.png")]) == 0
         assert (tmp_path / "f.png").is_file() and (tmp_path / "f_sambay_muP__.png").is_file()
+
+
+def test_a_runs_recorded_tokens_place_it_on_the_compute_axis(tmp_path):
+    from sambay.analysis.scaling import load_runs, transformer_pp_flops, transformer_pp_params
+
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"arch": "x", "depth": 8, "val_loss": 2.5}\n{"arch": "x", "depth": 8, "val_loss": 3.1, "tokens": 4e7}\n')
+    paper, mine = load_runs([path])
+    assert paper.x("compute") == transformer_pp_flops(8)  # no tokens: the paper's budget for depth 8
+    assert mine.x("compute") == 6.0 * transformer_pp_params(8) * 4e7
