@@ -176,7 +176,7 @@ class Generator:
         n = len(out.token_ids) - 1
         decode_s = last - first
         return GenerationResult(
-            index=index, prompt_token_ids=out.prompt_token_ids, token_ids=out.token_ids, text=out.text,
+            index=index, prompt_token_ids=out.prompt_token_ids, token_ids=list(out.token_ids), text=out.text,
             finish_reason=out.finish_reason, stop_reason=out.stop_reason,
             timings=Timings(prefill_s=first - (m.first_scheduled_time or first), decode_s=decode_s,
                             decode_tokens_per_s=n / decode_s if n > 0 and decode_s > 0 else 0.0,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sambay.engine.request import Request, RequestOutput, Status
+from sambay.engine.request import Prefix, Request, RequestOutput, Status
 from sambay.engine.sampling import Logprobs
 from sambay.engine.text import TextCodec, find_stop, held_back
 from sambay.tokenizer.detokenizer import IncrementalDecoder
@@ -87,9 +87,9 @@ class OutputProcessor:
             self._text.pop(rid, None)
             self._tokens_sent.pop(rid, None)
         return RequestOutput(
-            request_id=r.request_id, index=r.index, prompt_token_ids=r.prompt_token_ids, token_ids=list(r.output_token_ids),
+            request_id=r.request_id, index=r.index, prompt_token_ids=r.prompt_token_ids, token_ids=Prefix(r.output_token_ids),
             text=None if text is None else text.text, finished=r.finished, finish_reason=r.finish_reason,
             stop_reason=r.stop_reason, delta_token_ids=r.output_token_ids[sent:], delta_text=delta_text,
-            logprobs=list(r.logprobs) if r.params.logprobs is not None else None,
+            logprobs=Prefix(r.logprobs) if r.params.logprobs is not None else None,
             prompt_logprobs=r.prompt_logprobs if r.params.prompt_logprobs is not None else None, metrics=r.metrics,
             error=r.error)

@@ -326,3 +326,19 @@ def test_waiting_completions_of_one_request_queue_in_index_order():
     scheduler.add(parent)
     out = scheduler.schedule()
     assert [r.index for r in out.admitted] == [0, 1]
+
+
+def test_an_outputs_token_ids_are_a_snapshot_that_later_steps_do_not_change():
+    """Outputs share the request's growing list instead of copying it each step (O(1) per output)."""
+    from sambay.engine.request import Prefix
+
+    engine = Engine(make_model("sambay"), max_num_seqs=1)
+    engine.add_request([1, 2, 3], SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True), "r")
+    seen = []
+    while engine.has_unfinished_requests():
+        seen += [(o, list(o.token_ids)) for o in engine.step()]
+    assert [len(o.token_ids) for o, _ in seen] == [1, 2, 3, 4]
+    for out, copy in seen:
+        assert isinstance(out.token_ids, Prefix) and out.token_ids == copy and list(out.token_ids) == copy
+        assert [9] + out.token_ids == [9, *copy] and out.token_ids + [9] == [*copy, 9]
+        assert out.token_ids[-1] == copy[-1] and out.token_ids[:2] == copy[:2]
