@@ -40,7 +40,8 @@ def add_parser(subparsers) -> None:
     m.add_argument("--parametrization", choices=("mup++", "sp"), help="default: the preset's (μP++)")
     d = p.add_argument_group("data and budget")
     d.add_argument("--data", required=True, help="shard directory/file/glob, mixture JSON {source: weight}, "
-                   "or 'synthetic'")
+                   "'synthetic', or 'mqar[:num_kv_pairs=K,seq_len=T,vocab_size=V,power_a=A]' (multi-query "
+                   "associative recall, loss on the answers only: small architecture comparisons in minutes)")
     d.add_argument("--val-data", help="held-out shards (validation at 1x and 2x the training length)")
     d.add_argument("--document-ids", action="store_true", help="document-masked (varlen) training from EOS")
     d.add_argument("--tokens", type=parse_count, help="training tokens (e.g. 12.7B)")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sambay.model.parametrization import mup_learning_rate
+from sambay.train.data import data_seq_len
 
 SCHEDULES = ("linear", "cosine", "wsd")
 BUDGETS = ("chinchilla",)
@@ -189,7 +190,7 @@ def resolve(cfg: TrainConfig, model_config, non_embedding_params: int, world_siz
     need(cfg.budget is None or cfg.budget in BUDGETS, f"--budget must be one of {BUDGETS}")
     need(cfg.tokens is not None or cfg.budget is not None or cfg.max_steps is not None,
          "give the training length: --tokens N or --budget chinchilla (or --max-steps)")
-    seq_len = cfg.seq_len or min(4096, model_config.max_seq_len)
+    seq_len = cfg.seq_len or data_seq_len(cfg.data) or min(4096, model_config.max_seq_len)  # mqar:seq_len=...
     need(seq_len >= 1, "--seq-len must be >= 1")
     unit = world_size * cfg.micro_batch * seq_len
     if cfg.tokens is not None:

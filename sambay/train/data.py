@@ -1,10 +1,15 @@
 """Training/validation batch sources for the trainer: packed shards (`sambay.data.loader`) or synthetic tokens.
 
-`--data` accepts a shard directory / file / glob, a mixture JSON file `{"source": weight, ...}`, or
-`synthetic`. Synthetic data is a noisy permutation chain (x[t+1] = perm[x[t]] with probability 0.9, else a
-uniform token): learnable (the loss falls from ln V towards ≈ 0.1·ln V + 0.33) yet generated on the fly,
-for smoke tests and throughput benchmarks without a corpus. Every batch is a pure function of
-(seed, step, rank), so the synthetic loader resumes exactly like the shard loader.
+`--data` accepts a shard directory / file / glob, a mixture JSON file `{"source": weight, ...}`,
+`synthetic`, or `mqar:KEY=VALUE,...`. Synthetic data is a noisy permutation chain (x[t+1] = perm[x[t]] with
+probability 0.9, else a uniform token): learnable (the loss falls from ln V towards ≈ 0.1·ln V + 0.33) yet
+generated on the fly, for smoke tests and throughput benchmarks without a corpus. `mqar:` trains on
+multi-query associative recall (`sambay.eval.mqar`), with the loss on the answer positions only (targets are
+-100 elsewhere, which the model's loss ignores): e.g. `--data mqar:num_kv_pairs=16,seq_len=256` (keys:
+num_kv_pairs, seq_len, vocab_size, power_a, random_non_queries; `mqar` alone takes the defaults), for
+architecture comparisons that train in minutes. Its seq_len, when given, is the training length unless
+--seq-len says otherwise (then they must agree); vocab_size defaults to the model's. Every batch of both
+generated sources is a pure function of (seed, step, rank), so they resume exactly like the shard loader.
 """
 
 from __future__ import annotations
@@ -110,8 +115,127 @@ def parse_source(data: str):
     return data
 
 
+MQAR = "mqar"
+# key: (type, default); seq_len None: the training length; vocab_size None: the model's vocabulary
+MQAR_KEYS = {"num_kv_pairs": (int, 8), "seq_len": (int, None), "vocab_size": (int, None), "power_a": (float, 0.01),
+             "random_non_queries": (bool, True)}
+
+
+def is_mqar(data: str) -> bool:
+    return data == MQAR or data.startswith(MQAR + ":")
+
+
+def parse_mqar(data: str) -> dict:
+    """The settings of an `mqar[:KEY=VALUE,...]` source, defaults filled in. Raises DataError."""
+    if not is_mqar(data):
+        raise DataError(f"not an mqar source: {data!r}")
+    spec = {key: default for key, (_, default) in MQAR_KEYS.items()}
+    body = data[len(MQAR) + 1:]
+    for item in filter(None, (part.strip() for part in body.split(","))):
+        key, sep, value = (x.strip() for x in item.partition("="))
+        if not sep or not key:
+            raise DataError(f"--data {data}: expected KEY=VALUE, got {item!r} (keys: {', '.join(MQAR_KEYS)})")
+        if key not in MQAR_KEYS:
+            raise DataError(f"--data {data}: unknown mqar key {key!r} (keys: {', '.join(MQAR_KEYS)})")
+        kind = MQAR_KEYS[key][0]
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                spec[key] = value.lower() in ("true", "1")
+            else:
+                spec[key] = kind(value)
+        except ValueError:
+            raise DataError(f"--data {data}: mqar {key}={value!r} is not a valid {kind.__name__}") from None
+    return spec
+
+
+def data_seq_len(data: str) -> int | None:
+    """The training length a `--data` source fixes (an mqar source's seq_len), else None."""
+    return parse_mqar(data)["seq_len"] if is_mqar(data) else None
+
+
+class MQARLoader:
+    """Infinite MQAR training batches (x, targets with -100 off the answers) with the `TokenLoader` interface."""
+
+    def __init__(self, spec: dict, vocab_size: int, seq_len: int, batch_size: int, *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        from sambay.eval.mqar import check_mqar_args
+
+        self.spec = {**spec, "seq_len": seq_len, "vocab_size": spec["vocab_size"] or vocab_size}
+        if self.spec["vocab_size"] > vocab_size:
+            raise DataError(f"mqar vocab_size {self.spec['vocab_size']} exceeds the model's vocabulary ({vocab_size})")
+        try:
+            check_mqar_args(self.spec["vocab_size"], seq_len, self.spec["num_kv_pairs"], self.spec["power_a"],
+                            batch_size)
+        except ValueError as e:
+            raise DataError(f"--data mqar: {e}") from None
+        self.seq_len, self.batch_size = seq_len, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.step = 0
+
+    def batch(self, step: int, stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        from sambay.eval.mqar import mqar_batch
+
+        s = self.spec
+        return mqar_batch(self.batch_size, s["vocab_size"], self.seq_len, s["num_kv_pairs"], s["power_a"],
+                          seed=[self.seed, stream, step, self.rank], random_non_queries=s["random_non_queries"])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, ...]:
+        out = self.batch(self.step)
+        self.step += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"mqar": dict(self.spec), "step": self.step, "seed": self.seed, "seq_len": self.seq_len,
+                "batch_size": self.batch_size, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, now in (("mqar", self.spec), ("seed", self.seed), ("seq_len", self.seq_len)):
+            if state.get(key) != now:
+                raise ValueError(f"mqar loader state mismatch in {key!r}: saved {state.get(key)}, now {now}")
+        self.step = int(state["step"])
+
+
+class MQARValidation:
+    """A fixed, re-iterable set of MQAR validation batches (a stream disjoint from training); at another
+    length (the 2x validation) the same number of pairs is spread over the longer sequence."""
+
+    def __init__(self, train: MQARLoader, seq_len: int, batch_size: int, num_batches: int):
+        spec = {**train.spec, "seq_len": None}
+        self.src = MQARLoader(spec, train.spec["vocab_size"], seq_len, batch_size, seed=train.seed, rank=train.rank,
+                              world_size=train.world_size)
+        self.num_batches = num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        return (self.src.batch(k, stream=_VAL_STREAM) for k in range(self.num_batches))
+
+
+def _mqar_loaders(cfg, model_config, seq_len: int, micro_batch: int, rank: int, world_size: int):
+    spec = parse_mqar(cfg.data)
+    if spec["seq_len"] is not None and spec["seq_len"] != seq_len:
+        raise DataError(f"--data {cfg.data}: seq_len={spec['seq_len']} but the training length is {seq_len} "
+                        f"(--seq-len); give one of them, or the same value")
+    if cfg.val_data:
+        raise DataError("--val-data is for shard data; an mqar source validates on its own held-out stream")
+    train = MQARLoader(spec, model_config.vocab_size, seq_len, micro_batch, seed=cfg.seed, rank=rank,
+                       world_size=world_size)
+    vals = {"val_loss": MQARValidation(train, seq_len, micro_batch, cfg.eval_batches)}
+    if cfg.eval_2x:
+        vals["val_loss_2x"] = MQARValidation(train, 2 * seq_len, max(1, micro_batch // 2), cfg.eval_batches)
+    return train, vals
+
+
 def build_loaders(cfg, model_config, seq_len: int, micro_batch: int, rank: int, world_size: int):
     """(train loader, {"val_loss": val batches at 1x, "val_loss_2x": at 2x} or {}) for this rank."""
+    if is_mqar(cfg.data):
+        return _mqar_loaders(cfg, model_config, seq_len, micro_batch, rank, world_size)
     eos = model_config.eos_token_id
     if cfg.data == SYNTHETIC:
         train = SyntheticLoader(model_config.vocab_size, seq_len, micro_batch, seed=cfg.seed, rank=rank,
