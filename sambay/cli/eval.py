@@ -30,6 +30,36 @@ def add_parser(subparsers) -> None:
     r.add_argument("--top-p", type=float, default=0.95, help="default 0.95 (the model card's)")
     r.set_defaults(func=run_reasoning)
 
+    b = sub.add_parser("phonebook", help="Phonebook retrieval (ArchScale's format) at several book sizes",
+                       description="A book of 'Name: 10-digit number' lines, two example look-ups, then a query; "
+                       "greedy, the first line of the answer must match exactly. The paper's 32K setting is 1,850 "
+                       "entries; 3,700 and 7,400 extrapolate to 64K and 128K.")
+    _target_options(b)
+    b.add_argument("--entries", default="1850", help="comma-separated book sizes (default 1850)")
+    b.add_argument("--samples", type=int, default=50, help="queries per size (default 50)")
+    b.set_defaults(func=run_phonebook)
+
+    q = sub.add_parser("mqar", help="multi-query associative recall accuracy (Zoology's generator)",
+                       description="Teacher-forced accuracy at the queried positions of MQAR sequences (keys and "
+                       "values from disjoint halves of the vocabulary). Runs the model itself: --model only.")
+    _target_options(q)
+    q.add_argument("--seq-len", type=int, default=256, help="sequence length (default 256)")
+    q.add_argument("--kv-pairs", default="4,8,16", help="comma-separated numbers of key-value pairs")
+    q.add_argument("--examples", type=int, default=256, help="sequences per setting (default 256)")
+    q.set_defaults(func=run_mqar)
+
+    x = sub.add_parser("perplexity", help="sliding-window perplexity by length and position (length extrapolation)",
+                       description="Each window of L tokens scores the tokens the previous window did not (stride "
+                       "configurable); the loss by position inside the window is the length-extrapolation curve. "
+                       "Runs the model itself: --model only.")
+    _target_options(x)
+    x.add_argument("--data", required=True, type=Path,
+                   help="held-out text (.txt / .jsonl), token shards, or the output folder of scripts/offline_corpus.py")
+    x.add_argument("--lengths", default="1024,2048,4096", help="comma-separated window lengths")
+    x.add_argument("--stride", type=int, default=None, help="tokens between windows (default: the length)")
+    x.add_argument("--max-tokens", type=int, default=1 << 20, help="held-out tokens to read (default 1M)")
+    x.set_defaults(func=run_perplexity)
+
     h = sub.add_parser("harness", help="lm-evaluation-harness tasks with the 'sambay' model, offline",
                        description="Runs lm_eval.simple_evaluate with sambay's lm-eval model on local task "
                        "definitions (--include-path) or lm-eval's own tasks whose data needs no download.")
@@ -162,4 +192,96 @@ def run_harness(args) -> int:
 
     print(make_table(out))
     _write(args, "harness.json", {"results": out["results"], "configs": out.get("configs", {})})
+    return 0
+
+
+def _counts(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CLIError(f"{flag} takes comma-separated integers (got {text!r})") from None
+    if not values or min(values) < 1:
+        raise CLIError(f"{flag} takes integers >= 1 (got {text!r})")
+    return values
+
+
+def _report_samples(args, name: str, results, axis: str, names: dict | None = None) -> None:
+    from sambay.eval.runner import format_table, plot_scores, table
+
+    rows = table(results)
+    print(format_table(rows, names).replace("  length", f"{axis:>8}", 1))
+    _write(args, f"{name}.json", {"table": rows, "samples": results})
+    if args.output is not None:
+        try:
+            plot_scores(rows, args.output / f"{name}.png", f"{name} by {axis}", names)
+        except ImportError:
+            print("[sambay eval] no plot: matplotlib is not installed", file=sys.stderr)
+
+
+def run_phonebook(args) -> int:
+    _need("names")
+    from sambay.eval import phonebook
+    from sambay.eval.runner import evaluate_samples
+
+    sizes = _counts(args.entries, "--entries")
+    if args.samples < 1:
+        raise CLIError(f"--samples must be >= 1 (got {args.samples})")
+    backend = backend_from(args)
+    samples = [s for n in sizes for s in phonebook.generate_samples(n, args.samples, seed=args.seed)]
+    try:
+        results = evaluate_samples(backend, samples, lambda task, prediction, answers: phonebook.score(prediction, answers))
+    except ValueError as e:  # a book longer than the model's max_model_len
+        raise CLIError(f"{e} (use smaller --entries or a larger --max-model-len)") from None
+    _report_samples(args, "phonebook", results, "entries")
+    return 0
+
+
+def _local_model(args, what: str):
+    if args.base_url is not None:
+        raise CLIError(f"{what} runs the model's forward itself: give --model, not --base-url")
+    import torch
+
+    from sambay.cli.models import load_model
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.tokenizer, args.depth = None, None
+    return load_model(args)
+
+
+def run_mqar(args) -> int:
+    from sambay.eval.mqar import mqar_accuracy
+
+    pairs = _counts(args.kv_pairs, "--kv-pairs")
+    model, _ = _local_model(args, "mqar")
+    rows = {}
+    for k in pairs:
+        try:
+            rows[k] = mqar_accuracy(model, seq_len=args.seq_len, num_kv_pairs=k, num_examples=args.examples,
+                                    seed=args.seed)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        print(f"kv pairs {k:>4}  seq_len {args.seq_len}  accuracy {rows[k]:.1%}")
+    _write(args, "mqar.json", {"seq_len": args.seq_len, "accuracy": rows})
+    return 0
+
+
+def run_perplexity(args) -> int:
+    from sambay.eval.perplexity import load_token_ids, perplexity_by_length, plot_perplexity
+
+    lengths = _counts(args.lengths, "--lengths")
+    model, tokenizer = _local_model(args, "perplexity")
+    try:
+        ids = load_token_ids(args.data, tokenizer, max_tokens=args.max_tokens)
+        results = perplexity_by_length(model, ids, lengths, args.stride)
+    except (ValueError, OSError) as e:
+        raise CLIError(f"--data {args.data}: {e}") from None
+    for r in results:
+        print(f"length {r.length:>7}  stride {r.stride:>7}  loss {r.loss:.4f}  perplexity {r.perplexity:,.2f}  "
+              f"({r.num_tokens:,} tokens in {r.num_windows} windows)")
+    _write(args, "perplexity.json", {"results": results})
+    if args.output is not None:
+        try:
+            plot_perplexity(results, args.output / "perplexity.png")
+        except ImportError:
+            print("[sambay eval] no plot: matplotlib is not installed", file=sys.stderr)
     return 0

@@ -71,3 +71,14 @@ def test_bad_arguments_are_one_line_errors(folder, tmp_path, capsys, argv, words
 def test_an_unreachable_server_is_a_one_line_error(tmp_path, capsys):
     assert main(["eval", "reasoning", "--base-url", "http://127.0.0.1:9", "--data", str(problems(tmp_path))]) == 2
     assert "--base-url" in capsys.readouterr().err
+
+
+def test_phonebook_reports_a_table_by_book_size(folder, tmp_path, capsys):
+    assert main(["eval", "phonebook", "--model", str(folder), "--entries", "3,5", "--samples", "3",
+                 "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "entries" in out and "phonebook" in out and "avg" in out
+    report = json.loads((tmp_path / "out" / "phonebook.json").read_text())
+    assert set(report["table"]) == {"3", "5"} and len(report["samples"]) == 6
+    assert main(["eval", "phonebook", "--model", str(folder), "--entries", "50"]) == 2
+    assert "use smaller --entries" in capsys.readouterr().err
