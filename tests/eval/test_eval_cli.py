@@ -73,12 +73,13 @@ def test_an_unreachable_server_is_a_one_line_error(tmp_path, capsys):
     assert "--base-url" in capsys.readouterr().err
 
 
-def test_phonebook_reports_a_table_by_book_size(folder, tmp_path, capsys):
+def test_phonebook_reports_a_table_by_book_size(tmp_path, capsys):
+    folder = write_chat_model(tmp_path / "long", max_seq_len=512)
     assert main(["eval", "phonebook", "--model", str(folder), "--entries", "3,5", "--samples", "3",
                  "--output", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "entries" in out and "phonebook" in out and "avg" in out
     report = json.loads((tmp_path / "out" / "phonebook.json").read_text())
     assert set(report["table"]) == {"3", "5"} and len(report["samples"]) == 6
-    assert main(["eval", "phonebook", "--model", str(folder), "--entries", "50"]) == 2
+    assert main(["eval", "phonebook", "--model", str(folder), "--entries", "200"]) == 2
     assert "use smaller --entries" in capsys.readouterr().err
