@@ -87,8 +87,27 @@ def _target_options(p) -> None:
     p.add_argument("--output", type=Path, default=None, metavar="DIR", help="write results (JSON, plots) here")
 
 
+def _init_distributed(args) -> None:
+    """Under torchrun (WORLD_SIZE > 1): one process group, this rank's GPU; samples are split across ranks."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available() and (args.device or "cuda").startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
 def backend_from(args):
-    """A LocalBackend or RemoteBackend for the common options."""
+    """A LocalBackend or RemoteBackend for the common options (torchrun: one per rank)."""
+    _init_distributed(args)
     if args.base_url is not None:
         from sambay.eval.backend import RemoteBackend
 
@@ -120,7 +139,9 @@ def _need(module: str) -> None:
 
 
 def _write(args, name: str, payload: dict) -> None:
-    if args.output is None:
+    import os
+
+    if args.output is None or int(os.environ.get("RANK", "0")) != 0:  # rank 0 writes the gathered results
         return
     from sambay.bench.meta import metadata, write_json
 
