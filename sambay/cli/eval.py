@@ -227,10 +227,14 @@ def _counts(text: str, flag: str) -> list[int]:
 
 
 def _report_samples(args, name: str, results, axis: str, names: dict | None = None) -> None:
+    import os
+
     from sambay.eval.runner import format_table, plot_scores, table
 
+    if int(os.environ.get("RANK", "0")) != 0:  # every rank has the gathered results; rank 0 reports them
+        return
     rows = table(results)
-    print(format_table(rows, names).replace("  length", f"{axis:>8}", 1))
+    print(format_table(rows, names, axis))
     _write(args, f"{name}.json", {"table": rows, "samples": results})
     if args.output is not None:
         try:

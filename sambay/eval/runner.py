@@ -72,13 +72,14 @@ def table(results: Sequence[Scored], columns: dict[str, str] | None = None) -> d
     return rows
 
 
-def format_table(rows: dict[int, dict[str, float]], names: dict[str, str] | None = None) -> str:
+def format_table(rows: dict[int, dict[str, float]], names: dict[str, str] | None = None, axis: str = "length") -> str:
     tasks = [t for t in dict.fromkeys(t for row in rows.values() for t in row) if t != "avg"] + ["avg"]
     names = names or {}
-    head = f"{'length':>8}" + "".join(f"{names.get(t, t):>9}" for t in tasks)
+    width = max(9, *(len(names.get(t, t)) + 2 for t in tasks))
+    head = f"{axis:>8}" + "".join(f"{names.get(t, t):>{width}}" for t in tasks)
     lines = [head]
     for length, row in rows.items():
-        lines.append(f"{length:>8}" + "".join(f"{row[t]:>9.1f}" if t in row else f"{'-':>9}" for t in tasks))
+        lines.append(f"{length:>8}" + "".join(f"{row[t]:>{width}.1f}" if t in row else f"{'-':>{width}}" for t in tasks))
     return "\n".join(lines)
 
 

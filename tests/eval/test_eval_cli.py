@@ -83,3 +83,24 @@ def test_phonebook_reports_a_table_by_book_size(tmp_path, capsys):
     assert set(report["table"]) == {"3", "5"} and len(report["samples"]) == 6
     assert main(["eval", "phonebook", "--model", str(folder), "--entries", "200"]) == 2
     assert "use smaller --entries" in capsys.readouterr().err
+
+
+def test_torchrun_splits_the_samples_across_ranks_and_gathers_them(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    folder = write_chat_model(tmp_path / "long", max_seq_len=512)
+    common = ["eval", "phonebook", "--model", str(folder), "--entries", "3,4", "--samples", "3", "--device", "cpu"]
+    assert main([*common, "--output", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    from serve.serve_helpers import free_port
+
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(free_port()),
+                          "-m", "sambay", *common, "--output", str(tmp_path / "two")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    one = json.loads((tmp_path / "one" / "phonebook.json").read_text())
+    two = json.loads((tmp_path / "two" / "phonebook.json").read_text())
+    assert two["samples"] == one["samples"] and two["table"] == one["table"]
