@@ -28,6 +28,7 @@ INT_LIMITS = {"d_model": 1 << 16, "n_head": 1024, "n_kv_head": 1024, "head_dim":
               "vocab_size": 1 << 24, "d_state": 1024, "d_conv": 64, "mamba_expand": 16, "dt_rank": 1 << 16,
               "ssm_head_dim": 1024, "ssm_groups": 1024, "mup_base_depth": MAX_LAYERS, "max_seq_len": 1 << 24}
 FLOAT_FIELDS = ("rope_base", "rotary_fraction", "norm_eps", "init_std")
+TOKEN_ID_FIELDS = ("eos_token_id", "bos_token_id", "pad_token_id")
 BOOL_FIELDS = ("diff_attn", "attn_bias", "attn_out_bias", "tie_embeddings", "gmu_norm")
 PARAMETRIZATIONS = ("sp", "mup++")
 NORMS = ("rmsnorm", "layernorm")
@@ -68,6 +69,8 @@ class ModelConfig:
     init_std: float = 0.02  # SP init
     max_seq_len: int = 4096
     eos_token_id: int | None = None
+    bos_token_id: int | None = None  # kept so that a converted checkpoint's config.json keeps its ids
+    pad_token_id: int | None = None
     d_inner: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -138,7 +141,7 @@ class ModelConfig:
         for name in BOOL_FIELDS:
             if type(getattr(self, name)) is not bool:
                 raise ConfigError(f"{name} must be true or false (got {getattr(self, name)!r})")
-        for name in ("window", "eos_token_id"):
+        for name in ("window", *TOKEN_ID_FIELDS):
             value = getattr(self, name)
             if value is not None and type(value) is not int:
                 raise ConfigError(f"{name} must be an integer or null (got {value!r})")
@@ -176,8 +179,10 @@ class ModelConfig:
             need(self.rotary_dim % 2 == 0 and self.rotary_dim > 0,
                  f"rotary dims (head_dim * rotary_fraction = {self.head_dim * self.rotary_fraction}) must be a positive even integer")
         need(self.norm_eps > 0, f"norm_eps must be > 0 (got {self.norm_eps})")
-        if self.eos_token_id is not None:
-            need(0 <= self.eos_token_id < self.vocab_size, f"eos_token_id {self.eos_token_id} is outside the vocabulary")
+        for name in TOKEN_ID_FIELDS:
+            value = getattr(self, name)
+            need(value is None or 0 <= value < self.vocab_size,
+                 f"{name} {value} is outside the vocabulary [0, {self.vocab_size})")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:

@@ -74,4 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m sambay.cli.main`: this file runs as `__main__`, a second copy of the module next to the
+    # `sambay.cli.main` that the subcommands import CLIError from; run that one, so its `except CLIError` matches.
+    from sambay.cli.main import main as _imported_main
+
+    sys.exit(_imported_main())

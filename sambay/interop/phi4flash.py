@@ -32,7 +32,7 @@ import re
 from typing import Any
 
 from sambay import plan as plans
-from sambay.config import MAX_LAYERS, ConfigError, ModelConfig
+from sambay.config import INT_LIMITS, MAX_LAYERS, ConfigError, ModelConfig
 from sambay.interop.errors import CheckpointError
 from sambay.interop.layer_names import rename_mixer_param
 
@@ -56,10 +56,24 @@ _REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_atten
              "sliding_window")
 
 
-def _positive_int(raw: dict, key: str, source: str) -> int:
+def _positive_int(raw: dict, key: str, source: str, field: str | None = None) -> int:
+    """``raw[key]`` as a positive integer, at most the bound of the `ModelConfig` field it becomes (so an
+    out-of-range value is named by its config.json key, not by the sambay field)."""
     value = raw[key]
-    if type(value) is not int or value <= 0:
-        raise CheckpointError(f"{source}: {key!r} must be a positive integer, found {value!r}")
+    limit = INT_LIMITS.get(field) if field else None
+    if type(value) is not int or value <= 0 or (limit is not None and value > limit):
+        bound = f" <= {limit:,}" if limit is not None else ""
+        raise CheckpointError(f"{source}: {key!r} must be a positive integer{bound}, found {value!r}")
+    return value
+
+
+def _token_id(raw: dict, key: str, vocab: int, source: str) -> int | None:
+    """A special token id of config.json (None when absent or null); the first entry of a list."""
+    value = raw.get(key)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value is not None and (type(value) is not int or not 0 <= value < vocab):
+        raise CheckpointError(f"{source}: {key} {value!r} is not a token id of the vocabulary [0, {vocab})")
     return value
 
 
@@ -90,7 +104,9 @@ def config_from_hf(raw: dict, source: str = "config.json", generation_config: di
     Raises `CheckpointError` naming the key for a wrong model_type, a missing required key, a value of the
     wrong type, or a setting sambay cannot represent (e.g. ``mb_per_layer != 2``).
     `generation_config` (parsed `generation_config.json`, optional) supplies `eos_token_id` (the first of a
-    list); without one, config.json's own `eos_token_id` is used. An id outside the vocabulary is an error.
+    list); without one, config.json's own `eos_token_id` is used. `bos_token_id` and `pad_token_id` come from
+    config.json (kept so that a phi4flash -> sambay -> phi4flash conversion writes them back). An id outside
+    the vocabulary is an error. Sizes above the bounds of `ModelConfig` are errors naming the config.json key.
     """
     if not isinstance(raw, dict):
         raise CheckpointError(f"{source}: a config must be a JSON object")
@@ -100,13 +116,13 @@ def config_from_hf(raw: dict, source: str = "config.json", generation_config: di
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
         raise CheckpointError(f"{source}: phi4flash config is missing required key(s) {missing}")
-    d_model = _positive_int(raw, "hidden_size", source)
+    d_model = _positive_int(raw, "hidden_size", source, "d_model")
     n_layer = _positive_int(raw, "num_hidden_layers", source)
     if n_layer > MAX_LAYERS:
         raise CheckpointError(f"{source}: num_hidden_layers = {n_layer:,}; at most {MAX_LAYERS} are supported")
-    n_head = _positive_int(raw, "num_attention_heads", source)
+    n_head = _positive_int(raw, "num_attention_heads", source, "n_head")
     n_kv = raw.get("num_key_value_heads")
-    n_kv = n_head if n_kv is None else _positive_int(raw, "num_key_value_heads", source)
+    n_kv = n_head if n_kv is None else _positive_int(raw, "num_key_value_heads", source, "n_kv_head")
     if d_model % n_head:
         raise CheckpointError(f"{source}: hidden_size ({d_model}) is not a multiple of num_attention_heads "
                               f"({n_head}); phi4flash derives head_dim = hidden_size / num_attention_heads")
@@ -120,23 +136,23 @@ def config_from_hf(raw: dict, source: str = "config.json", generation_config: di
     dt_rank = raw.get("mamba_dt_rank", "auto")
     if dt_rank == "auto" or dt_rank is None:
         dt_rank = math.ceil(d_model / 16)
-    elif type(dt_rank) is not int or dt_rank <= 0:
-        raise CheckpointError(f"{source}: 'mamba_dt_rank' must be \"auto\" or a positive integer, found {dt_rank!r}")
+    elif type(dt_rank) is not int or not 0 < dt_rank <= INT_LIMITS["dt_rank"]:
+        raise CheckpointError(f"{source}: 'mamba_dt_rank' must be \"auto\" or a positive integer "
+                              f"<= {INT_LIMITS['dt_rank']:,}, found {dt_rank!r}")
     extra = {}
     for key, field in (("mamba_d_state", "d_state"), ("mamba_d_conv", "d_conv"), ("mamba_expand", "mamba_expand")):
         if key in raw:
-            extra[field] = _positive_int(raw, key, source)
+            extra[field] = _positive_int(raw, key, source, field)
     eps = raw.get("layer_norm_eps", 1e-5)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps <= 0:
         raise CheckpointError(f"{source}: 'layer_norm_eps' must be a positive number, found {eps!r}")
     tie = raw.get("tie_word_embeddings", True)
     if not isinstance(tie, bool):
         raise CheckpointError(f"{source}: 'tie_word_embeddings' must be true or false, found {tie!r}")
-    max_len = raw.get("max_position_embeddings", 4096)
-    if type(max_len) is not int or max_len <= 0:
-        raise CheckpointError(f"{source}: 'max_position_embeddings' must be a positive integer, found {max_len!r}")
+    max_len = (_positive_int(raw, "max_position_embeddings", source, "max_seq_len")
+               if "max_position_embeddings" in raw else 4096)
     init_std = raw.get("initializer_range", 0.02)
-    vocab = _positive_int(raw, "vocab_size", source)
+    vocab = _positive_int(raw, "vocab_size", source, "vocab_size")
     eos, eos_source = raw.get("eos_token_id"), source
     if generation_config and generation_config.get("eos_token_id") is not None:
         eos, eos_source = generation_config["eos_token_id"], "generation_config.json"
@@ -151,12 +167,14 @@ def config_from_hf(raw: dict, source: str = "config.json", generation_config: di
     try:
         return ModelConfig(
             arch="phi4-mini-flash", layer_plan=plan, d_model=d_model, n_head=n_head, n_kv_head=n_kv,
-            head_dim=d_model // n_head, d_ff=_positive_int(raw, "intermediate_size", source),
+            head_dim=d_model // n_head, d_ff=_positive_int(raw, "intermediate_size", source, "d_ff"),
             vocab_size=vocab,
             window=_window(raw["sliding_window"], n_layer, source), positional="none", diff_attn=True,
             norm="layernorm", norm_eps=float(eps), attn_bias=True, attn_out_bias=True, tie_embeddings=tie,
             dt_rank=dt_rank, parametrization="sp", max_seq_len=max_len,
-            init_std=float(init_std) if isinstance(init_std, (int, float)) else 0.02, eos_token_id=eos, **extra,
+            init_std=float(init_std) if isinstance(init_std, (int, float)) else 0.02, eos_token_id=eos,
+            bos_token_id=_token_id(raw, "bos_token_id", vocab, source),
+            pad_token_id=_token_id(raw, "pad_token_id", vocab, source), **extra,
         )
     except ConfigError as e:
         raise CheckpointError(f"{source}: not a valid sambay model: {e}") from None
@@ -220,6 +238,9 @@ def config_to_hf(config: ModelConfig, torch_dtype: str = "float32") -> dict:
         "layer_norm_eps": config.norm_eps,
         "tie_word_embeddings": config.tie_embeddings,
         "initializer_range": config.init_std,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
         "mb_per_layer": 2,
         "mamba_d_state": config.d_state,
         "mamba_d_conv": config.d_conv,

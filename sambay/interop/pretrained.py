@@ -29,6 +29,8 @@ from sambay.interop import phi4flash as p4f
 from sambay.interop import sambay_format
 from sambay.interop.errors import CheckpointError
 from sambay.interop.json_files import read_json_file
+from sambay.interop.messages import short_list
+from sambay.interop.safetensors_header import TensorInfo
 from sambay.interop.sharded_save import save_safetensors_sharded
 from sambay.interop.state_dict_check import check_state_dict
 from sambay.interop.tensor_loading import ProgressPrinter, iter_tensors
@@ -165,6 +167,8 @@ def load_state_into(model: CausalLM, tensors: Iterable[tuple[str, torch.Tensor]]
         want = tuple(expected[name].shape)
         if tuple(tensor.shape) != want:
             raise CheckpointError(f"tensor {name}: expected shape {want}, found {tuple(tensor.shape)}")
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"tensor {name} has dtype {tensor.dtype}; model weights must be floating-point")
         tensor = _cast(name, tensor, dtype)
         if not allow_non_finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
@@ -192,7 +196,7 @@ def _progress_callback(progress: Any, total: int, label: str) -> Callable[[int, 
 
 def from_pretrained(path: str | os.PathLike[str], dtype: torch.dtype | str | None = None,
                     device: torch.device | str | None = None, *, progress: Any = None,
-                    allow_non_finite: bool = False) -> CausalLM:
+                    allow_non_finite: bool = False, allow_external_links: bool = False) -> CausalLM:
     """Load a checkpoint folder: Hugging Face phi4flash (Phi-4-mini-flash) or sambay's own format.
 
     Args:
@@ -203,10 +207,13 @@ def from_pretrained(path: str | os.PathLike[str], dtype: torch.dtype | str | Non
         progress: None (report on stderr for loads over 1 GB), True/False, or callable(done, total) bytes.
         allow_non_finite: load tensors holding NaN or infinities (refused by name otherwise; on a GPU the
             check runs on the device, after the copy).
+        allow_external_links: load weight files that are symbolic links to files outside the folder (refused
+            otherwise, except within a Hugging Face cache entry; see `list_weight_files`).
 
     The returned model is in eval mode. Raises `CheckpointError` (one readable message) for a missing or
     malformed config, an unsupported model_type, missing/unexpected tensors (listed by name), shape
-    mismatches (name and both shapes), truncated/corrupt safetensors files, or pickle-only folders.
+    mismatches (name and both shapes), integer or bool weights (name and dtype), truncated/corrupt
+    safetensors files, or pickle-only folders.
     """
     folder = Path(path)
     if not folder.exists():
@@ -219,8 +226,8 @@ def from_pretrained(path: str | os.PathLike[str], dtype: torch.dtype | str | Non
     device = torch.device(device) if device is not None else torch.device("cpu")
     fmt, config = read_folder_config(folder)
     layout = _layout(fmt, config)
-    files = list_weight_files(folder)
-    header = read_checkpoint_header(folder)
+    files = list_weight_files(folder, allow_external_links=allow_external_links)
+    header = read_checkpoint_header(folder, allow_external_links=allow_external_links)
 
     model = empty_model(config)
     ours = {n: tuple(p.shape) for n, p in model.named_parameters()}
@@ -229,6 +236,7 @@ def from_pretrained(path: str | os.PathLike[str], dtype: torch.dtype | str | Non
     if head is not None and head in header:
         expected[head] = ours["embed.weight"]
     check_state_dict(expected, header, context=f"{folder} ({fmt} format)")
+    _check_floating(header, folder)
     unmapped = [n for n in header if n != head and layout.to_ours(n) not in ours]
     if unmapped:  # cannot happen when the names check passed; kept as a guard against mapping bugs
         raise CheckpointError(f"{folder}: cannot map tensor(s) {unmapped[:10]} to the model")
@@ -249,6 +257,16 @@ def from_pretrained(path: str | os.PathLike[str], dtype: torch.dtype | str | Non
         _check_tied_head(files, head, model.embed.weight, device, folder)
     model.eval()
     return model
+
+
+def _check_floating(header: dict[str, TensorInfo], folder: Path) -> None:
+    """Every weight is floating point: an integer or bool tensor (a quantized or corrupt checkpoint) is named
+    with its stored dtype, from the headers alone, before any data is read."""
+    bad = [f"tensor {n} is stored as {info.dtype}" for n, info in header.items()
+           if not (info.dtype == "BF16" or info.dtype.startswith("F"))]
+    if bad:
+        raise CheckpointError(f"{folder}: {short_list(bad, 5)}; model weights must be floating-point "
+                              "(F32, BF16, F16, F64 or F8); a quantized checkpoint must be dequantized first")
 
 
 _ST_TO_TORCH = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}

@@ -6,7 +6,10 @@ A checkpoint folder holds ``config.json`` plus either one ``model.safetensors`` 
 
 *Never unpickle*: ``*.bin`` / ``*.pt`` files can run arbitrary code when loaded. They are detected only to
 explain how to convert them; nothing here ever calls ``torch.load``. Shard names in an index must be plain
-file names of the same folder, so a downloaded index cannot point outside it.
+file names of the same folder, so a downloaded index cannot point outside it; nor can a weight file that is a
+symbolic link, unless it resolves inside the folder or, for a Hugging Face cache snapshot
+(``models--ORG--NAME/snapshots/REV``, whose files link to ``../../blobs/HASH``), inside the
+``models--ORG--NAME`` entry (``allow_external_links=True`` lifts the rule).
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ def shard_pattern(prefix: str) -> re.Pattern[str]:
     return re.compile(re.escape(prefix) + r"-(\d{5,})-of-(\d{5,})\.safetensors")
 
 
-def list_weight_files(folder: str | os.PathLike[str], *, prefix: str = "model") -> list[Path]:
+def list_weight_files(folder: str | os.PathLike[str], *, prefix: str = "model",
+                      allow_external_links: bool = False) -> list[Path]:
     """Return the safetensors files of a checkpoint folder, in shard order.
 
     * ``{prefix}.safetensors`` if present (it wins over an index, as in Hugging Face ``from_pretrained``;
@@ -69,7 +73,8 @@ def list_weight_files(folder: str | os.PathLike[str], *, prefix: str = "model") 
 
     Pickle weights (``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``) are never loaded: if they are all there is,
     the error explains how to convert them. Shards without an index (an interrupted save or download)
-    and an empty folder are errors too.
+    and an empty folder are errors too. So is a weight file that links outside the folder (see the module
+    docstring), unless ``allow_external_links``.
     """
     folder = Path(folder)
     if not folder.exists():
@@ -79,10 +84,11 @@ def list_weight_files(folder: str | os.PathLike[str], *, prefix: str = "model") 
 
     single = folder / f"{prefix}.safetensors"
     index = folder / f"{prefix}.safetensors.index.json"
-    if single.is_file():
-        return [single]
-    if index.is_file():
-        return _shards_from_index(index)
+    if single.is_file() or index.is_file():
+        files = [single] if single.is_file() else _shards_from_index(index)
+        if not allow_external_links:
+            _refuse_external_links(folder, files)
+        return files
 
     orphan_shards = sorted(p.name for p in folder.iterdir() if shard_pattern(prefix).fullmatch(p.name))
     if orphan_shards:
@@ -109,6 +115,22 @@ def list_weight_files(folder: str | os.PathLike[str], *, prefix: str = "model") 
     raise CheckpointError(
         f"no weights found in {folder}: expected {single.name} or {index.name} (with its shards)"
     )
+
+
+def _refuse_external_links(folder: Path, files: list[Path]) -> None:
+    real = folder.resolve()
+    in_hf_cache = real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--")
+    root = real.parent.parent if in_hf_cache else real
+    for f in files:
+        target = f.resolve()
+        if not target.is_relative_to(root):
+            where = f"its Hugging Face cache entry {root}" if in_hf_cache else "the checkpoint folder"
+            raise CheckpointError(
+                f"{f} is a symbolic link to {target}, outside {where}; weight files may only link to files "
+                "inside the checkpoint folder (or, in a Hugging Face cache snapshot, inside its models--* "
+                "entry). Copy the file into the folder, or pass allow_external_links=True to from_pretrained "
+                "if you trust the link."
+            )
 
 
 def _shards_from_index(index: Path) -> list[Path]:
@@ -144,7 +166,8 @@ def _shards_from_index(index: Path) -> list[Path]:
 
 
 def read_checkpoint_header(
-    source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *, prefix: str = "model"
+    source: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *, prefix: str = "model",
+    allow_external_links: bool = False,
 ) -> dict[str, TensorInfo]:
     """Names, dtypes and shapes of every tensor of a checkpoint, reading headers only.
 
@@ -155,7 +178,7 @@ def read_checkpoint_header(
     """
     index_map: dict[str, str] | None = None
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-        files = list_weight_files(source, prefix=prefix)
+        files = list_weight_files(source, prefix=prefix, allow_external_links=allow_external_links)
         index = Path(source) / f"{prefix}.safetensors.index.json"
         if files[0].name != f"{prefix}.safetensors" and index.is_file():
             index_map = read_json_object(index, "safetensors index")["weight_map"]
