@@ -65,7 +65,9 @@ def _copy_aux(src: Path, dst: Path, dst_format: str) -> list[str]:
     copied = []
     for name in names:
         f = src / name
-        if f.is_file() and not (dst / name).exists():
+        # the source's generation_config.json replaces the one save_pretrained wrote: it holds what the
+        # written one cannot, e.g. several eos ids ([<|end|>, <|endoftext|>]) and sampling defaults
+        if f.is_file() and (name == "generation_config.json" or not (dst / name).exists()):
             shutil.copy2(f, dst / name)
             copied.append(name)
     return copied

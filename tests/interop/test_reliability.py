@@ -156,3 +156,17 @@ def test_a_mistyped_phi4flash_config_json_field_is_one_error_naming_the_key(tmp_
     (folder / "config.json").write_text(json.dumps({**_config(FIXTURE), key: value}))
     with pytest.raises(CheckpointError, match=rf"config\.json: '{key}' must be a positive"):
         sambay.from_pretrained(folder)
+
+
+def test_a_conversion_keeps_the_sources_generation_config(tmp_path):
+    """Phi-4-mini-flash's generation_config.json has two eos ids and sampling defaults; save_pretrained can
+    only write one eos, so the converted folder must carry the source's file, not its own."""
+    src = tmp_path / "p"
+    shutil.copytree(FIXTURE, src)
+    gen = {"bos_token_id": 1, "eos_token_id": [2, 3], "pad_token_id": 0, "temperature": 0.6, "top_p": 0.95}
+    (src / "generation_config.json").write_text(json.dumps(gen))
+    assert cli_main(["convert", "--from", "phi4flash", str(src), "--out", str(tmp_path / "s")]) == 0
+    assert cli_main(["convert", "--from", "sambay", str(tmp_path / "s"), "--to", "phi4flash",
+                     "--out", str(tmp_path / "h")]) == 0
+    for folder in (tmp_path / "s", tmp_path / "h"):
+        assert json.loads((folder / "generation_config.json").read_text()) == gen
