@@ -45,8 +45,41 @@ def _document_ids(x: torch.Tensor, eos_id: int) -> torch.Tensor:
     return document_ids(x, eos_id)
 
 
-class SyntheticLoader:
-    """Infinite synthetic training batches with the `TokenLoader` interface (next, state_dict, load_state_dict)."""
+class _GeneratedLoader:
+    """Infinite generated batches with the `TokenLoader` interface: batch k of stream s is a pure function of
+    (seed, s, k, rank), so resuming needs only the step. Subclasses define `batch` and `_identity` (the
+    settings a resumed run must share)."""
+
+    kind = "generated"
+
+    def batch(self, step: int, stream: int = 0) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def _identity(self) -> dict:
+        return {"seed": self.seed, "seq_len": self.seq_len}
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, ...]:
+        out = self.batch(self.step)
+        self.step += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {**self._identity(), "step": self.step, "batch_size": self.batch_size, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, now in self._identity().items():
+            if state.get(key) != now:
+                raise ValueError(f"{self.kind} loader state mismatch in {key!r}: saved {state.get(key)}, now {now}")
+        self.step = int(state["step"])
+
+
+class SyntheticLoader(_GeneratedLoader):
+    """Infinite synthetic training batches (a random Markov chain over the vocabulary)."""
+
+    kind = "synthetic"
 
     def __init__(self, vocab_size: int, seq_len: int, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1, document_ids: bool = False, eos_id: int | None = None):
@@ -63,24 +96,8 @@ class SyntheticLoader:
         x, y = buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
         return (x, y, _document_ids(x, self.eos_id)) if self.document_ids else (x, y)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, ...]:
-        out = self.batch(self.step)
-        self.step += 1
-        return out
-
-    def state_dict(self) -> dict:
-        return {"synthetic": True, "step": self.step, "seed": self.seed, "seq_len": self.seq_len,
-                "batch_size": self.batch_size, "world_size": self.world_size}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "seq_len"):
-            if state.get(key) != getattr(self, key):
-                raise ValueError(f"synthetic loader state mismatch in {key!r}: saved {state.get(key)}, now "
-                                 f"{getattr(self, key)}")
-        self.step = int(state["step"])
+    def _identity(self) -> dict:
+        return {"synthetic": True, "seed": self.seed, "seq_len": self.seq_len}
 
 
 class SyntheticValidation:
@@ -155,8 +172,10 @@ def data_seq_len(data: str) -> int | None:
     return parse_mqar(data)["seq_len"] if is_mqar(data) else None
 
 
-class MQARLoader:
-    """Infinite MQAR training batches (x, targets with -100 off the answers) with the `TokenLoader` interface."""
+class MQARLoader(_GeneratedLoader):
+    """Infinite MQAR training batches (x, targets with -100 off the answers)."""
+
+    kind = "mqar"
 
     def __init__(self, spec: dict, vocab_size: int, seq_len: int, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1):
@@ -181,23 +200,8 @@ class MQARLoader:
         return mqar_batch(self.batch_size, s["vocab_size"], self.seq_len, s["num_kv_pairs"], s["power_a"],
                           seed=[self.seed, stream, step, self.rank], random_non_queries=s["random_non_queries"])
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, ...]:
-        out = self.batch(self.step)
-        self.step += 1
-        return out
-
-    def state_dict(self) -> dict:
-        return {"mqar": dict(self.spec), "step": self.step, "seed": self.seed, "seq_len": self.seq_len,
-                "batch_size": self.batch_size, "world_size": self.world_size}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, now in (("mqar", self.spec), ("seed", self.seed), ("seq_len", self.seq_len)):
-            if state.get(key) != now:
-                raise ValueError(f"mqar loader state mismatch in {key!r}: saved {state.get(key)}, now {now}")
-        self.step = int(state["step"])
+    def _identity(self) -> dict:
+        return {"mqar": dict(self.spec), "seed": self.seed, "seq_len": self.seq_len}
 
 
 class MQARValidation:
