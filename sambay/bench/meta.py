@@ -1,6 +1,6 @@
 """Where and how a benchmark result was measured, and the one way results are written as JSON.
 
-Every benchmark (`sambay bench generate | train | kernels | attention`) puts `metadata()` under the key
+Every benchmark (`sambay bench generate | engine | prefix-cache | serve | train | kernels | attention`) puts `metadata()` under the key
 "meta" of its JSON file: the git commit, the device, the date, the library versions and the exact command.
 `write_json` turns NaN and infinities into null, so every file is strict JSON.
 """

@@ -3,13 +3,17 @@
 generate: long-generation throughput of a SambaY model vs its baselines, one process; engine: the same end to
 end through `sambay.Engine` beside the bare decode step, and the streams' latency while a long prompt is
 admitted; prefix-cache: chat and few-shot workloads with the prefix cache off, in align mode and on; train: training
-tokens/s and MFU; kernels: the Mamba-1 Triton kernels; attention: decode and prefill attention. Each
-prints a report and, with --json PATH, writes its numbers with `sambay.bench.meta.metadata()` under "meta".
+tokens/s and MFU; kernels: the Mamba-1 Triton kernels; attention: decode and prefill attention; serve: a load
+generator for a running OpenAI-compatible server (`sambay serve`), reporting TTFT, TPOT, ITL, throughput and
+goodput as `vllm bench serve` defines them. Each prints a report and, with --json PATH, writes its numbers with
+`sambay.bench.meta.metadata()` under "meta".
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -130,6 +134,55 @@ def add_parser(sub) -> None:
     section.add_argument("--skip-decode", action="store_true", help="time prefill attention only")
     _json_option(a)
     a.set_defaults(func=run_attention)
+
+    s = bsub.add_parser("serve", help="load test of a running OpenAI-compatible server (sambay serve): TTFT, TPOT, "
+                        "ITL, throughput, goodput",
+                        description="Streams --num-prompts completions to BASE_URL/v1/completions at --request-rate "
+                        "(gamma-distributed arrivals of shape --burstiness; inf: all at once), at most "
+                        "--max-concurrency in flight, and reports vLLM's serving metrics (as `vllm bench serve`). "
+                        "Start the server first: sambay serve --model DIR.")
+    s.add_argument("--base-url", default="http://127.0.0.1:8000", metavar="URL",
+                   help="the server's root URL, without /v1")
+    s.add_argument("--model", default=None, metavar="NAME",
+                   help="the model name sent (default: the first id of GET /v1/models)")
+    s.add_argument("--api-key", default=None, metavar="KEY",
+                   help="send 'Authorization: Bearer KEY' (default: $SAMBAY_API_KEY, else none)")
+    s.add_argument("--dataset", choices=("random", "jsonl"), default="random",
+                   help="random: prompts of random token ids; jsonl: --dataset-path, one JSON object a line: "
+                        '{"prompt": str or [token ids], "max_tokens": int (optional)}')
+    s.add_argument("--dataset-path", type=Path, default=None, metavar="PATH",
+                   help="the JSONL file of --dataset jsonl")
+    s.add_argument("--num-prompts", type=int, default=None, metavar="N",
+                   help="requests to send (default 100; with --dataset jsonl, every line of the file)")
+    s.add_argument("--input-len", type=int, default=1024, metavar="N", help="random: prompt tokens per request")
+    s.add_argument("--output-len", type=int, default=128, metavar="N",
+                   help="max_tokens per request (jsonl: where a line gives none)")
+    s.add_argument("--range-ratio", type=float, default=0.0, metavar="RATIO",
+                   help="random: draw prompt and output lengths uniformly within LEN * (1 +- RATIO); in [0, 1)")
+    s.add_argument("--vocab-size", type=int, default=None, metavar="N",
+                   help="random: token ids are drawn from [0, N) (default: the vocab_size of the model's card "
+                        "in GET /v1/models)")
+    s.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of the random prompts and of the arrival times")
+    s.add_argument("--request-rate", type=float, default=math.inf, metavar="R",
+                   help="mean requests per second; inf (default) sends every request at once")
+    s.add_argument("--burstiness", type=float, default=1.0, metavar="B",
+                   help="shape of the gamma-distributed gaps between arrivals: 1 = Poisson, < 1 burstier, > 1 "
+                        "more even")
+    s.add_argument("--max-concurrency", type=int, default=None, metavar="N",
+                   help="at most N requests in flight (default: no limit)")
+    s.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                   help="sampling temperature sent with each request")
+    s.add_argument("--ignore-eos", action="store_true",
+                   help="send ignore_eos (a vLLM / sambay extension): every request generates max_tokens tokens")
+    s.add_argument("--percentiles", default="50,90,99", metavar="P,P,...",
+                   help="latency percentiles to report (default 50,90,99)")
+    s.add_argument("--goodput", nargs="+", default=None, metavar="NAME:MS",
+                   help="SLOs for goodput, any of ttft:MS tpot:MS e2el:MS: requests/s meeting all of them")
+    s.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="a request not complete after this long counts as failed")
+    _json_option(s)
+    s.set_defaults(func=run_serve)
 
 
 def _inference_options(p) -> None:
@@ -363,4 +416,104 @@ def run_attention(args) -> int:
 
     attention.run(report, sweep=args.sweep or args.full_sweep, full_sweep=args.full_sweep, budget_s=args.budget,
                   decode=not args.skip_decode, prefill=not args.skip_prefill)
+    return 0
+
+
+def _serve_options(args) -> tuple[list[float], dict[str, float]]:
+    """Check `bench serve`'s arguments (CLIError naming the bad one); its percentiles and goodput SLOs."""
+    from sambay.bench.serve_metrics import parse_goodput, parse_percentiles
+
+    for flag in ("num_prompts", "input_len", "output_len", "vocab_size", "max_concurrency"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be >= 1 (got {value})")
+    if not 0 <= args.range_ratio < 1:
+        raise CLIError(f"--range-ratio must be in [0, 1) (got {args.range_ratio})")
+    if not args.request_rate > 0:  # also catches nan
+        raise CLIError(f"--request-rate must be > 0 requests/s, or inf (got {args.request_rate})")
+    if not (args.burstiness > 0 and math.isfinite(args.burstiness)):
+        raise CLIError(f"--burstiness must be a finite number > 0 (got {args.burstiness})")
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        raise CLIError(f"--temperature must be >= 0 (got {args.temperature})")
+    if not args.timeout > 0:
+        raise CLIError(f"--timeout must be > 0 seconds (got {args.timeout})")
+    if not args.base_url.startswith(("http://", "https://")):
+        raise CLIError(f"--base-url must be an http:// or https:// URL (got {args.base_url!r})")
+    args.base_url = args.base_url.rstrip("/")
+    if args.base_url.endswith("/v1"):
+        raise CLIError(f"--base-url is the server's root, without /v1 (got {args.base_url!r})")
+    if args.dataset == "jsonl":
+        if args.dataset_path is None:
+            raise CLIError("--dataset jsonl needs --dataset-path PATH")
+        if not args.dataset_path.is_file():
+            raise CLIError(f"--dataset-path {args.dataset_path}: no such file")
+    elif args.dataset_path is not None:
+        raise CLIError("--dataset-path is read with --dataset jsonl only")
+    try:
+        percentiles = parse_percentiles(args.percentiles)
+    except ValueError as e:
+        raise CLIError(f"--percentiles: {e}") from None
+    try:
+        slos = parse_goodput(args.goodput or [])
+    except ValueError as e:
+        raise CLIError(f"--goodput: {e}") from None
+    return percentiles, slos
+
+
+def run_serve(args) -> int:
+    percentiles, slos = _serve_options(args)
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        raise CLIError("bench serve needs httpx: pip install 'sambay[serve]'") from None
+    from sambay.bench import serve as bench
+    from sambay.bench import serve_load as load
+    from sambay.bench.meta import metadata, write_json
+    from sambay.bench.serve_metrics import compute_metrics, format_report, per_request
+
+    api_key = args.api_key or os.environ.get("SAMBAY_API_KEY") or None
+    requests, vocab_size = None, args.vocab_size
+    if args.dataset == "jsonl":  # read before asking the server: a bad file is the first thing to hear about
+        try:
+            requests = load.jsonl_requests(args.dataset_path, args.output_len, limit=args.num_prompts)
+        except load.DatasetError as e:
+            raise CLIError(str(e)) from None
+        if args.num_prompts is not None and len(requests) < args.num_prompts:
+            print(f"[bench] {args.dataset_path} holds {len(requests)} requests; sending those", file=sys.stderr)
+    card = None
+    if args.model is None or (requests is None and args.vocab_size is None):
+        try:
+            card = bench.served_model(args.base_url, args.model, api_key)
+        except bench.ServerError as e:
+            raise CLIError(str(e)) from None
+    model = args.model or card.id
+    if requests is None:
+        vocab_size = vocab_size or card.vocab_size
+        if vocab_size is None:
+            raise CLIError(f"the card of {model!r} in GET {args.base_url}/v1/models has no vocab_size: pass "
+                           "--vocab-size N for the random prompts")
+        requests = load.random_requests(args.num_prompts or 100, args.input_len, args.output_len, vocab_size,
+                                        args.range_ratio, args.seed)
+    send_times = load.arrival_times(len(requests), args.request_rate, args.burstiness, args.seed)
+    print(f"[bench] {len(requests)} requests to {args.base_url} ({model}) ...", file=sys.stderr, flush=True)
+    records, duration = bench.run(requests, send_times, base_url=args.base_url, model=model, api_key=api_key,
+                                  max_concurrency=args.max_concurrency, temperature=args.temperature,
+                                  ignore_eos=args.ignore_eos, timeout=args.timeout, progress=True)
+    metrics = compute_metrics(records, duration, percentiles, slos)
+    settings = [("Server", args.base_url), ("Model", model), ("Dataset", args.dataset_path or args.dataset),
+                ("Request rate (req/s)", f"{args.request_rate:g}"), ("Burstiness", f"{args.burstiness:g}"),
+                ("Max concurrency", args.max_concurrency or "none")]
+    print(format_report(metrics, settings))
+    if args.json is not None:
+        meta = metadata("cpu", args.argv)
+        meta["device"] = "remote"  # the model runs in the server; "server" below says which
+        settings = {k: getattr(args, k) for k in ("dataset", "dataset_path", "input_len", "output_len", "range_ratio",
+                                                  "seed", "burstiness", "max_concurrency", "temperature", "ignore_eos",
+                                                  "timeout")}
+        # "inf" spelled out: write_json would turn the float into null
+        settings.update(num_prompts=len(requests), vocab_size=vocab_size, percentiles=percentiles,
+                        request_rate=args.request_rate if math.isfinite(args.request_rate) else "inf")
+        write_json(args.json, {"meta": meta, "server": {"base_url": args.base_url, "model": model,
+                                                        "card": card.card if card else None},
+                               "settings": settings, "metrics": metrics, "requests": per_request(records)})
     return 0

@@ -60,7 +60,7 @@ def test_gpu_benchmarks_say_they_need_a_cuda_device(bench, capsys, monkeypatch):
     assert "CUDA" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bench", ["generate", "engine", "train", "kernels", "attention"])
+@pytest.mark.parametrize("bench", ["generate", "engine", "prefix-cache", "serve", "train", "kernels", "attention"])
 def test_every_benchmark_documents_its_json_output(bench, capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", bench, "--help"])
