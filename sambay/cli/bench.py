@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from sambay.cli.main import CLIError
+from sambay.cli.main import CLIError, add_threads_option
 from sambay.config import PRESETS, ConfigError, ModelConfig, tiny
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -204,6 +204,7 @@ def _inference_device(args):
 
 
 def _json_option(p) -> None:
+    add_threads_option(p)
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="write the numbers here, with the git commit, device, date, versions and command")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from sambay.cli.main import CLIError
@@ -115,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
             save_pretrained(model, out, format=args.dst_format, max_shard_size=args.max_shard_size)
         copied = _copy_aux(src, out, args.dst_format)
     except (CheckpointError, ConfigError) as e:
-        print(f"sambay convert: error: {e}", file=sys.stderr)
-        return 1
+        raise CLIError(str(e)) from None
     n_layer = config.n_layer
     extra = f"; copied {', '.join(copied)}" if copied else ""
     print(f"wrote {args.dst_format}-format checkpoint to {out} ({config.arch}, {n_layer} layers, "

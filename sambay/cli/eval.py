@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from sambay.cli.main import CLIError
+from sambay.cli.main import CLIError, add_threads_option
 from sambay.cli.models import DTYPES
 
 EXTRA = 'pip install "sambay[eval]"'
@@ -95,6 +95,7 @@ def _target_options(p) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--max-model-len", type=int, default=None, help="prompt + generated tokens per request")
     p.add_argument("--max-num-seqs", type=int, default=64, help="requests the engine runs at once (default 64)")
+    add_threads_option(p)
     p.add_argument("--seed", type=int, default=0, help="sampling and data seed (default 0)")
     p.add_argument("--output", type=Path, default=None, metavar="DIR", help="write results (JSON, plots) here")
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sambay.cli.main import CLIError
+from sambay.cli.main import CLIError, add_threads_option
 from sambay.cli.models import DTYPES, MODEL_HELP, load_model, load_tokenizer_or_exit
 
 
@@ -35,6 +35,7 @@ def add_parser(subparsers) -> None:
                    help="model dtype (default: the checkpoint's; float32 for presets)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--chunk-size", type=int, default=512, help="prefill chunk length (default 512)")
+    add_threads_option(p)
     p.add_argument("--stats", action="store_true", help="print timings to stderr at the end")
     p.add_argument("--compile", action="store_true",
                    help="compile the CUDA-graph decode step with inductor (CUDA only; faster steps after ~35 s of compiling)")

@@ -59,12 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    """--threads for a command that runs a model on the CPU (applied by `main` before the command runs)."""
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: torch's; on a busy or small machine 1 is often fastest)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv  # the exact command, for result files
     try:
+        threads = getattr(args, "threads", None)
+        if threads is not None and args.command != "train":  # (train applies its own, per process)
+            if threads < 1:
+                raise CLIError(f"--threads must be >= 1 (got {threads})")
+            import torch
+
+            torch.set_num_threads(threads)
         return int(args.func(args) or 0)
     except CLIError as e:
         print(f"sambay {args.command}: error: {e}", file=sys.stderr)

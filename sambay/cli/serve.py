@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from sambay.cli.main import CLIError, parse_count
+from sambay.cli.main import CLIError, add_threads_option, parse_count
 from sambay.cli.models import DTYPES, MODEL_HELP, load_model, load_tokenizer_or_exit
 
 EPILOG = MODEL_HELP + """
@@ -69,6 +69,7 @@ def add_parser(subparsers) -> None:
                    help="largest request body (default 32M)")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long running requests may still run (default 30)")
+    add_threads_option(p)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level")
     p.set_defaults(func=run)
 

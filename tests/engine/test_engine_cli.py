@@ -103,3 +103,20 @@ def test_every_option_of_every_command_says_what_it_does():
 def test_describe_takes_counts_with_suffixes(capsys):
     assert main(["describe", "sambay", "--depth", "8", "--length", "32K"]) == 0
     assert "at 32,000 tokens:" in capsys.readouterr().out
+
+
+def test_generate_and_bench_take_a_thread_count(capsys):
+    import torch
+
+    from sambay.cli.main import main
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["generate", "--model", "tiny:sambay", "--prompt", "hi", "--max-new-tokens", "2", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["generate", "--model", "tiny:sambay", "--prompt", "hi", "--threads", "0"]) == 2
+        assert "--threads must be >= 1" in capsys.readouterr().err
+        assert main(["bench", "engine", "--tiny", "--preset", "sambay", "--batch", "1", "--prompt-len", "4",
+                     "--gen-len", "2", "--steps", "1", "--device", "cpu", "--dtype", "fp32", "--threads", "0"]) == 2
+    finally:
+        torch.set_num_threads(before)

@@ -283,7 +283,7 @@ def test_cli_convert_bad_checkpoint_is_an_error_message_not_a_traceback(tmp_path
     shutil.copytree(FIXTURE, folder)
     (folder / "config.json").chmod(0o644)
     (folder / "config.json").write_text("[1, 2")
-    assert cli_main(["convert", "--from", "phi4flash", str(folder), "--out", str(tmp_path / "o")]) == 1
+    assert cli_main(["convert", "--from", "phi4flash", str(folder), "--out", str(tmp_path / "o")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
 
 
