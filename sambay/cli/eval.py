@@ -192,6 +192,12 @@ def run_harness(args) -> int:
 
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # no network at run time
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:  # lm-eval's RULER tasks call nltk.download("punkt_tab") when imported; sambay never downloads
+        import nltk
+
+        nltk.download = lambda *args, **kwargs: False
+    except ImportError:
+        pass
     import lm_eval
     from lm_eval.tasks import TaskManager
 

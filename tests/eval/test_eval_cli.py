@@ -117,3 +117,12 @@ def test_ruler_reports_the_papers_columns_by_length(tmp_path, capsys):
     assert set(report["table"]) == {"1024", "2048"} and len(report["samples"]) == 4
     assert main(["eval", "ruler", "--model", str(folder), "--tasks", "S-9"]) == 2
     assert "--tasks" in capsys.readouterr().err
+
+
+def test_harness_runs_lm_evals_own_niah_single_1_at_a_chosen_length(tmp_path, capsys):
+    folder = write_chat_model(tmp_path / "long", max_seq_len=2048)
+    assert main(["eval", "harness", "--model", str(folder), "--tasks", "niah_single_1", "--limit", "2",
+                 "--metadata", '{"max_seq_lengths": [1024]}', "--output", str(tmp_path / "out")]) == 0
+    assert "niah_single_1" in capsys.readouterr().out
+    results = json.loads((tmp_path / "out" / "harness.json").read_text())["results"]["niah_single_1"]
+    assert 0 <= results["1024,none"] <= 1
