@@ -110,6 +110,7 @@ class PrefixCache:
         self._inflight_of: dict[int, list[bytes]] = {}
         self.clock = 0
         self.stats = PrefixCacheStats()
+        self._pinned: Entry | None = None
 
     # ------------------------------------------------------------------ hashing
     def digests(self, tokens: list[int], n_blocks: int | None = None) -> list[bytes]:
@@ -177,8 +178,12 @@ class PrefixCache:
         copy of its partial last page."""
         full = entry.length // self.block_size
         partial = entry.pages[full:]
-        if partial and not self._free_pages(1):
-            return False
+        self._pinned = entry  # making room for the copy must not evict the entry being restored
+        try:
+            if partial and not self._free_pages(1):
+                return False
+        finally:
+            self._pinned = None
         self.state.share_pages(slot, entry.pages[:full])
         if partial:
             self.state.append_page_copy(slot, partial[0])
@@ -241,10 +246,11 @@ class PrefixCache:
     # ------------------------------------------------------------------ eviction
     def evict_one(self) -> bool:
         """Drop the entry least worth keeping; False when there is none."""
-        if not self.entries:
+        candidates = [e for e in self.entries.values() if e is not self._pinned]
+        if not candidates:
             return False
-        unused = [e for e in self.entries.values() if e.uses <= 0]
-        entry = max(unused or self.entries.values(),
+        unused = [e for e in candidates if e.uses <= 0]
+        entry = max(unused or candidates,
                     key=lambda e: (self.clock - e.last_used) / ((1 + e.length / 1024) * (1 + max(e.uses, 0))))
         self._drop(entry)
         self.stats.evictions += 1

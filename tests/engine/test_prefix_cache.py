@@ -178,3 +178,26 @@ def test_the_prefix_cache_benchmark_runs_every_policy_on_both_workloads():
         assert by[workload, "off"].hit_rate == 0 and by[workload, "sambay"].hit_rate > 0
         assert by[workload, "sambay"].prefilled_tokens < by[workload, "off"].prefilled_tokens
     assert "sambay" in table and "hit rate" in table
+
+
+def test_restoring_an_entry_never_evicts_that_entry_to_make_room_for_its_partial_page():
+    """With every page taken, restoring entry E needs one page for the copy of its partial last page; the
+    eviction that frees it must pick another entry, never E itself (whose pages would be freed under it)."""
+    engine = Engine(make_model("sambay"), max_num_seqs=2, max_model_len=32, block_size=4, num_blocks=8,
+                    prefix_cache_snapshots=4)
+    cache = engine.prefix_cache
+    state = engine.state
+    a, b = state.acquire(), state.acquire()
+    state.ensure_capacity(a, 6)
+    state.ensure_capacity(b, 6)
+    first = cache.insert(a, tokens(6, 1))  # 1 full page shared + 1 copied partial page each
+    cache.insert(b, tokens(6, 2))
+    state.release(a)
+    state.release(b)
+    held = state.num_blocks - state.free_blocks
+    state.take_pages(state.free_blocks)  # no page left: the restore must evict to copy the partial page
+    first.last_used = -100  # the oldest entry: the first eviction candidate
+    slot = state.acquire()
+    assert cache.restore(first, slot)
+    assert (first.digest, first.tail) in cache.entries and len(cache.entries) == 1
+    assert held == 4
