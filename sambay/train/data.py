@@ -100,20 +100,24 @@ class SyntheticLoader(_GeneratedLoader):
         return {"synthetic": True, "seed": self.seed, "seq_len": self.seq_len}
 
 
-class SyntheticValidation:
-    """A fixed, re-iterable set of synthetic validation batches (a stream disjoint from training)."""
+class GeneratedValidation:
+    """A fixed, re-iterable set of validation batches from a generated loader (a stream disjoint from
+    training): `num_batches` batches of `src`, a loader built for the validation length and batch."""
 
-    def __init__(self, train: SyntheticLoader, seq_len: int, batch_size: int, num_batches: int):
-        self.src = SyntheticLoader(train.vocab_size, seq_len, batch_size, seed=train.seed, rank=train.rank,
-                                   world_size=train.world_size, document_ids=train.document_ids,
-                                   eos_id=train.eos_id)
-        self.num_batches = num_batches
+    def __init__(self, src: _GeneratedLoader, num_batches: int):
+        self.src, self.num_batches = src, num_batches
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __iter__(self):
         return (self.src.batch(k, stream=_VAL_STREAM) for k in range(self.num_batches))
+
+
+def synthetic_validation(train: SyntheticLoader, seq_len: int, batch_size: int, num_batches: int) -> GeneratedValidation:
+    return GeneratedValidation(SyntheticLoader(train.vocab_size, seq_len, batch_size, seed=train.seed, rank=train.rank,
+                                               world_size=train.world_size, document_ids=train.document_ids,
+                                               eos_id=train.eos_id), num_batches)
 
 
 def parse_source(data: str):
@@ -204,21 +208,11 @@ class MQARLoader(_GeneratedLoader):
         return {"mqar": dict(self.spec), "seed": self.seed, "seq_len": self.seq_len}
 
 
-class MQARValidation:
-    """A fixed, re-iterable set of MQAR validation batches (a stream disjoint from training); at another
-    length (the 2x validation) the same number of pairs is spread over the longer sequence."""
-
-    def __init__(self, train: MQARLoader, seq_len: int, batch_size: int, num_batches: int):
-        spec = {**train.spec, "seq_len": None}
-        self.src = MQARLoader(spec, train.spec["vocab_size"], seq_len, batch_size, seed=train.seed, rank=train.rank,
-                              world_size=train.world_size)
-        self.num_batches = num_batches
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __iter__(self):
-        return (self.src.batch(k, stream=_VAL_STREAM) for k in range(self.num_batches))
+def mqar_validation(train: MQARLoader, seq_len: int, batch_size: int, num_batches: int) -> GeneratedValidation:
+    """At another length (the 2x validation) the same number of pairs is spread over the longer sequence."""
+    spec = {**train.spec, "seq_len": None}
+    return GeneratedValidation(MQARLoader(spec, train.spec["vocab_size"], seq_len, batch_size, seed=train.seed,
+                                          rank=train.rank, world_size=train.world_size), num_batches)
 
 
 def _mqar_loaders(cfg, model_config, seq_len: int, micro_batch: int, rank: int, world_size: int):
@@ -230,9 +224,9 @@ def _mqar_loaders(cfg, model_config, seq_len: int, micro_batch: int, rank: int, 
         raise DataError("--val-data is for shard data; an mqar source validates on its own held-out stream")
     train = MQARLoader(spec, model_config.vocab_size, seq_len, micro_batch, seed=cfg.seed, rank=rank,
                        world_size=world_size)
-    vals = {"val_loss": MQARValidation(train, seq_len, micro_batch, cfg.eval_batches)}
+    vals = {"val_loss": mqar_validation(train, seq_len, micro_batch, cfg.eval_batches)}
     if cfg.eval_2x:
-        vals["val_loss_2x"] = MQARValidation(train, 2 * seq_len, max(1, micro_batch // 2), cfg.eval_batches)
+        vals["val_loss_2x"] = mqar_validation(train, 2 * seq_len, max(1, micro_batch // 2), cfg.eval_batches)
     return train, vals
 
 
@@ -244,9 +238,9 @@ def build_loaders(cfg, model_config, seq_len: int, micro_batch: int, rank: int, 
     if cfg.data == SYNTHETIC:
         train = SyntheticLoader(model_config.vocab_size, seq_len, micro_batch, seed=cfg.seed, rank=rank,
                                 world_size=world_size, document_ids=cfg.document_ids, eos_id=eos)
-        vals = {"val_loss": SyntheticValidation(train, seq_len, micro_batch, cfg.eval_batches)}
+        vals = {"val_loss": synthetic_validation(train, seq_len, micro_batch, cfg.eval_batches)}
         if cfg.eval_2x:
-            vals["val_loss_2x"] = SyntheticValidation(train, 2 * seq_len, max(1, micro_batch // 2),
+            vals["val_loss_2x"] = synthetic_validation(train, 2 * seq_len, max(1, micro_batch // 2),
                                                       cfg.eval_batches)
         return train, vals
     from sambay.data.loader import MissingEOSError, TokenLoader, ValidationLoader

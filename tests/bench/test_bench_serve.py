@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
-import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request  # module level: the endpoints' annotations are resolved by name
 from fastapi.responses import JSONResponse, StreamingResponse
+from serve.serve_helpers import app_in_thread, free_port
 
 from sambay.bench import serve as bench
 from sambay.bench import serve_load as load
@@ -254,18 +251,18 @@ def test_a_bad_jsonl_line_is_reported_before_the_server_is_asked(tmp_path, capsy
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "a"}\n{"prompt": "b", "max_tokens": -1}\n')
     assert main(["bench", "serve", "--dataset", "jsonl", "--dataset-path", str(path),
-                 "--base-url", f"http://127.0.0.1:{_free_port()}"]) == 2
+                 "--base-url", f"http://127.0.0.1:{free_port()}"]) == 2
     assert f"{path}:2:" in capsys.readouterr().err
 
 
 def test_an_unreachable_server_is_a_clear_error(capsys):
-    assert main(["bench", "serve", "--base-url", f"http://127.0.0.1:{_free_port()}"]) == 2
+    assert main(["bench", "serve", "--base-url", f"http://127.0.0.1:{free_port()}"]) == 2
     assert "cannot reach http://127.0.0.1:" in capsys.readouterr().err
 
 
 def test_every_request_to_a_closed_port_fails_without_stopping_the_run():
     reqs = load.random_requests(3, 4, 2, 10)
-    records, _ = bench.run(reqs, [0.0] * 3, base_url=f"http://127.0.0.1:{_free_port()}", model="m",
+    records, _ = bench.run(reqs, [0.0] * 3, base_url=f"http://127.0.0.1:{free_port()}", model="m",
                            max_concurrency=2)
     assert [r.success for r in records] == [False] * 3 and all("ConnectError" in r.error for r in records)
 
@@ -273,12 +270,6 @@ def test_every_request_to_a_closed_port_fails_without_stopping_the_run():
 # ---------------------------------------------------------------------------------------------- a real server
 
 VOCAB, KEY = 50, "sekrit"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fake_openai_app(state):
@@ -329,20 +320,8 @@ def _fake_openai_app(state):
 @pytest.fixture(scope="module")
 def fake_server():
     state = SimpleNamespace(bodies=[])
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(_fake_openai_app(state), host="127.0.0.1", port=port, log_level="error",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the test server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", state
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with app_in_thread(_fake_openai_app(state), start_timeout=20) as url:
+        yield url, state
 
 
 def test_whole_run_against_an_openai_style_server(fake_server, tmp_path, capsys, monkeypatch):

@@ -10,11 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import torch
+import uvicorn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from sambay.config import tiny
@@ -100,3 +102,22 @@ class Server:
         if self.log is not subprocess.DEVNULL:
             self.log.close()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def app_in_thread(app, start_timeout: float = 30.0):
+    """An ASGI app under uvicorn in a background thread of this process, on a loopback port -> its base URL
+    (for tests that reach into the app: fault injection, a fake upstream)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the test server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

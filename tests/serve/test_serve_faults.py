@@ -2,14 +2,10 @@
 engine step marks the engine dead (503 on /health and on new requests)."""
 
 import asyncio
-import contextlib
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
-from serve_helpers import free_port
+from serve_helpers import app_in_thread
 
 from sambay import Engine, SamplingParams, from_pretrained, load_tokenizer
 from sambay.serve import ServedModel, ServeOptions, build_app
@@ -30,22 +26,8 @@ class PoisonedTokenizer:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
-@contextlib.contextmanager
 def in_process_server(served):
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(served), host="127.0.0.1", port=port, log_level="error",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return app_in_thread(build_app(served))
 
 
 def greedy(engine_model, tok, prompt, n):
