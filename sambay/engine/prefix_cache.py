@@ -180,7 +180,7 @@ class PrefixCache:
         partial = entry.pages[full:]
         self._pinned = entry  # making room for the copy must not evict the entry being restored
         try:
-            if partial and not self._free_pages(1):
+            if partial and not self.free_pages_for(1):
                 return False
         finally:
             self._pinned = None
@@ -226,7 +226,7 @@ class PrefixCache:
         needs_page = self.state.paged and len(tokens) % b != 0
         if not self.snapshots.free and not self.evict_one():
             return None
-        if needs_page and not self._free_pages(1):
+        if needs_page and not self.free_pages_for(1):
             return None
         row = self.snapshots.save(slot)
         pages = held[:n_full] if self.state.paged else []
@@ -256,15 +256,12 @@ class PrefixCache:
         self.stats.evictions += 1
         return True
 
-    def free_pages_for(self, n: int) -> bool:
-        """Evict entries until n pages are free; False if even an empty cache leaves fewer."""
-        return self._free_pages(n)
-
     def clear(self) -> None:
         for entry in list(self.entries.values()):
             self._drop(entry)
 
-    def _free_pages(self, n: int) -> bool:
+    def free_pages_for(self, n: int) -> bool:
+        """Evict entries until n pages are free; False if even an empty cache leaves fewer."""
         while self.state.free_blocks < n:
             if not self.evict_one():
                 return False
